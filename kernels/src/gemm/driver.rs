@@ -1,0 +1,349 @@
+//! The five BLIS loops around the micro-kernel, and how they are split across threads.
+//!
+//! ```text
+//! LOOP 5  jc: split N into NC-wide blocks                     (B block lives in L3)
+//! LOOP 4  pc: split K into KC-deep slices; pack B[pc, jc]     (shared by all threads)
+//! LOOP 3  ic: split M into MC-tall blocks; pack A[ic, pc]     (per work item, lives in L2)
+//! LOOP 2  jr: NR-wide panels of the packed B                  (one panel lives in L1)
+//! LOOP 1  ir: MR-tall panels of the packed A -> micro-kernel  (the tile lives in registers)
+//! ```
+//!
+//! Threads share LOOP 3 (and, when M has too few blocks, slices of LOOP 2) as one list of
+//! work items. Every element of C is still computed by exactly one micro-kernel call per KC
+//! slice, in the same order, so the result is bit-identical for any number of threads.
+
+use super::epilogue::{finish_row, Epilogue};
+use super::microkernel::{microkernel, Blocking, MAX_MR, MAX_NR};
+use super::pack::{pack_a, pack_b_panel};
+use super::view::{MatMut, MatRef};
+use crate::simd::{with_simd, Simd, SimdTask};
+use crate::threading::{Par, SendPtr};
+use crate::Isa;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// How results are written, decided once per call from the accumulation mode and epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreMode {
+    /// `C ← scale·act(AB + bias)`: C itself accumulates the KC slices, and the epilogue runs on
+    /// each tile after its last slice.
+    Replace,
+    /// `C ← C + scale·(alpha·AB + bias)`: linear, so the row scale folds into alpha and the bias
+    /// is added once, after the last slice.
+    AddLinear,
+    /// `C ← C + scale·act(alpha·AB + bias)` with a single KC slice: each tile is finished in a
+    /// buffer, then added. (With several slices the caller goes through a temporary instead.)
+    AddActivated,
+}
+
+/// Everything a work item needs; shared read-only by all threads.
+struct Call<'a> {
+    bl: Blocking,
+    a: MatRef<'a>,
+    c: SendPtr,
+    c_row_stride: usize,
+    c_col_stride: usize,
+    c_row_index: Option<&'a [u32]>,
+    /// Columns of C.
+    n: usize,
+    alpha: f32,
+    epilogue: Epilogue<'a>,
+    mode: StoreMode,
+}
+
+/// One KC slice of one (MC rows × some NR panels) block.
+#[derive(Clone, Copy)]
+struct Item {
+    ic: usize,
+    mc: usize,
+    /// First and one-past-last NR panel of the packed B block.
+    panels: (usize, usize),
+    jc: usize,
+    pc: usize,
+    kc: usize,
+}
+
+thread_local! {
+    /// Per-thread buffer for packed A; reused so large GEMMs never allocate per block.
+    static PACK_A: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    /// Per-calling-thread buffer for packed B.
+    static PACK_B: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+}
+
+/// A growable f32 buffer whose usable part starts on a 64-byte boundary.
+pub(crate) struct AlignedBuf {
+    raw: Vec<f32>,
+}
+
+impl AlignedBuf {
+    const fn new() -> Self {
+        AlignedBuf { raw: Vec::new() }
+    }
+
+    /// A 64-byte-aligned slice of at least `len` floats (contents unspecified).
+    fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.raw.len() < len + 16 {
+            self.raw = vec![0.0; len + 16];
+        }
+        let skip = self.raw.as_ptr().align_offset(64).min(15);
+        &mut self.raw[skip..skip + len]
+    }
+}
+
+/// Runs `f` with a per-thread packing buffer of `len` floats (a fresh one if the thread's buffer
+/// is already in use, which only happens for a GEMM called from inside another).
+fn with_buffer<R>(key: &'static std::thread::LocalKey<RefCell<AlignedBuf>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(buf.get(len)),
+        Err(_) => f(AlignedBuf::new().get(len)),
+    })
+}
+
+/// Below this many multiply-adds a GEMM runs on the calling thread: a fork/join costs more
+/// than it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// `C ← accum(C, epilogue(alpha·A·B))` with shapes already checked, `k ≥ 1`, and, for
+/// [`StoreMode::AddActivated`], `k ≤ KC`.
+pub(crate) fn run(
+    isa: Isa,
+    c: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    alpha: f32,
+    epilogue: &Epilogue<'_>,
+    mode: StoreMode,
+    par: Par,
+) {
+    let bl = Blocking::of(isa);
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let threads = match par {
+        Par::Rayon if m * n * k >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
+        _ => 1,
+    };
+    let call = Call {
+        bl,
+        a,
+        c: SendPtr(c.data.as_mut_ptr()),
+        c_row_stride: c.row_stride,
+        c_col_stride: c.col_stride,
+        c_row_index: c.row_index,
+        n,
+        alpha,
+        epilogue: *epilogue,
+        mode,
+    };
+    let m_blocks = m.div_ceil(bl.mc);
+    // LOOP 5
+    for jc in (0..n).step_by(bl.nc) {
+        let nc = bl.nc.min(n - jc);
+        let n_panels = nc.div_ceil(bl.nr);
+        // When M has few blocks, split the panels too so every thread has work.
+        let n_chunks = if threads > 1 { (2 * threads).div_ceil(m_blocks).min(n_panels) } else { 1 };
+        let panels_per_chunk = n_panels.div_ceil(n_chunks);
+        // LOOP 4
+        for pc in (0..k).step_by(bl.kc) {
+            let kc = bl.kc.min(k - pc);
+            with_buffer(&PACK_B, n_panels * kc * bl.nr, |packed_b| {
+                let pack = |(q, dst): (usize, &mut [f32])| pack_b_panel(dst, &b, pc, kc, jc + q * bl.nr, bl.nr);
+                if threads > 1 {
+                    packed_b.par_chunks_mut(kc * bl.nr).enumerate().for_each(pack);
+                } else {
+                    packed_b.chunks_mut(kc * bl.nr).enumerate().for_each(pack);
+                }
+                let packed_b: &[f32] = packed_b;
+                let items = (0..m_blocks).flat_map(|mb| {
+                    (0..n_chunks).filter_map(move |ch| {
+                        let first = ch * panels_per_chunk;
+                        let last = ((ch + 1) * panels_per_chunk).min(n_panels);
+                        let ic = mb * bl.mc;
+                        (first < last).then_some(Item { ic, mc: bl.mc.min(m - ic), panels: (first, last), jc, pc, kc })
+                    })
+                });
+                // LOOP 3
+                let work = |item: Item| with_simd(isa, Block { call: &call, item, packed_b, k });
+                if threads > 1 {
+                    items.collect::<Vec<_>>().into_par_iter().for_each(work);
+                } else {
+                    items.for_each(work);
+                }
+            });
+        }
+    }
+}
+
+/// LOOPs 2 and 1 for one work item, on one instruction set.
+struct Block<'a, 'c> {
+    call: &'a Call<'c>,
+    item: Item,
+    packed_b: &'a [f32],
+    k: usize,
+}
+
+impl SimdTask for Block<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let Block { call, item, packed_b, k } = self;
+        let bl = call.bl;
+        let (mr, nr) = (bl.mr, bl.nr);
+        with_buffer(&PACK_A, item.mc.div_ceil(mr) * mr * item.kc, |packed_a| {
+            pack_a(packed_a, &call.a, item.ic, item.mc, item.pc, item.kc, mr);
+            let first = item.pc == 0;
+            let last = item.pc + item.kc == k;
+            // LOOP 2
+            for q in item.panels.0..item.panels.1 {
+                let j0 = item.jc + q * nr;
+                let b_panel = &packed_b[q * item.kc * nr..(q + 1) * item.kc * nr];
+                // LOOP 1
+                for ir in (0..item.mc).step_by(mr) {
+                    let a_panel = &packed_a[(ir / mr) * item.kc * mr..(ir / mr + 1) * item.kc * mr];
+                    let tile = Tile { i0: item.ic + ir, j0, rows: mr.min(item.mc - ir), first, last };
+                    store_tile(s, call, tile, item.kc, a_panel, b_panel);
+                }
+            }
+        });
+    }
+}
+
+/// Where a register tile lands in C.
+#[derive(Clone, Copy)]
+struct Tile {
+    i0: usize,
+    j0: usize,
+    rows: usize,
+    first: bool,
+    last: bool,
+}
+
+/// Runs the micro-kernel for one tile and writes it through the epilogue.
+#[inline(always)]
+fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_panel: &[f32], b_panel: &[f32]) {
+    let (mr, nr) = (call.bl.mr, call.bl.nr);
+    let n = call.n;
+    let cols = nr.min(n - t.j0);
+    let epi = &call.epilogue;
+    let scale = |i: usize| epi.row_scale.map(|rs| rs[t.i0 + i]);
+    let mut alpha = [call.alpha; MAX_MR];
+    if call.mode == StoreMode::AddLinear {
+        for (i, al) in alpha.iter_mut().enumerate().take(t.rows) {
+            *al *= scale(i).unwrap_or(1.0);
+        }
+    }
+    let c_row = |i: usize| -> *mut f32 {
+        let r = match call.c_row_index {
+            Some(index) => index[t.i0 + i] as usize,
+            None => t.i0 + i,
+        };
+        // SAFETY: (r, j0) is inside the C view checked at the entry point.
+        unsafe { call.c.0.add(r * call.c_row_stride + t.j0 * call.c_col_stride) }
+    };
+    let bias = epi.bias.map(|b| b[t.j0..t.j0 + cols].as_ptr());
+    let direct = t.rows == mr && cols == nr && call.c_col_stride == 1 && call.mode != StoreMode::AddActivated;
+    if direct {
+        let mut rows = [std::ptr::null_mut(); MAX_MR];
+        for (i, row) in rows.iter_mut().enumerate().take(mr) {
+            *row = c_row(i);
+        }
+        let accumulate = call.mode == StoreMode::AddLinear || !t.first;
+        // SAFETY: panels hold kc·MR and kc·NR floats; each row pointer addresses NR
+        // contiguous elements of C (col stride 1, full tile), distinct rows by the view check.
+        unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.as_ptr(), &rows, &alpha, accumulate) };
+        if t.last {
+            for (i, &row) in rows.iter().enumerate().take(mr) {
+                // SAFETY: row is valid for NR floats; bias for `cols` = NR floats.
+                unsafe { finish_direct(s, call.mode, epi, row, nr, bias, scale(i)) };
+            }
+        }
+        return;
+    }
+    // Edge tile, strided C, or a tile finished before it is added: go through a buffer.
+    let mut buf = [0.0f32; MAX_MR * MAX_NR];
+    let mut rows = [std::ptr::null_mut(); MAX_MR];
+    for (i, row) in rows.iter_mut().enumerate().take(mr) {
+        // SAFETY: buf holds MAX_MR rows of MAX_NR >= NR floats.
+        *row = unsafe { buf.as_mut_ptr().add(i * MAX_NR) };
+    }
+    // SAFETY: as above; the row pointers address disjoint NR-float rows of `buf`.
+    unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.as_ptr(), &rows, &alpha, false) };
+    for i in 0..t.rows {
+        let row = &mut buf[i * MAX_NR..i * MAX_NR + cols];
+        let dst = c_row(i);
+        let at = |j: usize| {
+            // SAFETY: j < cols keeps (row, j0 + j) inside the checked C view.
+            unsafe { dst.add(j * call.c_col_stride) }
+        };
+        match call.mode {
+            StoreMode::Replace => {
+                if !t.first {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        // SAFETY: see `at`.
+                        *x += unsafe { *at(j) };
+                    }
+                }
+                if t.last && !epi.is_identity() {
+                    // SAFETY: row has `cols` floats, bias too.
+                    unsafe { finish_row(s, row.as_mut_ptr(), cols, bias, epi.activation, scale(i)) };
+                }
+            }
+            StoreMode::AddLinear => {
+                if let (true, Some(b)) = (t.last, epi.bias) {
+                    let sc = scale(i).unwrap_or(1.0);
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x += sc * b[t.j0 + j];
+                    }
+                }
+                for (j, x) in row.iter_mut().enumerate() {
+                    // SAFETY: see `at`.
+                    *x += unsafe { *at(j) };
+                }
+            }
+            StoreMode::AddActivated => {
+                // SAFETY: row has `cols` floats, bias too.
+                unsafe { finish_row(s, row.as_mut_ptr(), cols, bias, epi.activation, scale(i)) };
+                for (j, x) in row.iter_mut().enumerate() {
+                    // SAFETY: see `at`.
+                    *x += unsafe { *at(j) };
+                }
+            }
+        }
+        for (j, &x) in row.iter().enumerate() {
+            // SAFETY: see `at`; this thread owns the tile.
+            unsafe { *at(j) = x };
+        }
+    }
+}
+
+/// Epilogue of a full, contiguous tile row after its last KC slice.
+///
+/// # Safety
+/// `row` valid for `len` floats; `bias` (if any) for `len` floats.
+#[inline(always)]
+unsafe fn finish_direct<S: Simd>(
+    s: S,
+    mode: StoreMode,
+    epi: &Epilogue<'_>,
+    row: *mut f32,
+    len: usize,
+    bias: Option<*const f32>,
+    scale: Option<f32>,
+) {
+    match mode {
+        StoreMode::Replace if !epi.is_identity() => {
+            // SAFETY: forwarded from the caller.
+            unsafe { finish_row(s, row, len, bias, epi.activation, scale) }
+        }
+        StoreMode::AddLinear => {
+            if let Some(b) = bias {
+                let sc = s.splat(scale.unwrap_or(1.0));
+                for j in (0..len).step_by(S::LANES) {
+                    // SAFETY: len is a multiple of LANES (a full tile row), within the contract.
+                    unsafe { s.store(row.add(j), s.mul_add(s.load(b.add(j)), sc, s.load(row.add(j)))) };
+                }
+            }
+        }
+        _ => {}
+    }
+}
+

@@ -1,0 +1,195 @@
+//! Batch-1 products (`m = 1`), the decode case: `y = alpha · a · B`.
+//!
+//! A GEMM would pack all of B for one row of output, reading and writing every weight once more
+//! than needed. Here B is streamed exactly once, straight from where it lives, in one of two
+//! forms depending on its layout:
+//! - *row form* (B's rows contiguous, `[k, n]` weights): `y += a_p · B[p, ·]`, four rows of B at a
+//!   time into a cache-resident chunk of `y`;
+//! - *column form* (B's columns contiguous, unit-major `[n, k]` weights, i.e. `x · Wᵀ`):
+//!   `y_j = ⟨a, B[·, j]⟩`, four columns at a time.
+//!
+//! Threads split the columns; every `y_j` is summed in the same order whatever the split.
+
+use super::epilogue::{finish_row, Accum, Epilogue};
+use super::view::{MatMut, MatRef};
+use crate::simd::{with_simd, Simd, SimdTask};
+use crate::threading::{Par, SendPtr};
+use crate::Isa;
+use rayon::prelude::*;
+
+/// Columns of `y` per work item (a 2 KiB chunk of `y` stays in L1 while B streams past).
+const CHUNK: usize = 512;
+/// Below this many multiply-adds the product runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// Which streaming form fits B's layout, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GemvForm {
+    Rows,
+    Cols,
+}
+
+/// The form for `b`, or `None` when B is strided both ways (then the packed GEMM is used).
+pub(crate) fn form_of(b: &MatRef<'_>) -> Option<GemvForm> {
+    if b.col_stride == 1 && b.col_index.is_none() {
+        Some(GemvForm::Rows)
+    } else if b.row_stride == 1 && b.row_index.is_none() {
+        Some(GemvForm::Cols)
+    } else {
+        None
+    }
+}
+
+/// `c ← accum(c, epilogue(alpha · a · b))` for a one-row `a`; shapes already checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    isa: Isa,
+    c: MatMut<'_>,
+    accum: Accum,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    alpha: f32,
+    epilogue: &Epilogue<'_>,
+    form: GemvForm,
+    par: Par,
+) {
+    let (n, k) = (b.cols, b.rows);
+    let x: Vec<f32> = (0..k).map(|p| a.get(0, p)).collect();
+    let c_row = c.row_offset(0);
+    let task = Gemv {
+        x: &x,
+        b,
+        c: SendPtr(c.data.as_mut_ptr()),
+        c_row,
+        c_col_stride: c.col_stride,
+        accum,
+        alpha,
+        epilogue,
+        form,
+        scale: epilogue.row_scale.map(|s| s[0]),
+    };
+    let chunks = n.div_ceil(CHUNK);
+    let work = |ch: usize| with_simd(isa, ChunkTask { gemv: &task, j0: ch * CHUNK, len: CHUNK.min(n - ch * CHUNK) });
+    if par == Par::Rayon && n * k >= PARALLEL_MIN_MACS && chunks > 1 {
+        (0..chunks).into_par_iter().for_each(work);
+    } else {
+        (0..chunks).for_each(work);
+    }
+}
+
+struct Gemv<'a> {
+    x: &'a [f32],
+    b: MatRef<'a>,
+    c: SendPtr,
+    c_row: usize,
+    c_col_stride: usize,
+    accum: Accum,
+    alpha: f32,
+    epilogue: &'a Epilogue<'a>,
+    form: GemvForm,
+    scale: Option<f32>,
+}
+
+struct ChunkTask<'a> {
+    gemv: &'a Gemv<'a>,
+    j0: usize,
+    len: usize,
+}
+
+impl SimdTask for ChunkTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let ChunkTask { gemv: g, j0, len } = self;
+        let mut y = [0.0f32; CHUNK];
+        let y = &mut y[..len];
+        match g.form {
+            GemvForm::Rows => rows_form(s, g.x, &g.b, j0, y),
+            GemvForm::Cols => cols_form(s, g.x, &g.b, j0, y),
+        }
+        if g.alpha != 1.0 {
+            y.iter_mut().for_each(|v| *v *= g.alpha);
+        }
+        let epi = g.epilogue;
+        if !epi.is_identity() {
+            let bias = epi.bias.map(|b| b[j0..j0 + len].as_ptr());
+            // SAFETY: y has `len` floats; bias[j0..j0+len] was sliced above.
+            unsafe { finish_row(s, y.as_mut_ptr(), len, bias, epi.activation, g.scale) };
+        }
+        for (j, &v) in y.iter().enumerate() {
+            // SAFETY: (0, j0 + j) is inside the C view checked at the entry point; chunks are
+            // disjoint, so no other thread writes this element.
+            let dst = unsafe { &mut *g.c.0.add(g.c_row + (j0 + j) * g.c_col_stride) };
+            *dst = match g.accum {
+                Accum::Replace => v,
+                Accum::Add => *dst + v,
+            };
+        }
+    }
+}
+
+/// `y = x · B[:, j0..j0+len]` with B's rows contiguous.
+#[inline(always)]
+fn rows_form<S: Simd>(s: S, x: &[f32], b: &MatRef<'_>, j0: usize, y: &mut [f32]) {
+    let len = y.len();
+    let lanes = S::LANES;
+    let full = len - len % lanes;
+    let row = |p: usize| &b.data[b.row_offset(p) + j0..b.row_offset(p) + j0 + len];
+    let k = x.len();
+    let mut p = 0;
+    while p < k {
+        let group = 4.min(k - p);
+        let rows: [&[f32]; 4] = std::array::from_fn(|g| row(p + g.min(group - 1)));
+        let xs: [f32; 4] = std::array::from_fn(|g| if g < group { x[p + g] } else { 0.0 });
+        let xv = xs.map(|v| s.splat(v));
+        for j in (0..full).step_by(lanes) {
+            // SAFETY: j + lanes <= full <= len, and every row slice and y have len floats.
+            unsafe {
+                let mut acc = s.load(y.as_ptr().add(j));
+                for g in 0..group {
+                    acc = s.mul_add(xv[g], s.load(rows[g].as_ptr().add(j)), acc);
+                }
+                s.store(y.as_mut_ptr().add(j), acc);
+            }
+        }
+        for j in full..len {
+            for g in 0..group {
+                y[j] = xs[g].mul_add(rows[g][j], y[j]);
+            }
+        }
+        p += group;
+    }
+}
+
+/// `y_j = ⟨x, B[:, j0 + j]⟩` with B's columns contiguous.
+#[inline(always)]
+fn cols_form<S: Simd>(s: S, x: &[f32], b: &MatRef<'_>, j0: usize, y: &mut [f32]) {
+    let k = x.len();
+    let lanes = S::LANES;
+    let full = k - k % lanes;
+    let col = |j: usize| &b.data[b.col_offset(j0 + j)..b.col_offset(j0 + j) + k];
+    let mut j = 0;
+    while j < y.len() {
+        let group = 4.min(y.len() - j);
+        let cols: [&[f32]; 4] = std::array::from_fn(|g| col(j + g.min(group - 1)));
+        let mut acc = [s.splat(0.0); 4];
+        for p in (0..full).step_by(lanes) {
+            // SAFETY: p + lanes <= full <= k; x and every column slice have k floats.
+            unsafe {
+                let xv = s.load(x.as_ptr().add(p));
+                for g in 0..4 {
+                    acc[g] = s.mul_add(xv, s.load(cols[g].as_ptr().add(p)), acc[g]);
+                }
+            }
+        }
+        for g in 0..group {
+            let mut sum = s.reduce_sum(acc[g]);
+            for p in full..k {
+                sum = x[p].mul_add(cols[g][p], sum);
+            }
+            y[j + g] = sum;
+        }
+        j += group;
+    }
+}

@@ -1,0 +1,105 @@
+//! The register-tile micro-kernel: `MR × NR` of C from an `MR`-row panel of A and an
+//! `NR`-column panel of B, both packed, over `kc` steps of K.
+//!
+//! Written once over [`Simd`]; each instruction set picks its tile through `Simd::GEMM_MR` and
+//! `Simd::GEMM_NV`. The accumulator array has the largest size any path needs; loops run to the
+//! path's own constants, so the compiler unrolls them and keeps exactly `MR × NV` vectors in
+//! registers.
+
+use crate::simd::Simd;
+use crate::Isa;
+
+/// Largest `GEMM_MR` of any path.
+pub(crate) const MAX_MR: usize = 12;
+/// Largest `GEMM_NV` of any path.
+pub(crate) const MAX_NV: usize = 2;
+/// Largest `NR` of any path (in floats).
+pub(crate) const MAX_NR: usize = 32;
+
+/// The cache blocking of one instruction set (BLIS notation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocking {
+    /// Rows of the register tile.
+    pub mr: usize,
+    /// Columns of the register tile.
+    pub nr: usize,
+    /// Depth of a packed panel: an `NR`-column panel of B (`KC·NR` floats) stays in L1.
+    pub kc: usize,
+    /// Rows of a packed A block (`MC·KC` floats) that stays in L2.
+    pub mc: usize,
+    /// Columns of a packed B block (`KC·NC` floats) that stays in L3.
+    pub nc: usize,
+}
+
+impl Blocking {
+    /// The blocking of `isa`. Fixed per path, never per thread count: this is what keeps the
+    /// summation order (and so every bit of the result) independent of the number of threads.
+    pub(crate) fn of(isa: Isa) -> Blocking {
+        struct Query;
+        impl crate::simd::SimdTask for Query {
+            type Output = Blocking;
+            fn run<S: Simd>(self, _: S) -> Blocking {
+                let mr = S::GEMM_MR;
+                let nr = S::GEMM_NV * S::LANES;
+                // KC·NR·4 bytes of B ≈ 16 KiB (half of a 32 KiB L1d); MC·KC·4 of A ≈ 150–200 KiB.
+                let kc = 256;
+                let mc = mr * (192 / mr);
+                Blocking { mr, nr, kc, mc, nc: 4096 }
+            }
+        }
+        crate::simd::with_simd(isa, Query)
+    }
+}
+
+/// Computes `c_i ← alpha_i · Σ_p a[p·MR + i] · b[p·NR + ·]  (+ c_i if accumulate)` for the
+/// `MR` row pointers `c` (each `NR` contiguous floats).
+///
+/// # Safety
+/// `a` must hold `kc·MR` floats, `b` `kc·NR` floats, and each of the first `MR` pointers in `c`
+/// must be valid for reading and writing `NR` floats, with no two rows overlapping.
+#[inline(always)]
+pub(crate) unsafe fn microkernel<S: Simd>(
+    s: S,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: &[*mut f32; MAX_MR],
+    alpha: &[f32; MAX_MR],
+    accumulate: bool,
+) {
+    let mr = S::GEMM_MR;
+    let nv = S::GEMM_NV;
+    let nr = nv * S::LANES;
+    let mut acc = [[s.splat(0.0); MAX_NV]; MAX_MR];
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        let mut bv = [s.splat(0.0); MAX_NV];
+        for (v, slot) in bv.iter_mut().enumerate().take(nv) {
+            // SAFETY: b points into a panel of kc·NR floats; this is step p's vector v.
+            *slot = unsafe { s.load(b.add(v * S::LANES)) };
+        }
+        for (i, row) in acc.iter_mut().enumerate().take(mr) {
+            // SAFETY: a points into a panel of kc·MR floats; this is step p's row i.
+            let av = s.splat(unsafe { *a.add(i) });
+            for v in 0..nv {
+                row[v] = s.mul_add(av, bv[v], row[v]);
+            }
+        }
+        // SAFETY: advancing by one step stays within (or one past) the panels.
+        unsafe {
+            a = a.add(mr);
+            b = b.add(nr);
+        }
+    }
+    for i in 0..mr {
+        let al = s.splat(alpha[i]);
+        for v in 0..nv {
+            // SAFETY: c[i] is valid for NR floats (caller's contract).
+            unsafe {
+                let p = c[i].add(v * S::LANES);
+                let r = if accumulate { s.mul_add(acc[i][v], al, s.load(p)) } else { s.mul(acc[i][v], al) };
+                s.store(p, r);
+            }
+        }
+    }
+}

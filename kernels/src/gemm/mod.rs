@@ -1,0 +1,152 @@
+//! f32 GEMM on strided, gathered and scattered views:
+//! `C ← accum(C, scale_i · act(alpha · A·B + bias))`.
+//!
+//! One kernel serves every dense and conditional product in elide. Operands are [`MatRef`]
+//! views with any row and column strides (a transpose is free) whose rows or columns may be
+//! *gathered* through an index list; the output is a [`MatMut`] whose rows may be *scattered*.
+//! Gathers happen inside packing, never as a separate copy. A bias, an activation and a per-row
+//! scale (a mixture-of-experts gate) are fused into the store ([`Epilogue`]).
+//!
+//! The structure is BLIS's (see `driver.rs`): NC/KC/MC cache blocking, packed panels of A and
+//! B, an MR×NR register micro-kernel per instruction set ([`Isa`]), rayon over a list of tiles.
+//! One-row products stream B without packing (`gemv.rs`).
+//!
+//! ```
+//! use elide_kernels::gemm::{Gemm, MatMut, MatRef, Accum};
+//! // C (2x2) = A (2x3) · B (3x2), with B read as the transpose of a 2x3 matrix.
+//! let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+//! let bt = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+//! let mut c = [0.0; 4];
+//! Gemm::default().run(
+//!     MatMut::row_major(&mut c, 2, 2)?,
+//!     MatRef::row_major(&a, 2, 3)?,
+//!     MatRef::row_major(&bt, 2, 3)?.t(),
+//! )?;
+//! assert_eq!(c, [4.0, 2.0, 10.0, 5.0]);
+//! # Ok::<(), elide_kernels::KernelError>(())
+//! ```
+
+mod driver;
+mod epilogue;
+mod gemv;
+mod microkernel;
+mod pack;
+pub mod reference;
+mod view;
+
+pub use epilogue::{Accum, Activation, Epilogue};
+pub use view::{MatMut, MatRef};
+
+use crate::error::{KernelError, Result};
+use crate::threading::Par;
+use crate::Isa;
+use driver::StoreMode;
+
+/// A GEMM call's settings. Build one with struct-update syntax and [`Gemm::run`] it:
+/// `Gemm { accum: Accum::Add, ..Gemm::default() }`.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm<'a> {
+    /// Scales the product `A·B` (before the bias).
+    pub alpha: f32,
+    /// Replace C, or add to it.
+    pub accum: Accum,
+    /// Bias, activation and row scale fused into the store.
+    pub epilogue: Epilogue<'a>,
+    /// Whether to use rayon's pool.
+    pub par: Par,
+    /// The instruction set; defaults to [`Isa::active`].
+    pub isa: Isa,
+}
+
+impl Default for Gemm<'_> {
+    fn default() -> Self {
+        Gemm { alpha: 1.0, accum: Accum::Replace, epilogue: Epilogue::default(), par: Par::Rayon, isa: Isa::active() }
+    }
+}
+
+impl Gemm<'_> {
+    /// Computes `C ← accum(C, scale_i · act(alpha · (A·B)_ij + bias_j))` for `A: m×k`, `B: k×n`,
+    /// `C: m×n`.
+    ///
+    /// # Errors
+    /// [`KernelError::Shape`] when the shapes do not chain or the bias/row scale have the
+    /// wrong length. Views were already checked for bounds when they were built.
+    pub fn run(&self, mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) -> Result<()> {
+        const OP: &str = "gemm";
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        if b.rows != k || c.rows != m || c.cols != n {
+            return Err(KernelError::Shape {
+                op: OP,
+                detail: format!("A is {m}x{k}, B is {}x{n}, C is {}x{}", b.rows, c.rows, c.cols),
+            });
+        }
+        let epi = &self.epilogue;
+        if let Some(bias) = epi.bias.filter(|b| b.len() != n) {
+            return Err(KernelError::Shape { op: OP, detail: format!("bias has {} elements, C has {n} columns", bias.len()) });
+        }
+        if let Some(scale) = epi.row_scale.filter(|s| s.len() != m) {
+            return Err(KernelError::Shape { op: OP, detail: format!("row scale has {} elements, C has {m} rows", scale.len()) });
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let isa = self.isa.min(Isa::best_supported());
+        if k == 0 {
+            empty_product(c, self.accum, epi);
+            return Ok(());
+        }
+        if m == 1 {
+            if let Some(form) = gemv::form_of(&b) {
+                gemv::run(isa, c, self.accum, a, b, self.alpha, epi, form, self.par);
+                return Ok(());
+            }
+        }
+        let mode = match (self.accum, epi.activation) {
+            (Accum::Replace, _) => StoreMode::Replace,
+            (Accum::Add, Activation::Identity) => StoreMode::AddLinear,
+            (Accum::Add, _) => StoreMode::AddActivated,
+        };
+        if mode == StoreMode::AddActivated && k > microkernel::Blocking::of(isa).kc {
+            // The activation needs the whole sum before it meets C: finish the product in a
+            // temporary, then add it. (Rare: activations usually go with Accum::Replace.)
+            let mut tmp = vec![0.0f32; m * n];
+            let replace = Gemm { accum: Accum::Replace, isa, ..*self };
+            replace.run(MatMut::row_major(&mut tmp, m, n)?, a, b)?;
+            add_rows(c.rb_mut(), &tmp);
+            return Ok(());
+        }
+        driver::run(isa, c, a, b, self.alpha, epi, mode, self.par);
+        Ok(())
+    }
+}
+
+/// `C ← A·B` (or `C ← C + A·B`) with the default settings: the short form of [`Gemm::run`].
+pub fn gemm(c: MatMut<'_>, accum: Accum, a: MatRef<'_>, b: MatRef<'_>, par: Par) -> Result<()> {
+    Gemm { accum, par, ..Gemm::default() }.run(c, a, b)
+}
+
+/// `k = 0`: the product is zero, so each row is `scale_i · act(bias)`.
+fn empty_product(c: MatMut<'_>, accum: Accum, epi: &Epilogue<'_>) {
+    let (m, n) = (c.rows, c.cols);
+    for i in 0..m {
+        let row = c.row_offset(i);
+        let scale = epi.row_scale.map_or(1.0, |s| s[i]);
+        for j in 0..n {
+            let bias = epi.bias.map_or(0.0, |b| b[j]);
+            let v = scale * epi.activation.reference(bias as f64) as f32;
+            let dst = &mut c.data[row + j * c.col_stride];
+            *dst = if accum == Accum::Add { *dst + v } else { v };
+        }
+    }
+}
+
+/// `C ← C + T` for a contiguous `T` of C's shape.
+fn add_rows(c: MatMut<'_>, t: &[f32]) {
+    let (m, n) = (c.rows, c.cols);
+    for i in 0..m {
+        let row = c.row_offset(i);
+        for j in 0..n {
+            c.data[row + j * c.col_stride] += t[i * n + j];
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Packing: copying blocks of A and B into the layouts the micro-kernel streams through.
+//!
+//! This is where gathered views cost nothing extra: the packing reads every element once
+//! anyway, so reading row `index[i]` instead of row `i` is the whole price of a gather.
+
+use super::view::MatRef;
+
+/// Packs `a[rows, cols]` for `rows = row0..row0+mc`, `cols = col0..col0+kc` into `mr`-row
+/// panels: panel `q` holds element `(q·mr + i, p)` at `q·kc·mr + p·mr + i`. Rows past `mc` in the
+/// last panel are zero.
+pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef<'_>, row0: usize, mc: usize, col0: usize, kc: usize, mr: usize) {
+    let panels = mc.div_ceil(mr);
+    debug_assert!(dst.len() >= panels * kc * mr);
+    let mut row_offsets = [0usize; 32];
+    for q in 0..panels {
+        let dst = &mut dst[q * kc * mr..(q + 1) * kc * mr];
+        let valid = mr.min(mc - q * mr);
+        for (i, off) in row_offsets.iter_mut().enumerate().take(valid) {
+            *off = a.row_offset(row0 + q * mr + i);
+        }
+        if a.col_index.is_none() && a.col_stride == 1 {
+            // Row-major source: walk each row contiguously, write it with stride mr.
+            for (i, &off) in row_offsets.iter().enumerate().take(valid) {
+                let src = &a.data[off + col0..off + col0 + kc];
+                for (p, &x) in src.iter().enumerate() {
+                    dst[p * mr + i] = x;
+                }
+            }
+        } else {
+            for p in 0..kc {
+                let co = a.col_offset(col0 + p);
+                for (i, &off) in row_offsets.iter().enumerate().take(valid) {
+                    dst[p * mr + i] = a.data[off + co];
+                }
+            }
+        }
+        if valid < mr {
+            for p in 0..kc {
+                dst[p * mr + valid..(p + 1) * mr].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Packs `b[rows, cols]` for `rows = row0..row0+kc`, `cols = col0 + panel·nr ..` into
+/// `nr`-column panels, one panel per entry of `dst_panels` (each `kc·nr` long): element
+/// `(p, j)` of a panel sits at `p·nr + j`. Columns past the matrix are zero.
+pub(crate) fn pack_b_panel(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usize, col0: usize, nr: usize) {
+    let valid = nr.min(b.cols - col0);
+    debug_assert!(dst.len() >= kc * nr);
+    if b.col_index.is_none() && b.col_stride == 1 {
+        for p in 0..kc {
+            let off = b.row_offset(row0 + p) + col0;
+            dst[p * nr..p * nr + valid].copy_from_slice(&b.data[off..off + valid]);
+            dst[p * nr + valid..(p + 1) * nr].fill(0.0);
+        }
+    } else {
+        let mut col_offsets = [0usize; 64];
+        for (j, off) in col_offsets.iter_mut().enumerate().take(valid) {
+            *off = b.col_offset(col0 + j);
+        }
+        for p in 0..kc {
+            let ro = b.row_offset(row0 + p);
+            let row = &mut dst[p * nr..(p + 1) * nr];
+            for (d, &co) in row.iter_mut().zip(&col_offsets[..valid]) {
+                *d = b.data[ro + co];
+            }
+            row[valid..].fill(0.0);
+        }
+    }
+}

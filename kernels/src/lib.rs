@@ -1,0 +1,37 @@
+//! Slice-level compute kernels for elide, with no tensor type: the layer that makes skipped
+//! FLOPs into skipped seconds.
+//!
+//! The centre is one GEMM ([`gemm`]) that reads its operands through strided views whose rows
+//! may be gathered through an index list and writes through views whose rows may be scattered,
+//! with a bias, activation and per-row scale fused into the store. Mixture-of-experts,
+//! mixture-of-depths and sparse feed-forward layers are all this GEMM with different index
+//! lists. Around it: vectorised elementwise ops, reductions, softmax, norms, top-k and row
+//! gather/scatter. Every kernel runs on the best instruction set the CPU has, chosen at run
+//! time ([`Isa`]; `ELIDE_ISA` forces a lower one), and splits work over rayon's pool in fixed
+//! chunks, so results are bit-identical for any number of threads.
+//!
+//! ```
+//! use elide_kernels::gemm::{Gemm, MatMut, MatRef};
+//! // Rows 2 and 0 of X (3x2), times W (2x2): a gathered product, no copy of the rows.
+//! let x = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0];
+//! let w = [1.0, 2.0, 3.0, 4.0];
+//! let rows = [2u32, 0];
+//! let mut h = [0.0; 4];
+//! Gemm::default().run(
+//!     MatMut::row_major(&mut h, 2, 2)?,
+//!     MatRef::row_major(&x, 3, 2)?.gather_rows(&rows)?,
+//!     MatRef::row_major(&w, 2, 2)?,
+//! )?;
+//! assert_eq!(h, [12.0, 18.0, 4.0, 6.0]);
+//! # Ok::<(), elide_kernels::KernelError>(())
+//! ```
+
+pub mod error;
+pub mod gemm;
+mod isa;
+pub(crate) mod simd;
+pub mod threading;
+
+pub use error::{KernelError, Result};
+pub use isa::Isa;
+pub use threading::Par;

@@ -1,0 +1,155 @@
+//! A small SIMD vocabulary that every vectorised kernel is written against once.
+//!
+//! Each implementation is a zero-sized *token*: holding one proves the CPU runs its
+//! instructions, because the only way to get one is [`with_simd`], which checks
+//! [`Isa::is_supported`]. Kernels are generic `#[inline(always)]` functions over [`Simd`];
+//! [`with_simd`] calls them from a `#[target_feature]` entry point so the intrinsics inline
+//! with the right instruction set, without `-C target-cpu=native`.
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::Isa;
+pub(crate) use portable::Portable;
+
+/// An f32 SIMD instruction set. All arithmetic is lane-wise.
+pub(crate) trait Simd: Copy + Send + Sync + 'static {
+    /// The vector type.
+    type V: Copy;
+    /// Number of f32 lanes in [`Simd::V`].
+    const LANES: usize;
+    /// Rows of the GEMM register tile on this instruction set.
+    const GEMM_MR: usize;
+    /// Vectors per row of the GEMM register tile (`NR = GEMM_NV · LANES`).
+    const GEMM_NV: usize;
+
+    fn splat(self, x: f32) -> Self::V;
+    /// Loads `LANES` floats.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `LANES` floats (no alignment needed).
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// Stores `LANES` floats.
+    ///
+    /// # Safety
+    /// `p` must be valid for writing `LANES` floats (no alignment needed).
+    unsafe fn store(self, p: *mut f32, v: Self::V);
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, fused where the instruction set has FMA.
+    fn mul_add(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    fn sqrt(self, a: Self::V) -> Self::V;
+    /// Rounds to the nearest integer (ties to even).
+    fn round(self, a: Self::V) -> Self::V;
+    /// `2^n` for lanes holding integral values in `[-126, 127]`.
+    fn pow2i(self, n: Self::V) -> Self::V;
+    /// Sum of the lanes, always in the same order.
+    fn reduce_sum(self, v: Self::V) -> f32;
+    /// Largest lane.
+    fn reduce_max(self, v: Self::V) -> f32;
+
+    /// Lane-wise `e^x`, relative error below 2e-7 on `[-87, 88]`; saturates outside it.
+    ///
+    /// Cody–Waite range reduction `x = n·ln2 + r`, then a degree-6 polynomial for `e^r`.
+    #[inline(always)]
+    fn exp(self, x: Self::V) -> Self::V {
+        let x = self.min(self.max(x, self.splat(-87.33654)), self.splat(88.37626));
+        let n = self.round(self.mul(x, self.splat(std::f32::consts::LOG2_E)));
+        let r = self.mul_add(n, self.splat(-0.693_145_75), x);
+        let r = self.mul_add(n, self.splat(-1.428_606_8e-6), r);
+        let mut p = self.splat(1.0 / 720.0);
+        p = self.mul_add(p, r, self.splat(1.0 / 120.0));
+        p = self.mul_add(p, r, self.splat(1.0 / 24.0));
+        p = self.mul_add(p, r, self.splat(1.0 / 6.0));
+        p = self.mul_add(p, r, self.splat(0.5));
+        p = self.mul_add(p, r, self.splat(1.0));
+        p = self.mul_add(p, r, self.splat(1.0));
+        // 2^n for n = 128 (x near 88.4) overflows the exponent field: split it as 2^(n-1)·2.
+        let half = self.pow2i(self.sub(n, self.splat(1.0)));
+        self.mul(self.mul(p, half), self.splat(2.0))
+    }
+
+    /// Lane-wise `tanh(x)`, computed as `1 - 2 / (e^{2x} + 1)` (saturates cleanly at ±1).
+    #[inline(always)]
+    fn tanh(self, x: Self::V) -> Self::V {
+        let e = self.exp(self.add(x, x));
+        let one = self.splat(1.0);
+        self.sub(one, self.div(self.splat(2.0), self.add(e, one)))
+    }
+
+    /// Lane-wise logistic sigmoid `1 / (1 + e^{-x})`.
+    #[inline(always)]
+    fn sigmoid(self, x: Self::V) -> Self::V {
+        let one = self.splat(1.0);
+        let neg = self.sub(self.splat(0.0), x);
+        self.div(one, self.add(one, self.exp(neg)))
+    }
+}
+
+/// Something to run with a [`Simd`] token: implement `run` generically, call [`with_simd`].
+pub(crate) trait SimdTask {
+    type Output;
+    fn run<S: Simd>(self, simd: S) -> Self::Output;
+}
+
+/// Runs `task` on the instruction set `isa` (which the caller has checked is supported; an
+/// unsupported `isa` falls back to the best supported path below it).
+#[inline]
+pub(crate) fn with_simd<T: SimdTask>(isa: Isa, task: T) -> T::Output {
+    let isa = isa.min(Isa::best_supported());
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            // SAFETY: `isa <= best_supported()`, so the CPU runs AVX-512F.
+            Isa::Avx512 => return unsafe { x86::run_avx512(task) },
+            // SAFETY: `isa <= best_supported()`, so the CPU runs AVX2 and FMA.
+            Isa::Avx2 => return unsafe { x86::run_avx2(task) },
+            Isa::Portable => {}
+        }
+    }
+    task.run(Portable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct ExpCheck;
+    impl SimdTask for ExpCheck {
+        type Output = f32;
+        fn run<S: Simd>(self, s: S) -> f32 {
+            let mut worst = 0.0f32;
+            let mut buf = vec![0.0f32; S::LANES];
+            let mut x = -87.0f32;
+            while x < 88.0 {
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = x + i as f32 * 0.001;
+                }
+                // SAFETY: buf holds LANES floats.
+                let v = unsafe { s.load(buf.as_ptr()) };
+                let e = s.exp(v);
+                // SAFETY: buf holds LANES floats.
+                unsafe { s.store(buf.as_mut_ptr(), e) };
+                for (i, got) in buf.iter().enumerate() {
+                    let want = ((x + i as f32 * 0.001) as f64).exp();
+                    worst = worst.max(((*got as f64 - want) / want).abs() as f32);
+                }
+                x += 0.37;
+            }
+            worst
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_on_every_path() {
+        for isa in Isa::supported() {
+            let worst = with_simd(isa, ExpCheck);
+            assert!(worst < 4e-7, "{isa}: worst relative error {worst}");
+        }
+    }
+}
