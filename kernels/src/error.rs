@@ -60,3 +60,11 @@ pub enum KernelError {
 
 /// Result of a kernel call.
 pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// Checks that the slice `name` of length `len` holds a `[rows, cols]` matrix.
+pub(crate) fn check_matrix(op: &'static str, name: &str, len: usize, rows: usize, cols: usize) -> Result<()> {
+    if rows.checked_mul(cols) == Some(len) {
+        return Ok(());
+    }
+    Err(KernelError::Shape { op, detail: format!("{name} has {len} elements, expected [{rows}, {cols}]") })
+}

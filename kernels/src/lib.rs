@@ -26,12 +26,26 @@
 //! # Ok::<(), elide_kernels::KernelError>(())
 //! ```
 
+pub mod elementwise;
 pub mod error;
 pub mod gemm;
 mod isa;
+mod lanes;
+pub mod norm;
+pub mod reduce;
+pub mod softmax;
+pub mod peak;
 pub(crate) mod simd;
+#[cfg(test)]
+mod testing;
 pub mod threading;
+pub mod topk;
 
 pub use error::{KernelError, Result};
 pub use isa::Isa;
+pub use elementwise::{binary, scale_add, unary, BinaryOp, UnaryOp};
+pub use reduce::{reduce_axis, ReduceOp};
+pub use norm::{layer_norm_rows, rms_norm_rows};
+pub use softmax::{log_softmax_rows, softmax_rows};
 pub use threading::Par;
+pub use topk::{argmax_rows, topk_rows};

@@ -161,7 +161,13 @@ pub(crate) fn run(
                     })
                 });
                 // LOOP 3
-                let work = |item: Item| with_simd(isa, Block { call: &call, item, packed_b, k });
+                // The packing buffer is taken outside the SIMD code: a closure is compiled without
+                // the caller's target features, so none may sit between `with_simd` and the kernel.
+                let work = |item: Item| {
+                    with_buffer(&PACK_A, item.mc.div_ceil(bl.mr) * bl.mr * item.kc, |packed_a| {
+                        with_simd(isa, Block { call: &call, item, packed_a, packed_b, k })
+                    })
+                };
                 if threads > 1 {
                     items.collect::<Vec<_>>().into_par_iter().for_each(work);
                 } else {
@@ -176,6 +182,7 @@ pub(crate) fn run(
 struct Block<'a, 'c> {
     call: &'a Call<'c>,
     item: Item,
+    packed_a: &'a mut [f32],
     packed_b: &'a [f32],
     k: usize,
 }
@@ -185,25 +192,22 @@ impl SimdTask for Block<'_, '_> {
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let Block { call, item, packed_b, k } = self;
-        let bl = call.bl;
-        let (mr, nr) = (bl.mr, bl.nr);
-        with_buffer(&PACK_A, item.mc.div_ceil(mr) * mr * item.kc, |packed_a| {
-            pack_a(packed_a, &call.a, item.ic, item.mc, item.pc, item.kc, mr);
-            let first = item.pc == 0;
-            let last = item.pc + item.kc == k;
-            // LOOP 2
-            for q in item.panels.0..item.panels.1 {
-                let j0 = item.jc + q * nr;
-                let b_panel = &packed_b[q * item.kc * nr..(q + 1) * item.kc * nr];
-                // LOOP 1
-                for ir in (0..item.mc).step_by(mr) {
-                    let a_panel = &packed_a[(ir / mr) * item.kc * mr..(ir / mr + 1) * item.kc * mr];
-                    let tile = Tile { i0: item.ic + ir, j0, rows: mr.min(item.mc - ir), first, last };
-                    store_tile(s, call, tile, item.kc, a_panel, b_panel);
-                }
+        let Block { call, item, packed_a, packed_b, k } = self;
+        let (mr, nr) = (call.bl.mr, call.bl.nr);
+        pack_a(packed_a, &call.a, item.ic, item.mc, item.pc, item.kc, mr);
+        let first = item.pc == 0;
+        let last = item.pc + item.kc == k;
+        // LOOP 2
+        for q in item.panels.0..item.panels.1 {
+            let j0 = item.jc + q * nr;
+            let b_panel = &packed_b[q * item.kc * nr..(q + 1) * item.kc * nr];
+            // LOOP 1
+            for ir in (0..item.mc).step_by(mr) {
+                let a_panel = &packed_a[(ir / mr) * item.kc * mr..(ir / mr + 1) * item.kc * mr];
+                let tile = Tile { i0: item.ic + ir, j0, rows: mr.min(item.mc - ir), first, last };
+                store_tile(s, call, tile, item.kc, a_panel, b_panel);
             }
-        });
+        }
     }
 }
 

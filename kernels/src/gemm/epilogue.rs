@@ -98,7 +98,9 @@ pub(crate) unsafe fn finish_row<S: Simd>(
     scale: Option<f32>,
 ) {
     let lanes = S::LANES;
-    let apply = |v: S::V, b: Option<S::V>| {
+    // A nested fn, not a closure: closures do not inherit the caller's target features.
+    #[inline(always)]
+    fn apply<S: Simd>(s: S, v: S::V, b: Option<S::V>, act: Activation, scale: Option<f32>) -> S::V {
         let v = match b {
             Some(b) => s.add(v, b),
             None => v,
@@ -108,13 +110,13 @@ pub(crate) unsafe fn finish_row<S: Simd>(
             Some(sc) => s.mul(v, s.splat(sc)),
             None => v,
         }
-    };
+    }
     let mut j = 0;
     while j + lanes <= len {
         // SAFETY: j + lanes <= len, within the caller's guarantee.
         unsafe {
             let b = bias.map(|b| s.load(b.add(j)));
-            s.store(row.add(j), apply(s.load(row.add(j)), b));
+            s.store(row.add(j), apply(s, s.load(row.add(j)), b, act, scale));
         }
         j += lanes;
     }
@@ -130,7 +132,7 @@ pub(crate) unsafe fn finish_row<S: Simd>(
                 std::ptr::copy_nonoverlapping(b.add(j), bbuf.as_mut_ptr(), rest);
             }
             let b = bias.map(|_| s.load(bbuf.as_ptr()));
-            s.store(buf.as_mut_ptr(), apply(s.load(buf.as_ptr()), b));
+            s.store(buf.as_mut_ptr(), apply(s, s.load(buf.as_ptr()), b, act, scale));
             std::ptr::copy_nonoverlapping(buf.as_ptr(), row.add(j), rest);
         }
     }

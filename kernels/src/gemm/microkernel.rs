@@ -70,23 +70,45 @@ pub(crate) unsafe fn microkernel<S: Simd>(
     let mr = S::GEMM_MR;
     let nv = S::GEMM_NV;
     let nr = nv * S::LANES;
+    // C is needed only at the end; start fetching it now so its misses overlap the FMAs.
+    for row in c.iter().take(mr) {
+        s.prefetch(*row);
+        s.prefetch(row.wrapping_add(nr - 1));
+    }
     let mut acc = [[s.splat(0.0); MAX_NV]; MAX_MR];
     let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
+    // One step of K: NV loads of B, MR broadcasts of A, MR·NV FMAs.
+    #[inline(always)]
+    unsafe fn step<S: Simd>(s: S, a: *const f32, b: *const f32, acc: &mut [[S::V; MAX_NV]; MAX_MR]) {
         let mut bv = [s.splat(0.0); MAX_NV];
-        for (v, slot) in bv.iter_mut().enumerate().take(nv) {
-            // SAFETY: b points into a panel of kc·NR floats; this is step p's vector v.
+        for (v, slot) in bv.iter_mut().enumerate().take(S::GEMM_NV) {
+            // SAFETY: b points at one step (NR floats) of a packed B panel.
             *slot = unsafe { s.load(b.add(v * S::LANES)) };
         }
-        for (i, row) in acc.iter_mut().enumerate().take(mr) {
-            // SAFETY: a points into a panel of kc·MR floats; this is step p's row i.
+        for (i, row) in acc.iter_mut().enumerate().take(S::GEMM_MR) {
+            // SAFETY: a points at one step (MR floats) of a packed A panel.
             let av = s.splat(unsafe { *a.add(i) });
-            for v in 0..nv {
+            for v in 0..S::GEMM_NV {
                 row[v] = s.mul_add(av, bv[v], row[v]);
             }
         }
-        // SAFETY: advancing by one step stays within (or one past) the panels.
+    }
+    // Unrolled by 4 so the loop branch and pointer updates are amortised.
+    for _ in 0..kc / 4 {
+        // SAFETY: four steps remain in both panels.
         unsafe {
+            step(s, a, b, &mut acc);
+            step(s, a.add(mr), b.add(nr), &mut acc);
+            step(s, a.add(2 * mr), b.add(2 * nr), &mut acc);
+            step(s, a.add(3 * mr), b.add(3 * nr), &mut acc);
+            a = a.add(4 * mr);
+            b = b.add(4 * nr);
+        }
+    }
+    for _ in 0..kc % 4 {
+        // SAFETY: one step remains in both panels.
+        unsafe {
+            step(s, a, b, &mut acc);
             a = a.add(mr);
             b = b.add(nr);
         }

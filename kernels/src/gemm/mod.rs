@@ -150,3 +150,6 @@ fn add_rows(c: MatMut<'_>, t: &[f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

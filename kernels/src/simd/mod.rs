@@ -48,17 +48,72 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn round(self, a: Self::V) -> Self::V;
     /// `2^n` for lanes holding integral values in `[-126, 127]`.
     fn pow2i(self, n: Self::V) -> Self::V;
+    /// Hints the CPU to bring the cache line holding `p` into L1 (no effect where unsupported).
+    /// Any address is allowed: a prefetch never faults.
+    fn prefetch(self, p: *const f32);
     /// Sum of the lanes, always in the same order.
     fn reduce_sum(self, v: Self::V) -> f32;
     /// Largest lane.
     fn reduce_max(self, v: Self::V) -> f32;
+    /// Lane-wise `|a|` (clears the sign bit).
+    fn abs(self, a: Self::V) -> Self::V;
+    /// Lane-wise `if a < b { if_lt } else { otherwise }`; a NaN in `a` or `b` takes `otherwise`.
+    fn select_lt(self, a: Self::V, b: Self::V, if_lt: Self::V, otherwise: Self::V) -> Self::V;
+    /// Splits positive normal floats as `x = m·2^e` with `m` in `[1, 2)` and returns `(m, e)`.
+    /// Zero, subnormal, negative, infinite and NaN lanes give meaningless values.
+    fn split_exponent(self, x: Self::V) -> (Self::V, Self::V);
+
+    /// Lane-wise `if a is NaN { a } else { b }`: carries a NaN past a max, min or clamp that
+    /// would drop it.
+    #[inline(always)]
+    fn keep_nan(self, a: Self::V, b: Self::V) -> Self::V {
+        // A lane neither below +inf nor above -inf is NaN.
+        let unless_above_neg_inf = self.select_lt(self.splat(f32::NEG_INFINITY), a, b, a);
+        self.select_lt(a, self.splat(f32::INFINITY), b, unless_above_neg_inf)
+    }
+
+    /// Lane-wise natural log, relative error about 1e-7 (Cephes `logf`): `x = m·2^e` with `m`
+    /// in `[√½, √2)`, then `ln m = f - f²/2 + f³·P(f)` for `f = m - 1`. Subnormals are scaled
+    /// into range first; `ln 0 = -inf`, `ln(x < 0) = NaN`, `ln inf = inf`, NaN stays NaN.
+    #[inline(always)]
+    fn ln(self, x: Self::V) -> Self::V {
+        let one = self.splat(1.0);
+        let zero = self.splat(0.0);
+        let min_normal = self.splat(f32::MIN_POSITIVE);
+        let scale = self.select_lt(x, min_normal, self.splat(8_388_608.0), one); // 2^23
+        let (m, e) = self.split_exponent(self.mul(x, scale));
+        let e = self.add(e, self.select_lt(x, min_normal, self.splat(-23.0), zero));
+        let sqrt2 = self.splat(std::f32::consts::SQRT_2);
+        let e = self.select_lt(m, sqrt2, e, self.add(e, one));
+        let f = self.sub(self.select_lt(m, sqrt2, m, self.mul(m, self.splat(0.5))), one);
+        let z = self.mul(f, f);
+        let mut p = self.splat(7.037_683_6e-2);
+        p = self.mul_add(p, f, self.splat(-1.151_461e-1));
+        p = self.mul_add(p, f, self.splat(1.167_699_9e-1));
+        p = self.mul_add(p, f, self.splat(-1.242_014_1e-1));
+        p = self.mul_add(p, f, self.splat(1.424_932_3e-1));
+        p = self.mul_add(p, f, self.splat(-1.666_805_8e-1));
+        p = self.mul_add(p, f, self.splat(2.000_071_4e-1));
+        p = self.mul_add(p, f, self.splat(-2.499_999_4e-1));
+        p = self.mul_add(p, f, self.splat(3.333_333_1e-1));
+        let y = self.mul(self.mul(p, f), z);
+        // ln2 split in two (Cody–Waite) so e·ln2 adds without rounding away f's low bits.
+        let y = self.mul_add(e, self.splat(-2.121_944_4e-4), y);
+        let y = self.mul_add(z, self.splat(-0.5), y);
+        let r = self.mul_add(e, self.splat(0.693_359_375), self.add(f, y));
+        let r = self.select_lt(x, self.splat(f32::from_bits(1)), self.splat(f32::NEG_INFINITY), r);
+        let r = self.select_lt(x, zero, self.splat(f32::NAN), r);
+        self.select_lt(x, self.splat(f32::INFINITY), r, x)
+    }
 
     /// Lane-wise `e^x`, relative error below 2e-7 on `[-87, 88]`; saturates outside it.
     ///
     /// Cody–Waite range reduction `x = n·ln2 + r`, then a degree-6 polynomial for `e^r`.
     #[inline(always)]
     fn exp(self, x: Self::V) -> Self::V {
-        let x = self.min(self.max(x, self.splat(-87.33654)), self.splat(88.37626));
+        // x goes second: x86 max/min return their second operand when either is NaN (NEON
+        // returns NaN), so a NaN lane passes the clamp and e^NaN = NaN.
+        let x = self.min(self.splat(88.37626), self.max(self.splat(-87.33654), x));
         let n = self.round(self.mul(x, self.splat(std::f32::consts::LOG2_E)));
         let r = self.mul_add(n, self.splat(-0.693_145_75), x);
         let r = self.mul_add(n, self.splat(-1.428_606_8e-6), r);

@@ -70,6 +70,8 @@ impl Simd for Portable {
         wide::bytemuck::cast(bits)
     }
     #[inline(always)]
+    fn prefetch(self, _p: *const f32) {}
+    #[inline(always)]
     fn reduce_sum(self, v: f32x8) -> f32 {
         let a = v.to_array();
         ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
@@ -77,5 +79,20 @@ impl Simd for Portable {
     #[inline(always)]
     fn reduce_max(self, v: f32x8) -> f32 {
         v.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max)
+    }
+    #[inline(always)]
+    fn abs(self, a: f32x8) -> f32x8 {
+        a.abs()
+    }
+    #[inline(always)]
+    fn select_lt(self, a: f32x8, b: f32x8, if_lt: f32x8, otherwise: f32x8) -> f32x8 {
+        a.simd_lt(b).select(if_lt, otherwise)
+    }
+    #[inline(always)]
+    fn split_exponent(self, x: f32x8) -> (f32x8, f32x8) {
+        let bits: i32x8 = wide::bytemuck::cast(x);
+        let e: i32x8 = (bits >> 23_u32) - i32x8::splat(127);
+        let m = (bits & i32x8::splat(0x007f_ffff)) | i32x8::splat(0x3f80_0000);
+        (wide::bytemuck::cast(m), e.round_float())
     }
 }

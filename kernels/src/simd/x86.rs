@@ -91,6 +91,10 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    fn prefetch(self, p: *const f32) {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+    }
+    #[inline(always)]
     fn reduce_sum(self, v: __m256) -> f32 {
         unsafe {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -106,6 +110,24 @@ impl Simd for Avx2 {
             let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_max_ss(s, _mm_movehdup_ps(s));
             _mm_cvtss_f32(s)
+        }
+    }
+    #[inline(always)]
+    fn abs(self, a: __m256) -> __m256 {
+        unsafe { _mm256_andnot_ps(_mm256_set1_ps(-0.0), a) }
+    }
+    #[inline(always)]
+    fn select_lt(self, a: __m256, b: __m256, if_lt: __m256, otherwise: __m256) -> __m256 {
+        unsafe { _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) }
+    }
+    #[inline(always)]
+    fn split_exponent(self, x: __m256) -> (__m256, __m256) {
+        unsafe {
+            let bits = _mm256_castps_si256(x);
+            let e = _mm256_sub_epi32(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(127));
+            let m = _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff));
+            let m = _mm256_or_si256(m, _mm256_set1_epi32(0x3f80_0000));
+            (_mm256_castsi256_ps(m), _mm256_cvtepi32_ps(e))
         }
     }
 }
@@ -173,6 +195,10 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    fn prefetch(self, p: *const f32) {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+    }
+    #[inline(always)]
     fn reduce_sum(self, v: __m512) -> f32 {
         unsafe {
             let lo = _mm512_castps512_ps256(v);
@@ -186,6 +212,24 @@ impl Simd for Avx512 {
             let lo = _mm512_castps512_ps256(v);
             let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
             Avx2(()).reduce_max(_mm256_max_ps(lo, hi))
+        }
+    }
+    #[inline(always)]
+    fn abs(self, a: __m512) -> __m512 {
+        unsafe { _mm512_abs_ps(a) }
+    }
+    #[inline(always)]
+    fn select_lt(self, a: __m512, b: __m512, if_lt: __m512, otherwise: __m512) -> __m512 {
+        unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), otherwise, if_lt) }
+    }
+    #[inline(always)]
+    fn split_exponent(self, x: __m512) -> (__m512, __m512) {
+        unsafe {
+            let bits = _mm512_castps_si512(x);
+            let e = _mm512_sub_epi32(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(127));
+            let m = _mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff));
+            let m = _mm512_or_si512(m, _mm512_set1_epi32(0x3f80_0000));
+            (_mm512_castsi512_ps(m), _mm512_cvtepi32_ps(e))
         }
     }
 }

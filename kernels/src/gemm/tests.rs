@@ -1,0 +1,243 @@
+//! GEMM against the f64 reference and `matrixmultiply`, on odd shapes, strided, transposed,
+//! gathered and scattered views, every epilogue and accumulation mode, on every CPU path.
+
+use super::reference::gemm_reference;
+use super::*;
+
+/// A deterministic pseudo-random fill in [-1, 1).
+fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
+    let tol = 1e-5 * (k as f32).sqrt().max(1.0);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}: element {i}: got {g}, want {w}");
+    }
+}
+
+/// Layout of an operand in a test case.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    RowMajor,
+    /// Stored transposed (column-major), read through `.t()`.
+    Transposed,
+    /// Row-major inside a wider buffer (row stride > cols).
+    Padded,
+    /// Rows gathered from a larger matrix through a shuffled index list.
+    Gathered,
+}
+
+/// Backing storage for an `r × c` operand in `layout`.
+struct Operand {
+    data: Vec<f32>,
+    index: Vec<u32>,
+    layout: Layout,
+    rows: usize,
+    cols: usize,
+}
+
+impl Operand {
+    fn new(rows: usize, cols: usize, layout: Layout, seed: u64) -> Self {
+        let (len, index) = match layout {
+            Layout::RowMajor | Layout::Transposed => (rows * cols, vec![]),
+            Layout::Padded => (rows * (cols + 3), vec![]),
+            Layout::Gathered => {
+                let src_rows = 2 * rows + 1;
+                let index = (0..rows).map(|i| ((i * 7 + 3) % src_rows) as u32).collect();
+                (src_rows * cols, index)
+            }
+        };
+        Operand { data: fill(len, seed), index, layout, rows, cols }
+    }
+
+    fn view(&self) -> MatRef<'_> {
+        let (r, c) = (self.rows, self.cols);
+        match self.layout {
+            Layout::RowMajor => MatRef::row_major(&self.data, r, c).unwrap(),
+            Layout::Transposed => MatRef::row_major(&self.data, c, r).unwrap().t(),
+            Layout::Padded => MatRef::new(&self.data, r, c, c + 3, 1).unwrap(),
+            Layout::Gathered => {
+                MatRef::row_major(&self.data, 2 * r + 1, c).unwrap().gather_rows(&self.index).unwrap()
+            }
+        }
+    }
+}
+
+/// Runs one case on `isa` and checks it against the reference.
+#[allow(clippy::too_many_arguments)]
+fn check_case(isa: Isa, m: usize, n: usize, k: usize, la: Layout, lb: Layout, gemm: Gemm<'_>, scatter: bool) {
+    let a = Operand::new(m, k, la, 1);
+    let b = Operand::new(k, n, lb, 2);
+    let c_rows = if scatter { m + 2 } else { m };
+    let c0 = fill(c_rows * n, 3);
+    let scatter_index: Vec<u32> = (0..m as u32).rev().map(|i| i + 1).collect();
+    let make_c = |data: &mut Vec<f32>| data.clone();
+    let mut got = make_c(&mut c0.clone());
+    let mut want = c0.clone();
+    {
+        let c = MatMut::row_major(&mut got, c_rows, n).unwrap();
+        let c = if scatter { c.scatter_rows(&scatter_index).unwrap() } else { c };
+        Gemm { isa, ..gemm }.run(c, a.view(), b.view()).unwrap();
+    }
+    {
+        let c = MatMut::row_major(&mut want, c_rows, n).unwrap();
+        let mut c = if scatter { c.scatter_rows(&scatter_index).unwrap() } else { c };
+        gemm_reference(&mut c, gemm.accum, &a.view(), &b.view(), gemm.alpha, &gemm.epilogue);
+    }
+    assert_close(&got, &want, k, &format!("{isa} m={m} n={n} k={k} {la:?}x{lb:?} {gemm:?} scatter={scatter}"));
+}
+
+const SIZES: [usize; 6] = [1, 3, 7, 33, 65, 257];
+
+#[test]
+fn odd_shapes_on_every_path() {
+    for isa in Isa::supported() {
+        for &m in &SIZES {
+            for &n in &SIZES {
+                for k in [1, 7, 65, 300] {
+                    check_case(isa, m, n, k, Layout::RowMajor, Layout::RowMajor, Gemm::default(), false);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_transposed_gathered_and_scattered_views() {
+    let layouts = [Layout::RowMajor, Layout::Transposed, Layout::Padded, Layout::Gathered];
+    for isa in Isa::supported() {
+        for la in layouts {
+            for lb in layouts {
+                for (m, n, k) in [(1, 33, 17), (7, 19, 260), (40, 35, 9), (13, 50, 513)] {
+                    check_case(isa, m, n, k, la, lb, Gemm::default(), false);
+                    check_case(isa, m, n, k, la, lb, Gemm { accum: Accum::Add, ..Gemm::default() }, true);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn epilogues_and_accumulation_modes() {
+    let (m, n) = (19, 37);
+    let bias = fill(n, 9);
+    let scale = fill(m, 10);
+    for isa in Isa::supported() {
+        for activation in [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::Silu] {
+            for accum in [Accum::Replace, Accum::Add] {
+                for k in [0, 5, 256, 600] {
+                    for (bias, scale) in [(None, None), (Some(&bias[..]), None), (Some(&bias[..]), Some(&scale[..]))] {
+                        let epilogue = Epilogue { bias, activation, row_scale: scale };
+                        let gemm = Gemm { alpha: 0.75, accum, epilogue, ..Gemm::default() };
+                        for mm in [1, m] {
+                            let epilogue = Epilogue { row_scale: scale.map(|s| &s[..mm]), ..epilogue };
+                            let gemm = Gemm { epilogue, ..gemm };
+                            check_case(isa, mm, n, k, Layout::RowMajor, Layout::RowMajor, gemm, false);
+                            check_case(isa, mm, n, k, Layout::Padded, Layout::Transposed, gemm, true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn agrees_with_matrixmultiply() {
+    let (m, n, k) = (129, 97, 531);
+    let a = fill(m * k, 4);
+    let b = fill(k * n, 5);
+    for isa in Isa::supported() {
+        let mut ours = vec![0.0f32; m * n];
+        let gemm = Gemm { isa, ..Gemm::default() };
+        gemm.run(
+            MatMut::row_major(&mut ours, m, n).unwrap(),
+            MatRef::row_major(&a, m, k).unwrap(),
+            MatRef::row_major(&b, k, n).unwrap(),
+        )
+        .unwrap();
+        let mut theirs = vec![0.0f32; m * n];
+        // SAFETY: the pointers and strides describe the three row-major buffers above.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                theirs.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+        assert_close(&ours, &theirs, k, &format!("{isa} vs matrixmultiply"));
+    }
+}
+
+#[test]
+fn bit_identical_on_one_and_two_threads() {
+    let (m, n, k) = (300, 200, 700);
+    let a = fill(m * k, 6);
+    let b = fill(k * n, 7);
+    let bias = fill(n, 8);
+    let run = |threads: usize, isa: Isa| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut c = vec![0.0f32; m * n];
+        pool.install(|| {
+            let epilogue = Epilogue { bias: Some(&bias), activation: Activation::Gelu, row_scale: None };
+            Gemm { isa, epilogue, ..Gemm::default() }
+                .run(
+                    MatMut::row_major(&mut c, m, n).unwrap(),
+                    MatRef::row_major(&a, m, k).unwrap(),
+                    MatRef::row_major(&b, k, n).unwrap(),
+                )
+                .unwrap()
+        });
+        c
+    };
+    for isa in Isa::supported() {
+        let one = run(1, isa);
+        let two = run(2, isa);
+        assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa}: 1 vs 2 threads differ");
+    }
+}
+
+#[test]
+fn shape_errors_name_the_op_and_shapes() {
+    let a = vec![0.0f32; 6];
+    let b = vec![0.0f32; 8];
+    let mut c = vec![0.0f32; 8];
+    let err = Gemm::default()
+        .run(
+            MatMut::row_major(&mut c, 2, 4).unwrap(),
+            MatRef::row_major(&a, 2, 3).unwrap(),
+            MatRef::row_major(&b, 2, 4).unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "gemm: shape mismatch: A is 2x3, B is 2x4, C is 2x4");
+    let bias = [0.0f32; 3];
+    let epilogue = Epilogue { bias: Some(&bias), ..Epilogue::default() };
+    let err = Gemm { epilogue, ..Gemm::default() }
+        .run(
+            MatMut::row_major(&mut c, 2, 4).unwrap(),
+            MatRef::row_major(&a, 2, 3).unwrap(),
+            MatRef::row_major(&a, 3, 2).unwrap().gather_cols(&[0, 1, 1, 0]).unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "gemm: shape mismatch: bias has 3 elements, C has 4 columns");
+}

@@ -1,0 +1,182 @@
+//! Slice-level building blocks over the [`Simd`] trait, shared by the non-GEMM kernels:
+//! bounds-checked vector loads and stores, padded partial vectors for tails, a lane-wise map
+//! and a lane-wise fold. Kernels built from these need no `unsafe` of their own.
+//!
+//! Tails go through a padded vector, so every element of a slice takes the same arithmetic
+//! whatever its position: a result never depends on where a chunk boundary fell.
+
+use crate::simd::Simd;
+
+/// The widest vector any [`Simd`] implementation has (AVX-512: 16 f32 lanes).
+const MAX_LANES: usize = 16;
+
+/// Loads the first `LANES` floats of `x`; panics if `x` is shorter (a kernel bug).
+#[inline(always)]
+pub(crate) fn load<S: Simd>(s: S, x: &[f32]) -> S::V {
+    assert!(x.len() >= S::LANES);
+    // SAFETY: just checked that `x` holds at least LANES floats.
+    unsafe { s.load(x.as_ptr()) }
+}
+
+/// Stores `v` into the first `LANES` floats of `out`; panics if `out` is shorter.
+#[inline(always)]
+pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::V) {
+    assert!(out.len() >= S::LANES);
+    // SAFETY: just checked that `out` holds at least LANES floats.
+    unsafe { s.store(out.as_mut_ptr(), v) }
+}
+
+/// Loads `x` (at most `LANES` floats) into a vector whose remaining lanes hold `pad`.
+#[inline(always)]
+pub(crate) fn load_partial<S: Simd>(s: S, x: &[f32], pad: f32) -> S::V {
+    let mut buf = [pad; MAX_LANES];
+    buf[..x.len()].copy_from_slice(x);
+    load(s, &buf)
+}
+
+/// Stores the first `out.len()` (at most `LANES`) lanes of `v` into `out`.
+#[inline(always)]
+pub(crate) fn store_partial<S: Simd>(s: S, out: &mut [f32], v: S::V) {
+    let mut buf = [0.0; MAX_LANES];
+    store(s, &mut buf, v);
+    let n = out.len();
+    out.copy_from_slice(&buf[..n]);
+}
+
+/// `out[i] = f(x[i])` for every `i`, a vector at a time (`x` and `out` have equal lengths).
+#[inline(always)]
+pub(crate) fn map<S: Simd>(s: S, x: &[f32], out: &mut [f32], f: impl Fn(S::V) -> S::V) {
+    assert_eq!(x.len(), out.len());
+    let mut xs = x.chunks_exact(S::LANES);
+    let mut outs = out.chunks_exact_mut(S::LANES);
+    for (xv, ov) in (&mut xs).zip(&mut outs) {
+        store(s, ov, f(load(s, xv)));
+    }
+    let tail = xs.remainder();
+    if !tail.is_empty() {
+        store_partial(s, outs.into_remainder(), f(load_partial(s, tail, 0.0)));
+    }
+}
+
+/// `y[i] = f(y[i])` for every `i`, in place, a vector at a time.
+#[inline(always)]
+pub(crate) fn map_in_place<S: Simd>(s: S, y: &mut [f32], f: impl Fn(S::V) -> S::V) {
+    let mut ys = y.chunks_exact_mut(S::LANES);
+    for yv in &mut ys {
+        let v = f(load(s, yv));
+        store(s, yv, v);
+    }
+    let tail = ys.into_remainder();
+    if !tail.is_empty() {
+        let v = f(load_partial(s, tail, 0.0));
+        store_partial(s, tail, v);
+    }
+}
+
+/// `y[i] = f(y[i], w[i])` for every `i`, in place, a vector at a time (equal lengths).
+#[inline(always)]
+pub(crate) fn zip_in_place<S: Simd>(s: S, y: &mut [f32], w: &[f32], f: impl Fn(S::V, S::V) -> S::V) {
+    assert_eq!(y.len(), w.len());
+    let mut ys = y.chunks_exact_mut(S::LANES);
+    let mut ws = w.chunks_exact(S::LANES);
+    for (yv, wv) in (&mut ys).zip(&mut ws) {
+        let v = f(load(s, yv), load(s, wv));
+        store(s, yv, v);
+    }
+    let (yt, wt) = (ys.into_remainder(), ws.remainder());
+    if !yt.is_empty() {
+        let v = f(load_partial(s, yt, 0.0), load_partial(s, wt, 0.0));
+        store_partial(s, yt, v);
+    }
+}
+
+/// `e^x` with IEEE-like ends: [`Simd::exp`] saturates outside `[-87.3, 88.4]`; here the result
+/// is 0 below `ln(f32::MIN_POSITIVE)` (subnormal results flush to zero) and `inf` above
+/// `ln(f32::MAX)`.
+#[inline(always)]
+pub(crate) fn exp_ieee<S: Simd>(s: S, x: S::V) -> S::V {
+    let e = s.select_lt(x, s.splat(-87.336_54), s.splat(0.0), s.exp(x));
+    s.select_lt(s.splat(88.722_84), x, s.splat(f32::INFINITY), e)
+}
+
+/// Folds `x` lane-wise: four accumulators (for instruction-level parallelism) start at `init`
+/// and take `acc = step(acc, v)` for each vector `v` of `x`, the tail padded with `pad` (pick a
+/// `pad` that `step` ignores); they are merged as `(a0 ⊕ a1) ⊕ (a2 ⊕ a3)`. The order depends only
+/// on `x.len()`, so the result is deterministic.
+#[inline(always)]
+pub(crate) fn fold<S: Simd>(
+    s: S,
+    x: &[f32],
+    pad: f32,
+    init: S::V,
+    step: impl Fn(S::V, S::V) -> S::V,
+    merge: impl Fn(S::V, S::V) -> S::V,
+) -> S::V {
+    let mut acc = [init; 4];
+    let mut blocks = x.chunks_exact(4 * S::LANES);
+    for block in &mut blocks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = step(*a, load(s, &block[k * S::LANES..]));
+        }
+    }
+    let mut vectors = blocks.remainder().chunks_exact(S::LANES);
+    for xv in &mut vectors {
+        acc[0] = step(acc[0], load(s, xv));
+    }
+    let tail = vectors.remainder();
+    if !tail.is_empty() {
+        acc[1] = step(acc[1], load_partial(s, tail, pad));
+    }
+    merge(merge(acc[0], acc[1]), merge(acc[2], acc[3]))
+}
+
+/// Sum of the elements of `x` in a fixed order (lane-wise partial sums, then the lanes).
+#[inline(always)]
+pub(crate) fn sum<S: Simd>(s: S, x: &[f32]) -> f32 {
+    let add = |a, b| s.add(a, b);
+    s.reduce_sum(fold(s, x, 0.0, s.splat(0.0), add, add))
+}
+
+/// Lane-wise maximum that keeps NaN: a NaN in either operand gives NaN.
+#[inline(always)]
+pub(crate) fn max_nan<S: Simd>(s: S, a: S::V, b: S::V) -> S::V {
+    s.keep_nan(a, s.keep_nan(b, s.max(a, b)))
+}
+
+/// Lane-wise minimum that keeps NaN: a NaN in either operand gives NaN.
+#[inline(always)]
+pub(crate) fn min_nan<S: Simd>(s: S, a: S::V, b: S::V) -> S::V {
+    s.keep_nan(a, s.keep_nan(b, s.min(a, b)))
+}
+
+/// Largest lane of `v`, or NaN if any lane is NaN.
+#[inline(always)]
+pub(crate) fn hmax<S: Simd>(s: S, v: S::V) -> f32 {
+    // The zero lanes sum to zero; a NaN lane makes the sum NaN.
+    let nan_probe = s.reduce_sum(s.keep_nan(v, s.splat(0.0)));
+    if nan_probe.is_nan() {
+        f32::NAN
+    } else {
+        s.reduce_max(v)
+    }
+}
+
+/// Smallest lane of `v`, or NaN if any lane is NaN.
+#[inline(always)]
+pub(crate) fn hmin<S: Simd>(s: S, v: S::V) -> f32 {
+    -hmax(s, s.mul(v, s.splat(-1.0)))
+}
+
+/// Largest element of `x` (which must not be empty), or NaN if any element is NaN.
+#[inline(always)]
+pub(crate) fn max<S: Simd>(s: S, x: &[f32]) -> f32 {
+    let m = |a, b| max_nan(s, a, b);
+    hmax(s, fold(s, x, f32::NEG_INFINITY, s.splat(f32::NEG_INFINITY), m, m))
+}
+
+/// Smallest element of `x` (which must not be empty), or NaN if any element is NaN.
+#[inline(always)]
+pub(crate) fn min<S: Simd>(s: S, x: &[f32]) -> f32 {
+    let m = |a, b| min_nan(s, a, b);
+    hmin(s, fold(s, x, f32::INFINITY, s.splat(f32::INFINITY), m, m))
+}

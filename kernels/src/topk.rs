@@ -1,0 +1,338 @@
+//! Per-row argmax and top-k of a contiguous `[rows, cols]` array: the selections that routers
+//! (top-k token choice, expert choice, mixture-of-depths) and greedy decoding make.
+//!
+//! Ties go to the lower column index, so a selection is reproducible. A NaN in a row is an
+//! error rather than a silent choice: a router fed NaN is a bug upstream, and picking "some"
+//! expert would hide it. Rows split over rayon in fixed chunks; a row is never split.
+
+use crate::error::{check_matrix, KernelError, Result};
+use crate::lanes;
+use crate::simd::{with_simd, Simd, SimdTask};
+use crate::threading::{for_row_chunks, ROWWISE_CHUNK, ROWWISE_PAR_MIN};
+use crate::Isa;
+use rayon::prelude::*;
+use std::cmp::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering as Atomic};
+
+/// Up to this `k`, top-k keeps a sorted list of the best `k` so far (O(cols·k) at worst, far less
+/// on typical rows, since whole vectors below the current k-th value are skipped); above it, a
+/// partial selection (O(cols + k log k)).
+const INSERTION_MAX_K: usize = 64;
+
+/// `x` is `[rows, cols]`, `out` is `[rows]`: the column of each row's largest value (the lowest
+/// such column on ties).
+///
+/// # Errors
+/// [`KernelError::Shape`] if `x` or `out` has the wrong length; [`KernelError::Argument`] if
+/// `cols == 0`, if column indices do not fit `u32`, or if a row holds a NaN (naming the first
+/// such row; `out` may then be partly written).
+pub fn argmax_rows(isa: Isa, x: &[f32], rows: usize, cols: usize, out: &mut [u32]) -> Result<()> {
+    const OP: &str = "argmax_rows";
+    check(OP, x, rows, cols, 1)?;
+    if out.len() != rows {
+        return Err(KernelError::Shape { op: OP, detail: format!("out has {} elements, expected [{rows}]", out.len()) });
+    }
+    let first_nan = AtomicUsize::new(usize::MAX);
+    for_row_chunks(out, 1, cols, |row0, out| {
+        let x = &x[row0 * cols..(row0 + out.len()) * cols];
+        if let Some(r) = with_simd(isa, ArgmaxTask { x, cols, out }) {
+            first_nan.fetch_min(row0 + r, Atomic::Relaxed);
+        }
+    });
+    nan_error(OP, first_nan.into_inner())
+}
+
+/// `x` is `[rows, cols]`, `values` and `indices` are `[rows, k]`: per row, the `k` largest
+/// values in descending order and their column indices; ties go to the lower index.
+///
+/// ```
+/// use elide_kernels::{topk_rows, Isa};
+/// let x = [0.1, 0.7, 0.2, 0.7];
+/// let (mut v, mut i) = ([0.0; 3], [0u32; 3]);
+/// topk_rows(Isa::active(), &x, 1, 4, 3, &mut v, &mut i)?;
+/// assert_eq!((v, i), ([0.7, 0.7, 0.2], [1, 3, 2]));
+/// # Ok::<(), elide_kernels::KernelError>(())
+/// ```
+///
+/// # Errors
+/// [`KernelError::Shape`] if a slice has the wrong length; [`KernelError::Argument`] if `k == 0`,
+/// `k > cols`, column indices do not fit `u32`, or a row holds a NaN (naming the first such row;
+/// the outputs may then be partly written).
+pub fn topk_rows(
+    isa: Isa,
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    k: usize,
+    values: &mut [f32],
+    indices: &mut [u32],
+) -> Result<()> {
+    const OP: &str = "topk_rows";
+    check(OP, x, rows, cols, k)?;
+    check_matrix(OP, "values", values.len(), rows, k)?;
+    check_matrix(OP, "indices", indices.len(), rows, k)?;
+    let first_nan = AtomicUsize::new(usize::MAX);
+    let chunk = |row0: usize, values: &mut [f32], indices: &mut [u32]| {
+        let x = &x[row0 * cols..(row0 + values.len() / k) * cols];
+        if let Some(r) = with_simd(isa, TopkTask { x, cols, k, values, indices }) {
+            first_nan.fetch_min(row0 + r, Atomic::Relaxed);
+        }
+    };
+    if rows < 2 || x.len() < ROWWISE_PAR_MIN || rayon::current_num_threads() < 2 {
+        chunk(0, values, indices);
+    } else {
+        let rows_per_chunk = (ROWWISE_CHUNK / cols).max(1);
+        let (vs, is) = (values.par_chunks_mut(rows_per_chunk * k), indices.par_chunks_mut(rows_per_chunk * k));
+        vs.zip(is).enumerate().for_each(|(c, (v, i))| chunk(c * rows_per_chunk, v, i));
+    }
+    nan_error(OP, first_nan.into_inner())
+}
+
+/// The checks both ops share: the shape of `x`, `cols > 0`, `1 <= k <= cols`, `u32` columns.
+fn check(op: &'static str, x: &[f32], rows: usize, cols: usize, k: usize) -> Result<()> {
+    let argument = |detail: String| Err(KernelError::Argument { op, detail });
+    if cols == 0 {
+        return argument(format!("cols is 0 (x is [{rows}, 0]): nothing to select from"));
+    }
+    if k == 0 {
+        return argument(format!("k is 0 (x is [{rows}, {cols}])"));
+    }
+    if k > cols {
+        return argument(format!("k = {k} exceeds cols = {cols}"));
+    }
+    if cols - 1 > u32::MAX as usize {
+        return argument(format!("cols = {cols} does not fit u32 column indices"));
+    }
+    check_matrix(op, "x", x.len(), rows, cols)
+}
+
+fn nan_error(op: &'static str, first_nan: usize) -> Result<()> {
+    match first_nan {
+        usize::MAX => Ok(()),
+        row => Err(KernelError::Argument { op, detail: format!("NaN in row {row}") }),
+    }
+}
+
+/// Argmax of each `cols`-long row of `x` into `out`; stops at the first row holding a NaN and
+/// returns its position in `x`.
+struct ArgmaxTask<'a> {
+    x: &'a [f32],
+    cols: usize,
+    out: &'a mut [u32],
+}
+
+impl SimdTask for ArgmaxTask<'_> {
+    type Output = Option<usize>;
+    fn run<S: Simd>(self, s: S) -> Option<usize> {
+        for (r, (row, out)) in self.x.chunks_exact(self.cols).zip(self.out.iter_mut()).enumerate() {
+            let max = lanes::max(s, row);
+            if max.is_nan() {
+                return Some(r);
+            }
+            // The first element equal to the (NaN-free) maximum exists; `cols` fits u32.
+            *out = row.iter().position(|&v| v == max).unwrap_or(0) as u32;
+        }
+        None
+    }
+}
+
+/// Top-k of each `cols`-long row of `x` into `values` and `indices` (`k` per row); stops at the
+/// first row holding a NaN and returns its position in `x`.
+struct TopkTask<'a> {
+    x: &'a [f32],
+    cols: usize,
+    k: usize,
+    values: &'a mut [f32],
+    indices: &'a mut [u32],
+}
+
+impl SimdTask for TopkTask<'_> {
+    type Output = Option<usize>;
+    fn run<S: Simd>(self, s: S) -> Option<usize> {
+        let k = self.k;
+        let mut scratch = Vec::new();
+        let outs = self.values.chunks_exact_mut(k).zip(self.indices.chunks_exact_mut(k));
+        for (r, (row, (values, indices))) in self.x.chunks_exact(self.cols).zip(outs).enumerate() {
+            let ok = if k <= INSERTION_MAX_K {
+                topk_insertion(s, row, values, indices)
+            } else {
+                topk_select(row, values, indices, &mut scratch)
+            };
+            if !ok {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
+
+/// Small k: a sorted list of the best so far (descending value, ascending index on ties).
+/// A vector of the row whose maximum does not beat the current k-th value is skipped whole.
+/// Returns false if the row holds a NaN.
+#[inline(always)]
+fn topk_insertion<S: Simd>(s: S, row: &[f32], values: &mut [f32], indices: &mut [u32]) -> bool {
+    let k = values.len();
+    let mut len = 0;
+    let mut j = 0;
+    while j < row.len() {
+        let block = &row[j..(j + S::LANES).min(row.len())];
+        let block_max = if block.len() == S::LANES {
+            lanes::hmax(s, lanes::load(s, block))
+        } else {
+            lanes::hmax(s, lanes::load_partial(s, block, f32::NEG_INFINITY))
+        };
+        if block_max.is_nan() {
+            return false;
+        }
+        // Once k values are kept, only a strictly larger value can enter.
+        if len < k || block_max > values[k - 1] {
+            for (i, &v) in block.iter().enumerate() {
+                if len < k || v > values[k - 1] {
+                    len = insert(values, indices, len, v, (j + i) as u32);
+                }
+            }
+        }
+        j += block.len();
+    }
+    true
+}
+
+/// Inserts `(v, j)` into the sorted `values[..len]`/`indices[..len]` after every kept value
+/// `>= v` (so an equal value seen earlier stays first), dropping the last if all `k` slots are
+/// full; returns the new length.
+#[inline(always)]
+fn insert(values: &mut [f32], indices: &mut [u32], len: usize, v: f32, j: u32) -> usize {
+    let k = values.len();
+    let at = values[..len].partition_point(|&kept| kept >= v);
+    if at == k {
+        return len;
+    }
+    let end = (len + 1).min(k);
+    values.copy_within(at..end - 1, at + 1);
+    indices.copy_within(at..end - 1, at + 1);
+    values[at] = v;
+    indices[at] = j;
+    end
+}
+
+/// Large k: a partial selection of the k best (value descending, index ascending), then a sort
+/// of those k. Returns false if the row holds a NaN.
+fn topk_select(row: &[f32], values: &mut [f32], indices: &mut [u32], scratch: &mut Vec<(f32, u32)>) -> bool {
+    if row.iter().any(|v| v.is_nan()) {
+        return false;
+    }
+    let k = values.len();
+    // With NaN excluded this is a total order (-0 and +0 compare equal and fall to the index).
+    let better = |a: &(f32, u32), b: &(f32, u32)| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1));
+    scratch.clear();
+    scratch.extend(row.iter().enumerate().map(|(j, &v)| (v, j as u32)));
+    if k < row.len() {
+        scratch.select_nth_unstable_by(k - 1, better);
+    }
+    let best = &mut scratch[..k];
+    best.sort_unstable_by(better);
+    for ((v, i), &(value, index)) in values.iter_mut().zip(indices.iter_mut()).zip(best.iter()) {
+        (*v, *i) = (value, index);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{data, SHAPES};
+
+    /// A full stable sort by descending value: the reference selection.
+    fn reference(row: &[f32], k: usize) -> (Vec<f32>, Vec<u32>) {
+        let mut order: Vec<u32> = (0..row.len() as u32).collect();
+        order.sort_by(|&a, &b| row[b as usize].partial_cmp(&row[a as usize]).unwrap());
+        order.truncate(k);
+        (order.iter().map(|&j| row[j as usize]).collect(), order)
+    }
+
+    /// Rows with many ties: values on a coarse grid.
+    fn tied(len: usize, seed: u64) -> Vec<f32> {
+        data(len, seed, 0.0, 6.0).iter().map(|v| v.floor()).collect()
+    }
+
+    #[test]
+    fn argmax_matches_reference_on_every_path() {
+        for isa in Isa::supported() {
+            for (rows, cols) in SHAPES {
+                for x in [data(rows * cols, cols as u64, -1.0, 1.0), tied(rows * cols, 3)] {
+                    let mut out = vec![u32::MAX; rows];
+                    argmax_rows(isa, &x, rows, cols, &mut out).unwrap();
+                    let want: Vec<u32> = x.chunks(cols).map(|row| reference(row, 1).1[0]).collect();
+                    assert_eq!(out, want, "{isa} {rows}x{cols}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn topk_matches_reference_on_every_path() {
+        for isa in Isa::supported() {
+            for (rows, cols) in SHAPES.into_iter().chain([(3, 300), (2, 1000)]) {
+                for k in [1, 2, 7, 33, 65, 100, cols].into_iter().filter(|&k| k <= cols) {
+                    for x in [data(rows * cols, (cols + k) as u64, -1.0, 1.0), tied(rows * cols, k as u64)] {
+                        let (mut values, mut indices) = (vec![f32::NAN; rows * k], vec![u32::MAX; rows * k]);
+                        topk_rows(isa, &x, rows, cols, k, &mut values, &mut indices).unwrap();
+                        for (r, row) in x.chunks(cols).enumerate() {
+                            let (v, i) = reference(row, k);
+                            assert_eq!(&values[r * k..(r + 1) * k], &v[..], "{isa} {rows}x{cols} k={k} row {r}");
+                            assert_eq!(&indices[r * k..(r + 1) * k], &i[..], "{isa} {rows}x{cols} k={k} row {r}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ascending_rows_work_for_small_and_large_k() {
+        let x: Vec<f32> = (0..500).map(|j| j as f32).collect();
+        for k in [3, 64, 65, 500] {
+            let (mut values, mut indices) = (vec![0.0; k], vec![0; k]);
+            topk_rows(Isa::active(), &x, 1, 500, k, &mut values, &mut indices).unwrap();
+            assert_eq!(indices, (0..k as u32).map(|i| 499 - i).collect::<Vec<_>>(), "k={k}");
+        }
+    }
+
+    #[test]
+    fn nan_is_an_error_naming_the_first_row() {
+        let mut x = data(40 * 1000, 1, -1.0, 1.0);
+        x[3 * 1000 + 999] = f32::NAN;
+        x[17 * 1000] = f32::NAN;
+        for isa in Isa::supported() {
+            for k in [1, 5, 100] {
+                let (mut v, mut i) = (vec![0.0; 40 * k], vec![0; 40 * k]);
+                let err = topk_rows(isa, &x, 40, 1000, k, &mut v, &mut i).unwrap_err();
+                assert_eq!(err.to_string(), "topk_rows: NaN in row 3", "{isa} k={k}");
+            }
+            let err = argmax_rows(isa, &x, 40, 1000, &mut [0; 40]).unwrap_err();
+            assert_eq!(err.to_string(), "argmax_rows: NaN in row 3", "{isa}");
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let isa = Isa::active();
+        let x = [0.0; 6];
+        let msg = |r: Result<()>| r.unwrap_err().to_string();
+        assert_eq!(msg(topk_rows(isa, &x, 2, 3, 0, &mut [], &mut [])), "topk_rows: k is 0 (x is [2, 3])");
+        assert_eq!(msg(topk_rows(isa, &x, 2, 3, 4, &mut [0.0; 8], &mut [0; 8])), "topk_rows: k = 4 exceeds cols = 3");
+        assert_eq!(
+            msg(topk_rows(isa, &x, 2, 3, 2, &mut [0.0; 4], &mut [0; 3])),
+            "topk_rows: shape mismatch: indices has 3 elements, expected [2, 2]"
+        );
+        assert_eq!(
+            msg(argmax_rows(isa, &[], 2, 0, &mut [0; 2])),
+            "argmax_rows: cols is 0 (x is [2, 0]): nothing to select from"
+        );
+        assert_eq!(
+            msg(argmax_rows(isa, &x, 2, 3, &mut [0; 3])),
+            "argmax_rows: shape mismatch: out has 3 elements, expected [2]"
+        );
+        assert_eq!(msg(argmax_rows(isa, &x, 3, 3, &mut [0; 3])), "argmax_rows: shape mismatch: x has 6 elements, expected [3, 3]");
+    }
+}

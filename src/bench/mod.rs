@@ -1,0 +1,5 @@
+//! The benchmark areas behind `elide bench <area>`.
+
+pub mod gemm;
+pub mod report;
+pub mod timing;

@@ -1,0 +1,81 @@
+//! Timing that survives a shared, noisy machine: interleaved rounds, medians, ratios.
+//!
+//! An absolute time on this kind of machine drifts by a quarter between runs; a ratio of two
+//! things measured alternately (A B A B …) in the same run does not. Every figure elide reports
+//! is either such a ratio or printed next to one.
+
+use std::time::Instant;
+
+/// Seconds taken by one call of `f`.
+pub fn time_once(f: &mut dyn FnMut()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
+
+/// Median of a non-empty sample.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        0.5 * (xs[n / 2 - 1] + xs[n / 2])
+    }
+}
+
+/// How many rounds to run and how long each side should take per round.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Interleaved rounds (each round times every side once).
+    pub rounds: usize,
+    /// Minimum seconds per timed sample; fast calls are repeated to reach it.
+    pub min_sample: f64,
+}
+
+impl Plan {
+    /// The default plan, or a short one for smoke runs.
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan { rounds: 3, min_sample: 0.005 }
+        } else {
+            Plan { rounds: 11, min_sample: 0.05 }
+        }
+    }
+}
+
+/// Times every side once per round, in order, for `plan.rounds` rounds, after one warm-up call
+/// each. Returns per-side medians (seconds per call) and, for each side, the median over rounds
+/// of its time divided by side 0's time in the same round.
+pub fn interleaved(plan: Plan, sides: &mut [&mut dyn FnMut()]) -> Interleaved {
+    let reps: Vec<usize> = sides
+        .iter_mut()
+        .map(|f| {
+            let t = time_once(*f).max(1e-9);
+            ((plan.min_sample / t).ceil() as usize).clamp(1, 1_000_000)
+        })
+        .collect();
+    let mut times = vec![Vec::with_capacity(plan.rounds); sides.len()];
+    for _ in 0..plan.rounds {
+        for (s, f) in sides.iter_mut().enumerate() {
+            let start = Instant::now();
+            for _ in 0..reps[s] {
+                f();
+            }
+            times[s].push(start.elapsed().as_secs_f64() / reps[s] as f64);
+        }
+    }
+    let ratios_to_first = (0..sides.len())
+        .map(|s| median((0..plan.rounds).map(|r| times[s][r] / times[0][r]).collect()))
+        .collect();
+    Interleaved { medians: times.into_iter().map(median).collect(), ratios_to_first }
+}
+
+/// Result of [`interleaved`].
+#[derive(Clone, Debug)]
+pub struct Interleaved {
+    /// Median seconds per call of each side.
+    pub medians: Vec<f64>,
+    /// Median over rounds of `time(side) / time(side 0)`.
+    pub ratios_to_first: Vec<f64>,
+}
