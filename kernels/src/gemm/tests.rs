@@ -34,6 +34,9 @@ enum Layout {
     Padded,
     /// Rows gathered from a larger matrix through a shuffled index list.
     Gathered,
+    /// Columns gathered: the transpose of a row-gathered matrix (Xᵀ with K gathered, as in a
+    /// mixture-of-experts weight gradient).
+    GatheredCols,
 }
 
 /// Backing storage for an `r × c` operand in `layout`.
@@ -55,6 +58,11 @@ impl Operand {
                 let index = (0..rows).map(|i| ((i * 7 + 3) % src_rows) as u32).collect();
                 (src_rows * cols, index)
             }
+            Layout::GatheredCols => {
+                let src_cols = 2 * cols + 1;
+                let index = (0..cols).map(|j| ((j * 5 + 1) % src_cols) as u32).collect();
+                (src_cols * rows, index)
+            }
         };
         Operand { data: fill(len, seed), index, layout, rows, cols }
     }
@@ -67,6 +75,9 @@ impl Operand {
             Layout::Padded => MatRef::new(&self.data, r, c, c + 3, 1).unwrap(),
             Layout::Gathered => {
                 MatRef::row_major(&self.data, 2 * r + 1, c).unwrap().gather_rows(&self.index).unwrap()
+            }
+            Layout::GatheredCols => {
+                MatRef::row_major(&self.data, 2 * c + 1, r).unwrap().gather_rows(&self.index).unwrap().t()
             }
         }
     }
@@ -113,7 +124,7 @@ fn odd_shapes_on_every_path() {
 
 #[test]
 fn strided_transposed_gathered_and_scattered_views() {
-    let layouts = [Layout::RowMajor, Layout::Transposed, Layout::Padded, Layout::Gathered];
+    let layouts = [Layout::RowMajor, Layout::Transposed, Layout::Padded, Layout::Gathered, Layout::GatheredCols];
     for isa in Isa::supported() {
         for la in layouts {
             for lb in layouts {
