@@ -1,0 +1,38 @@
+//! Define-by-run reverse-mode autodiff for elide.
+//!
+//! A [`Var`] is a tensor value and, while gradients are being recorded, the graph node that made
+//! it. Every tensor op has a `Var` twin whose backward rule sits right next to its forward;
+//! [`Var::backward`] walks the graph once in reverse topological order and returns
+//! [`Gradients`] — a plain value, so there is no hidden `.grad` state and no `zero_grad`. Under
+//! [`no_grad`] nothing is recorded, so one forward path serves training and inference.
+//! Parameters are named ([`ParamStore`], `"blocks.3.moe.w1"`), optimizers (SGD with momentum,
+//! AdamW) update them, every backward rule is checked against finite differences
+//! ([`gradcheck`]), and [`checkpoint`] saves and loads them in the safetensors format.
+//!
+//! ```
+//! use elide_autodiff::{ParamStore, Var};
+//! use elide_tensor::{Rng, Tensor};
+//!
+//! let mut rng = Rng::seed(0);
+//! let mut store = ParamStore::new();
+//! let w = store.register("w", Tensor::randn(&[4, 3], &mut rng))?;
+//! let x = Var::constant(Tensor::randn(&[8, 4], &mut rng));
+//! let targets = [0u32, 1, 2, 0, 1, 2, 0, 1];
+//! let loss = x.matmul(&w.var())?.cross_entropy(&targets)?;
+//! let grads = loss.backward()?;
+//! assert_eq!(grads.get(&w).unwrap().shape(), &[4, 3]);
+//! # Ok::<(), elide_autodiff::Error>(())
+//! ```
+
+mod backward;
+mod error;
+pub mod gradcheck;
+mod ops;
+mod param;
+mod var;
+
+pub use backward::Gradients;
+pub use error::{Error, Result};
+pub use gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
+pub use param::{Param, ParamStore, Scope};
+pub use var::{is_recording, no_grad, Var};
