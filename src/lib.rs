@@ -3,8 +3,8 @@
 //!
 //! This facade re-exports the layers, lowest first: [`kernels`] (slice-level compute: the
 //! gathered/scattered GEMM, elementwise ops, reductions, softmax, norms, top-k, gather/scatter,
-//! run-time CPU dispatch) and [`tensor`] (the `Tensor` type with views, broadcasting and forward
-//! ops). The `elide` binary in this package runs the benchmarks (`elide bench gemm`).
+//! run-time CPU dispatch), [`tensor`] (the `Tensor` type with views, broadcasting and forward
+//! ops) and [`autodiff`] (`Var`, backward rules, parameters, optimizers, checkpoints). The `elide` binary in this package runs the benchmarks (`elide bench gemm`).
 //!
 //! ```
 //! use elide::kernels::gemm::{Gemm, MatMut, MatRef};
@@ -15,6 +15,7 @@
 //! # Ok::<(), elide::kernels::KernelError>(())
 //! ```
 
+pub use elide_autodiff as autodiff;
 pub use elide_kernels as kernels;
 pub use elide_tensor as tensor;
 

@@ -25,14 +25,18 @@
 //! ```
 
 mod backward;
+pub mod checkpoint;
 mod error;
 pub mod gradcheck;
+pub mod init;
 mod ops;
+pub mod optim;
 mod param;
 mod var;
 
 pub use backward::Gradients;
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
+pub use optim::{AdamW, LrSchedule, Optimizer, Sgd};
 pub use param::{Param, ParamStore, Scope};
 pub use var::{is_recording, no_grad, Var};

@@ -1,0 +1,89 @@
+//! AdamW: Adam with decoupled weight decay (arXiv 1711.05101), as `torch.optim.AdamW`.
+
+use super::{grad_values, load_slot, save_slot, Optimizer};
+use crate::error::Result;
+use crate::{Gradients, ParamStore};
+use elide_tensor::Tensor;
+use std::collections::HashMap;
+
+/// AdamW, following PyTorch's arithmetic step for step (so fixtures agree to rounding):
+///
+/// ```text
+/// p ← p·(1 − lr·λ)
+/// m ← m + (1 − β1)(g − m)          v ← β2·v + (1 − β2)·g²
+/// p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
+/// ```
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    /// Learning rate.
+    pub lr: f32,
+    /// `β1`, `β2`.
+    pub betas: (f32, f32),
+    /// `ε`.
+    pub eps: f32,
+    /// Decoupled weight decay `λ`.
+    pub weight_decay: f32,
+    m: HashMap<u64, Vec<f32>>,
+    v: HashMap<u64, Vec<f32>>,
+    steps: u64,
+}
+
+impl AdamW {
+    /// AdamW with PyTorch's defaults but the learning rate: β = (0.9, 0.999), ε = 1e-8, λ = 0.01.
+    pub fn new(lr: f32) -> AdamW {
+        AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, m: HashMap::new(), v: HashMap::new(), steps: 0 }
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, store: &ParamStore, grads: &Gradients) -> Result<()> {
+        let t = self.steps + 1;
+        let (b1, b2) = self.betas;
+        let bias1 = 1.0 - b1.powi(t as i32);
+        let bias2_sqrt = (1.0 - b2.powi(t as i32)).sqrt();
+        let step_size = self.lr / bias1;
+        for p in store.iter() {
+            let Some(g) = grads.get(p) else { continue };
+            let value = p.value();
+            let g = grad_values("AdamW::step", &value, g, p.name())?;
+            let mut x = value.to_vec();
+            let m = self.m.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
+            let v = self.v.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
+            let decay = 1.0 - self.lr * self.weight_decay;
+            for i in 0..x.len() {
+                x[i] *= decay;
+                m[i] += (1.0 - b1) * (g[i] - m[i]);
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                let denom = v[i].sqrt() / bias2_sqrt + self.eps;
+                x[i] -= step_size * (m[i] / denom);
+            }
+            p.set(Tensor::from_vec(x, value.shape())?)?;
+        }
+        self.steps = t;
+        Ok(())
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    fn state(&self, store: &ParamStore) -> Vec<(String, Tensor)> {
+        let mut state = save_slot(store, &self.m, "adamw.m");
+        state.extend(save_slot(store, &self.v, "adamw.v"));
+        state
+    }
+
+    fn load_state(&mut self, store: &ParamStore, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
+        let (m, v) = (load_slot(store, tensors, "adamw.m")?, load_slot(store, tensors, "adamw.v")?);
+        (self.m, self.v, self.steps) = (m, v, steps);
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! Positions of the largest values along the last dimension: argmax and top-k.
+//!
+//! Positions come back as an [`IndexTensor`] (`u32`), never as rounded floats.
+
+use elide_kernels::topk::{argmax_rows, topk_rows};
+use elide_kernels::Isa;
+
+use crate::error::{Error, Result};
+use crate::indices::IndexTensor;
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// The position of the largest value of each last-dim row. The result has the input's
+    /// shape without its last dim.
+    ///
+    /// ```
+    /// use elide_tensor::Tensor;
+    /// let x = Tensor::from_vec(vec![0.1, 0.7, 0.2, 0.9, 0.0, 0.1], &[2, 3])?;
+    /// let best = x.argmax()?;
+    /// assert_eq!((best.shape(), best.as_slice()), (&[2][..], &[1, 0][..]));
+    /// # Ok::<(), elide_tensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Argument`] for a 0-dimensional tensor or an empty last dim (with rows);
+    /// [`Error::Kernel`] when a row holds a NaN (a router fed NaN is a bug upstream; the
+    /// message names the row).
+    pub fn argmax(&self) -> Result<IndexTensor> {
+        const OP: &str = "argmax";
+        let (rows, cols) = self.rows_cols(OP)?;
+        let shape = self.shape[..self.rank() - 1].to_vec();
+        let mut out = vec![0u32; rows];
+        if rows > 0 {
+            if cols == 0 {
+                return Err(Error::argument(OP, format!("the last dim of shape {:?} is empty", self.shape)));
+            }
+            let x = self.contiguous();
+            argmax_rows(Isa::active(), x.as_slice().unwrap_or_default(), rows, cols, &mut out)?;
+        }
+        Ok(IndexTensor::from_parts(out, shape))
+    }
+
+    /// The `k` largest values of each last-dim row, largest first, and their positions in the
+    /// row. Both results have the input's shape with the last dim replaced by `k`.
+    ///
+    /// ```
+    /// use elide_tensor::Tensor;
+    /// let x = Tensor::from_vec(vec![0.1, 0.7, 0.2, 0.9], &[1, 4])?;
+    /// let (values, positions) = x.topk(2)?;
+    /// assert_eq!((values.to_vec(), positions.as_slice()), (vec![0.9, 0.7], &[3, 1][..]));
+    /// # Ok::<(), elide_tensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Argument`] for a 0-dimensional tensor, or `k` not in `1..=cols`;
+    /// [`Error::Kernel`] when a row holds a NaN.
+    pub fn topk(&self, k: usize) -> Result<(Tensor, IndexTensor)> {
+        const OP: &str = "topk";
+        let (rows, cols) = self.rows_cols(OP)?;
+        if k == 0 || k > cols {
+            return Err(Error::argument(
+                OP,
+                format!("k = {k} must be between 1 and the last dim of shape {:?}", self.shape),
+            ));
+        }
+        let mut shape = self.shape.clone();
+        *shape.last_mut().unwrap_or(&mut 0) = k;
+        let mut values = vec![0.0f32; rows * k];
+        let mut indices = vec![0u32; rows * k];
+        if rows > 0 {
+            let x = self.contiguous();
+            topk_rows(Isa::active(), x.as_slice().unwrap_or_default(), rows, cols, k, &mut values, &mut indices)?;
+        }
+        Ok((Tensor::from_contiguous(values, shape.clone()), IndexTensor::from_parts(indices, shape)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::random;
+
+    /// Reference: sort each row's positions by value, descending, ties to the lower position.
+    fn naive_topk(x: &Tensor, k: usize) -> (Vec<f32>, Vec<u32>) {
+        let cols = *x.shape().last().unwrap();
+        let (mut values, mut idx) = (Vec::new(), Vec::new());
+        for row in x.to_vec().chunks(cols) {
+            let mut order: Vec<usize> = (0..cols).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            values.extend(order[..k].iter().map(|&i| row[i]));
+            idx.extend(order[..k].iter().map(|&i| i as u32));
+        }
+        (values, idx)
+    }
+
+    #[test]
+    fn argmax_and_topk_match_the_reference() {
+        let inputs = [random(&[4, 9], 1), random(&[3, 2, 40], 2), random(&[9, 5], 3).t().unwrap()];
+        for x in &inputs {
+            let cols = *x.shape().last().unwrap();
+            let (_, best) = naive_topk(x, 1);
+            let got = x.argmax().unwrap();
+            assert_eq!((got.shape(), got.as_slice()), (&x.shape()[..x.rank() - 1], &best[..]));
+            for k in [1, 3, cols] {
+                let (values, idx) = naive_topk(x, k);
+                let (v, i) = x.topk(k).unwrap();
+                let mut shape = x.shape().to_vec();
+                *shape.last_mut().unwrap() = k;
+                assert_eq!((v.shape(), i.shape()), (&shape[..], &shape[..]));
+                assert_eq!((v.to_vec(), i.into_vec()), (values, idx));
+            }
+        }
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_position() {
+        let x = Tensor::from_vec(vec![1.0, 3.0, 3.0, 2.0, 3.0], &[5]).unwrap();
+        assert_eq!(x.argmax().unwrap().as_slice(), &[1]);
+        assert_eq!(x.topk(3).unwrap().1.as_slice(), &[1, 2, 4]);
+    }
+
+    #[test]
+    fn selection_errors_name_op_and_shapes() {
+        let x = Tensor::zeros(&[2, 3]);
+        let msg = |e: Error| e.to_string();
+        assert_eq!(msg(x.topk(4).unwrap_err()), "topk: k = 4 must be between 1 and the last dim of shape [2, 3]");
+        assert_eq!(msg(x.topk(0).unwrap_err()), "topk: k = 0 must be between 1 and the last dim of shape [2, 3]");
+        assert_eq!(msg(Tensor::zeros(&[2, 0]).argmax().unwrap_err()), "argmax: the last dim of shape [2, 0] is empty");
+        assert_eq!(
+            msg(Tensor::scalar(1.0).argmax().unwrap_err()),
+            "argmax: needs at least 1 dim, got a 0-dimensional tensor"
+        );
+        assert_eq!(Tensor::zeros(&[0, 3]).argmax().unwrap().shape(), &[0]);
+        let nan = Tensor::from_vec(vec![1.0, 2.0, f32::NAN, 0.0], &[2, 2]).unwrap();
+        assert!(matches!(nan.argmax(), Err(Error::Kernel(_))));
+        assert!(msg(nan.topk(1).unwrap_err()).contains("NaN"));
+    }
+}
