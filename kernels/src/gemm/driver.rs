@@ -16,9 +16,9 @@ use super::epilogue::{finish_row, Epilogue};
 use super::microkernel::{microkernel, Blocking, MAX_MR, MAX_NR};
 use super::pack::{pack_a, pack_b_panel};
 use super::view::{MatMut, MatRef};
+use super::Gemm;
 use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::{Par, SendPtr};
-use crate::Isa;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -103,18 +103,10 @@ fn with_buffer<R>(key: &'static std::thread::LocalKey<RefCell<AlignedBuf>>, len:
 /// than it saves.
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
-/// `C ← accum(C, epilogue(alpha·A·B))` with shapes already checked, `k ≥ 1`, and, for
-/// [`StoreMode::AddActivated`], `k ≤ KC`.
-pub(crate) fn run(
-    isa: Isa,
-    c: MatMut<'_>,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    alpha: f32,
-    epilogue: &Epilogue<'_>,
-    mode: StoreMode,
-    par: Par,
-) {
+/// `C ← accum(C, epilogue(alpha·A·B))` with shapes already checked, `k ≥ 1`, `settings.isa`
+/// supported, and, for [`StoreMode::AddActivated`], `k ≤ KC`.
+pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
+    let Gemm { alpha, epilogue, par, isa, .. } = *settings;
     let bl = Blocking::of(isa);
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let threads = match par {
@@ -130,7 +122,7 @@ pub(crate) fn run(
         c_row_index: c.row_index,
         n,
         alpha,
-        epilogue: *epilogue,
+        epilogue,
         mode,
     };
     let m_blocks = m.div_ceil(bl.mc);

@@ -113,13 +113,13 @@ pub(crate) unsafe fn microkernel<S: Simd>(
             b = b.add(nr);
         }
     }
-    for i in 0..mr {
-        let al = s.splat(alpha[i]);
-        for v in 0..nv {
-            // SAFETY: c[i] is valid for NR floats (caller's contract).
+    for ((row, &al), &dst) in acc.iter().zip(alpha).zip(c).take(mr) {
+        let al = s.splat(al);
+        for (v, &sum) in row.iter().enumerate().take(nv) {
+            // SAFETY: each row pointer is valid for NR floats (caller's contract).
             unsafe {
-                let p = c[i].add(v * S::LANES);
-                let r = if accumulate { s.mul_add(acc[i][v], al, s.load(p)) } else { s.mul(acc[i][v], al) };
+                let p = dst.add(v * S::LANES);
+                let r = if accumulate { s.mul_add(sum, al, s.load(p)) } else { s.mul(sum, al) };
                 s.store(p, r);
             }
         }

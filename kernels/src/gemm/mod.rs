@@ -115,7 +115,7 @@ impl Gemm<'_> {
             add_rows(c.rb_mut(), &tmp);
             return Ok(());
         }
-        driver::run(isa, c, a, b, self.alpha, epi, mode, self.par);
+        driver::run(&Gemm { isa, ..*self }, mode, c, a, b);
         Ok(())
     }
 }
