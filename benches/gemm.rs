@@ -9,7 +9,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 fn fill(len: usize, seed: u32) -> Vec<f32> {
-    (0..len).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0 - 0.5).collect()
+    (0..len)
+        .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / 16_777_216.0 - 0.5)
+        .collect()
 }
 
 fn sgemm(c: &mut Criterion) {

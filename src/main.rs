@@ -37,6 +37,8 @@ enum Area {
     Gemm,
     /// Peak f32 FMA throughput of one core.
     Peak,
+    /// Recording overhead with gradients off; backward over forward for a matmul.
+    Autodiff,
 }
 
 fn main() {
@@ -47,6 +49,7 @@ fn main() {
             let report: Report = match area {
                 Area::Gemm => bench::gemm::bench_gemm(plan),
                 Area::Peak => bench::gemm::bench_peak(plan),
+                Area::Autodiff => bench::autodiff::bench_autodiff(plan),
             };
             if json {
                 println!("{}", report.to_json());
@@ -55,7 +58,11 @@ fn main() {
             }
         }
         Command::Info => {
-            println!("isa: {} (best supported: {})", elide::kernels::Isa::active(), elide::kernels::Isa::best_supported());
+            println!(
+                "isa: {} (best supported: {})",
+                elide::kernels::Isa::active(),
+                elide::kernels::Isa::best_supported()
+            );
             println!("threads: {}", rayon::current_num_threads());
         }
     }

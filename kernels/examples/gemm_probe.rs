@@ -11,10 +11,33 @@ fn main() {
     let mut best = [f64::MAX; 2];
     for _ in 0..15 {
         let t = Instant::now();
-        Gemm { par: Par::Seq, ..Gemm::default() }.run(MatMut::row_major(&mut c, m, n).unwrap(), MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap()).unwrap();
+        Gemm { par: Par::Seq, ..Gemm::default() }
+            .run(
+                MatMut::row_major(&mut c, m, n).unwrap(),
+                MatRef::row_major(&a, m, k).unwrap(),
+                MatRef::row_major(&b, k, n).unwrap(),
+            )
+            .unwrap();
         best[0] = best[0].min(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0, c2.as_mut_ptr(), n as isize, 1) };
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c2.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        };
         best[1] = best[1].min(t.elapsed().as_secs_f64());
     }
     let f = 2.0 * (m * k * n) as f64 / 1e9;

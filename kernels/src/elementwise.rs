@@ -6,7 +6,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::gemm::Activation;
-use crate::lanes;
+use crate::lanes::{self, lane_fn, LaneFn2};
 use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::for_row_chunks;
 use crate::Isa;
@@ -89,25 +89,40 @@ struct UnaryTask<'a> {
 
 impl SimdTask for UnaryTask<'_> {
     type Output = ();
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let (x, out) = (self.x, self.out);
         // One loop per op, so the match is not inside the loop.
         match self.op {
-            UnaryOp::Neg => lanes::map(s, x, out, |v| s.mul(v, s.splat(-1.0))),
-            UnaryOp::Abs => lanes::map(s, x, out, |v| s.abs(v)),
-            UnaryOp::Exp => lanes::map(s, x, out, |v| lanes::exp_ieee(s, v)),
-            UnaryOp::Log => lanes::map(s, x, out, |v| s.ln(v)),
-            UnaryOp::Sqrt => lanes::map(s, x, out, |v| s.sqrt(v)),
-            UnaryOp::Recip => lanes::map(s, x, out, |v| s.div(s.splat(1.0), v)),
-            UnaryOp::Square => lanes::map(s, x, out, |v| s.mul(v, v)),
-            UnaryOp::Tanh => lanes::map(s, x, out, |v| tanh_accurate(s, v)),
-            UnaryOp::Sigmoid => lanes::map(s, x, out, |v| s.sigmoid(v)),
-            UnaryOp::Relu => lanes::map(s, x, out, |v| s.keep_nan(v, Activation::Relu.apply_simd(s, v))),
-            UnaryOp::Gelu => lanes::map(s, x, out, |v| Activation::Gelu.apply_simd(s, v)),
-            UnaryOp::Silu => lanes::map(s, x, out, |v| Activation::Silu.apply_simd(s, v)),
+            UnaryOp::Neg => lanes::map(s, x, out, Neg {}),
+            UnaryOp::Abs => lanes::map(s, x, out, Abs {}),
+            UnaryOp::Exp => lanes::map(s, x, out, Exp {}),
+            UnaryOp::Log => lanes::map(s, x, out, Log {}),
+            UnaryOp::Sqrt => lanes::map(s, x, out, Sqrt {}),
+            UnaryOp::Recip => lanes::map(s, x, out, Recip {}),
+            UnaryOp::Square => lanes::map(s, x, out, Square {}),
+            UnaryOp::Tanh => lanes::map(s, x, out, Tanh {}),
+            UnaryOp::Sigmoid => lanes::map(s, x, out, Sigmoid {}),
+            UnaryOp::Relu => lanes::map(s, x, out, Relu {}),
+            UnaryOp::Gelu => lanes::map(s, x, out, Gelu {}),
+            UnaryOp::Silu => lanes::map(s, x, out, Silu {}),
         }
     }
 }
+
+lane_fn!(Neg {} = |s, v| s.mul(v, s.splat(-1.0)));
+lane_fn!(Abs {} = |s, v| s.abs(v));
+lane_fn!(Exp {} = |s, v| lanes::exp_ieee(s, v));
+lane_fn!(Log {} = |s, v| s.ln(v));
+lane_fn!(Sqrt {} = |s, v| s.sqrt(v));
+lane_fn!(Recip {} = |s, v| s.div(s.splat(1.0), v));
+lane_fn!(Square {} = |s, v| s.mul(v, v));
+lane_fn!(Tanh {} = |s, v| tanh_accurate(s, v));
+lane_fn!(Sigmoid {} = |s, v| s.sigmoid(v));
+// The epilogue's ReLU is a plain max, which turns NaN into 0 on x86; keep the NaN.
+lane_fn!(Relu {} = |s, v| s.keep_nan(v, Activation::Relu.apply_simd(s, v)));
+lane_fn!(Gelu {} = |s, v| Activation::Gelu.apply_simd(s, v));
+lane_fn!(Silu {} = |s, v| Activation::Silu.apply_simd(s, v));
 
 /// `tanh x` with full relative accuracy near 0, where `1 - 2/(e^{2x}+1)` ([`Simd::tanh`])
 /// cancels: below `|x| = 0.625` an odd polynomial (Cephes `tanhf`), above it [`Simd::tanh`].
@@ -118,7 +133,7 @@ fn tanh_accurate<S: Simd>(s: S, x: S::V) -> S::V {
     p = s.mul_add(p, z, s.splat(2.063_909e-2));
     p = s.mul_add(p, z, s.splat(-5.373_971_6e-2));
     p = s.mul_add(p, z, s.splat(1.333_144_2e-1));
-    p = s.mul_add(p, z, s.splat(-3.333_328_2e-1));
+    p = s.mul_add(p, z, s.splat(-3.333_328e-1));
     let small = s.mul_add(s.mul(p, z), x, x);
     s.select_lt(s.abs(x), s.splat(0.625), small, s.tanh(x))
 }
@@ -207,11 +222,8 @@ impl<'a> Operand<'a> {
 pub fn binary(isa: Isa, op: BinaryOp, a: &[f32], b: &[f32], out: &mut [f32]) -> Result<()> {
     let n = out.len();
     let (Some(a), Some(b)) = (Operand::new(a, n), Operand::new(b, n)) else {
-        let detail = format!(
-            "{op:?}: a has {} elements, b has {}, out has {n} (each input needs {n} or 1)",
-            a.len(),
-            b.len()
-        );
+        let detail =
+            format!("{op:?}: a has {} elements, b has {}, out has {n} (each input needs {n} or 1)", a.len(), b.len());
         return Err(KernelError::Shape { op: "binary", detail });
     };
     for_row_chunks(out, 1, 1, |start, out| {
@@ -230,30 +242,34 @@ struct BinaryTask<'a> {
 
 impl SimdTask for BinaryTask<'_> {
     type Output = ();
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let (a, b, out) = (self.a, self.b, self.out);
         match self.op {
-            BinaryOp::Add => binary_body(s, a, b, out, |x, y| s.add(x, y)),
-            BinaryOp::Sub => binary_body(s, a, b, out, |x, y| s.sub(x, y)),
-            BinaryOp::Mul => binary_body(s, a, b, out, |x, y| s.mul(x, y)),
-            BinaryOp::Div => binary_body(s, a, b, out, |x, y| s.div(x, y)),
-            BinaryOp::Max => binary_body(s, a, b, out, |x, y| lanes::max_nan(s, x, y)),
-            BinaryOp::Min => binary_body(s, a, b, out, |x, y| lanes::min_nan(s, x, y)),
+            BinaryOp::Add => binary_body(s, a, b, out, lanes::Add {}),
+            BinaryOp::Sub => binary_body(s, a, b, out, Sub {}),
+            BinaryOp::Mul => binary_body(s, a, b, out, lanes::Mul {}),
+            BinaryOp::Div => binary_body(s, a, b, out, Div {}),
+            BinaryOp::Max => binary_body(s, a, b, out, lanes::MaxNan {}),
+            BinaryOp::Min => binary_body(s, a, b, out, lanes::MinNan {}),
         }
     }
 }
 
+lane_fn!(Sub {} = |s, a, b| s.sub(a, b));
+lane_fn!(Div {} = |s, a, b| s.div(a, b));
+
 #[inline(always)]
-fn binary_body<S: Simd>(s: S, a: Operand, b: Operand, out: &mut [f32], f: impl Fn(S::V, S::V) -> S::V) {
+fn binary_body<S: Simd>(s: S, a: Operand, b: Operand, out: &mut [f32], f: impl LaneFn2) {
     let mut outs = out.chunks_exact_mut(S::LANES);
     let mut i = 0;
     for ov in &mut outs {
-        lanes::store(s, ov, f(a.vector(s, i), b.vector(s, i)));
+        lanes::store(s, ov, f.apply(s, a.vector(s, i), b.vector(s, i)));
         i += S::LANES;
     }
     let tail = outs.into_remainder();
     if !tail.is_empty() {
-        lanes::store_partial(s, tail, f(a.partial(s, i), b.partial(s, i)));
+        lanes::store_partial(s, tail, f.apply(s, a.partial(s, i), b.partial(s, i)));
     }
 }
 
@@ -280,6 +296,7 @@ struct ScaleAddTask<'a> {
 
 impl SimdTask for ScaleAddTask<'_> {
     type Output = ();
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let alpha = s.splat(self.alpha);
         let mut xs = self.x.chunks_exact(S::LANES);

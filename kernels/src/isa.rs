@@ -36,8 +36,7 @@ impl Isa {
     pub fn best_supported() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma");
+            let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
             if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                 return Isa::Avx512;
             }

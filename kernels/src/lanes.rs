@@ -4,11 +4,62 @@
 //!
 //! Tails go through a padded vector, so every element of a slice takes the same arithmetic
 //! whatever its position: a result never depends on where a chunk boundary fell.
+//!
+//! The per-lane functions are small types implementing [`LaneFn`] / [`LaneFn2`] (declared with
+//! [`lane_fn!`]), never closures: a closure is compiled without the target features of the
+//! `#[target_feature]` entry point that runs the kernel, so every intrinsic inside it would
+//! become an out-of-line call (about ten times slower on AVX2).
 
 use crate::simd::Simd;
 
 /// The widest vector any [`Simd`] implementation has (AVX-512: 16 f32 lanes).
 const MAX_LANES: usize = 16;
+
+/// A lane-wise function of one vector.
+pub(crate) trait LaneFn: Copy {
+    fn apply<S: Simd>(self, s: S, v: S::V) -> S::V;
+}
+
+/// A lane-wise function of two vectors.
+pub(crate) trait LaneFn2: Copy {
+    fn apply<S: Simd>(self, s: S, a: S::V, b: S::V) -> S::V;
+}
+
+/// Declares a `Copy` struct implementing [`LaneFn`] (`|s, v| body`) or [`LaneFn2`]
+/// (`|s, a, b| body`); the body sees the struct's fields as locals.
+macro_rules! lane_fn {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* } = |$s:ident, $v:ident| $body:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub(crate) struct $name { $(pub(crate) $field: $ty),* }
+        impl $crate::lanes::LaneFn for $name {
+            #[inline(always)]
+            fn apply<S: $crate::simd::Simd>(self, $s: S, $v: S::V) -> S::V {
+                let $name { $($field),* } = self;
+                $body
+            }
+        }
+    };
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* } = |$s:ident, $a:ident, $b:ident| $body:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        pub(crate) struct $name { $(pub(crate) $field: $ty),* }
+        impl $crate::lanes::LaneFn2 for $name {
+            #[inline(always)]
+            fn apply<S: $crate::simd::Simd>(self, $s: S, $a: S::V, $b: S::V) -> S::V {
+                let $name { $($field),* } = self;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use lane_fn;
+
+lane_fn!(/** `a + b`. */ Add {} = |s, a, b| s.add(a, b));
+lane_fn!(/** `a · b`. */ Mul {} = |s, a, b| s.mul(a, b));
+lane_fn!(/** `max(a, b)`, NaN if either is NaN. */ MaxNan {} = |s, a, b| s.keep_nan(a, s.keep_nan(b, s.max(a, b))));
+lane_fn!(/** `min(a, b)`, NaN if either is NaN. */ MinNan {} = |s, a, b| s.keep_nan(a, s.keep_nan(b, s.min(a, b))));
+lane_fn!(/** `v · factor`. */ Scale { factor: f32 } = |s, v| s.mul(v, s.splat(factor)));
 
 /// Loads the first `LANES` floats of `x`; panics if `x` is shorter (a kernel bug).
 #[inline(always)]
@@ -45,47 +96,47 @@ pub(crate) fn store_partial<S: Simd>(s: S, out: &mut [f32], v: S::V) {
 
 /// `out[i] = f(x[i])` for every `i`, a vector at a time (`x` and `out` have equal lengths).
 #[inline(always)]
-pub(crate) fn map<S: Simd>(s: S, x: &[f32], out: &mut [f32], f: impl Fn(S::V) -> S::V) {
+pub(crate) fn map<S: Simd>(s: S, x: &[f32], out: &mut [f32], f: impl LaneFn) {
     assert_eq!(x.len(), out.len());
     let mut xs = x.chunks_exact(S::LANES);
     let mut outs = out.chunks_exact_mut(S::LANES);
     for (xv, ov) in (&mut xs).zip(&mut outs) {
-        store(s, ov, f(load(s, xv)));
+        store(s, ov, f.apply(s, load(s, xv)));
     }
     let tail = xs.remainder();
     if !tail.is_empty() {
-        store_partial(s, outs.into_remainder(), f(load_partial(s, tail, 0.0)));
+        store_partial(s, outs.into_remainder(), f.apply(s, load_partial(s, tail, 0.0)));
     }
 }
 
 /// `y[i] = f(y[i])` for every `i`, in place, a vector at a time.
 #[inline(always)]
-pub(crate) fn map_in_place<S: Simd>(s: S, y: &mut [f32], f: impl Fn(S::V) -> S::V) {
+pub(crate) fn map_in_place<S: Simd>(s: S, y: &mut [f32], f: impl LaneFn) {
     let mut ys = y.chunks_exact_mut(S::LANES);
     for yv in &mut ys {
-        let v = f(load(s, yv));
+        let v = f.apply(s, load(s, yv));
         store(s, yv, v);
     }
     let tail = ys.into_remainder();
     if !tail.is_empty() {
-        let v = f(load_partial(s, tail, 0.0));
+        let v = f.apply(s, load_partial(s, tail, 0.0));
         store_partial(s, tail, v);
     }
 }
 
 /// `y[i] = f(y[i], w[i])` for every `i`, in place, a vector at a time (equal lengths).
 #[inline(always)]
-pub(crate) fn zip_in_place<S: Simd>(s: S, y: &mut [f32], w: &[f32], f: impl Fn(S::V, S::V) -> S::V) {
+pub(crate) fn zip_in_place<S: Simd>(s: S, y: &mut [f32], w: &[f32], f: impl LaneFn2) {
     assert_eq!(y.len(), w.len());
     let mut ys = y.chunks_exact_mut(S::LANES);
     let mut ws = w.chunks_exact(S::LANES);
     for (yv, wv) in (&mut ys).zip(&mut ws) {
-        let v = f(load(s, yv), load(s, wv));
+        let v = f.apply(s, load(s, yv), load(s, wv));
         store(s, yv, v);
     }
     let (yt, wt) = (ys.into_remainder(), ws.remainder());
     if !yt.is_empty() {
-        let v = f(load_partial(s, yt, 0.0), load_partial(s, wt, 0.0));
+        let v = f.apply(s, load_partial(s, yt, 0.0), load_partial(s, wt, 0.0));
         store_partial(s, yt, v);
     }
 }
@@ -104,49 +155,29 @@ pub(crate) fn exp_ieee<S: Simd>(s: S, x: S::V) -> S::V {
 /// `pad` that `step` ignores); they are merged as `(a0 ⊕ a1) ⊕ (a2 ⊕ a3)`. The order depends only
 /// on `x.len()`, so the result is deterministic.
 #[inline(always)]
-pub(crate) fn fold<S: Simd>(
-    s: S,
-    x: &[f32],
-    pad: f32,
-    init: S::V,
-    step: impl Fn(S::V, S::V) -> S::V,
-    merge: impl Fn(S::V, S::V) -> S::V,
-) -> S::V {
+pub(crate) fn fold<S: Simd>(s: S, x: &[f32], pad: f32, init: S::V, step: impl LaneFn2, merge: impl LaneFn2) -> S::V {
     let mut acc = [init; 4];
     let mut blocks = x.chunks_exact(4 * S::LANES);
     for block in &mut blocks {
         for (k, a) in acc.iter_mut().enumerate() {
-            *a = step(*a, load(s, &block[k * S::LANES..]));
+            *a = step.apply(s, *a, load(s, &block[k * S::LANES..]));
         }
     }
     let mut vectors = blocks.remainder().chunks_exact(S::LANES);
     for xv in &mut vectors {
-        acc[0] = step(acc[0], load(s, xv));
+        acc[0] = step.apply(s, acc[0], load(s, xv));
     }
     let tail = vectors.remainder();
     if !tail.is_empty() {
-        acc[1] = step(acc[1], load_partial(s, tail, pad));
+        acc[1] = step.apply(s, acc[1], load_partial(s, tail, pad));
     }
-    merge(merge(acc[0], acc[1]), merge(acc[2], acc[3]))
+    merge.apply(s, merge.apply(s, acc[0], acc[1]), merge.apply(s, acc[2], acc[3]))
 }
 
 /// Sum of the elements of `x` in a fixed order (lane-wise partial sums, then the lanes).
 #[inline(always)]
 pub(crate) fn sum<S: Simd>(s: S, x: &[f32]) -> f32 {
-    let add = |a, b| s.add(a, b);
-    s.reduce_sum(fold(s, x, 0.0, s.splat(0.0), add, add))
-}
-
-/// Lane-wise maximum that keeps NaN: a NaN in either operand gives NaN.
-#[inline(always)]
-pub(crate) fn max_nan<S: Simd>(s: S, a: S::V, b: S::V) -> S::V {
-    s.keep_nan(a, s.keep_nan(b, s.max(a, b)))
-}
-
-/// Lane-wise minimum that keeps NaN: a NaN in either operand gives NaN.
-#[inline(always)]
-pub(crate) fn min_nan<S: Simd>(s: S, a: S::V, b: S::V) -> S::V {
-    s.keep_nan(a, s.keep_nan(b, s.min(a, b)))
+    s.reduce_sum(fold(s, x, 0.0, s.splat(0.0), Add {}, Add {}))
 }
 
 /// Largest lane of `v`, or NaN if any lane is NaN.
@@ -161,22 +192,17 @@ pub(crate) fn hmax<S: Simd>(s: S, v: S::V) -> f32 {
     }
 }
 
-/// Smallest lane of `v`, or NaN if any lane is NaN.
-#[inline(always)]
-pub(crate) fn hmin<S: Simd>(s: S, v: S::V) -> f32 {
-    -hmax(s, s.mul(v, s.splat(-1.0)))
-}
-
 /// Largest element of `x` (which must not be empty), or NaN if any element is NaN.
 #[inline(always)]
 pub(crate) fn max<S: Simd>(s: S, x: &[f32]) -> f32 {
-    let m = |a, b| max_nan(s, a, b);
-    hmax(s, fold(s, x, f32::NEG_INFINITY, s.splat(f32::NEG_INFINITY), m, m))
+    let low = f32::NEG_INFINITY;
+    hmax(s, fold(s, x, low, s.splat(low), MaxNan {}, MaxNan {}))
 }
 
 /// Smallest element of `x` (which must not be empty), or NaN if any element is NaN.
 #[inline(always)]
 pub(crate) fn min<S: Simd>(s: S, x: &[f32]) -> f32 {
-    let m = |a, b| min_nan(s, a, b);
-    hmin(s, fold(s, x, f32::INFINITY, s.splat(f32::INFINITY), m, m))
+    let high = f32::INFINITY;
+    let v = fold(s, x, high, s.splat(high), MinNan {}, MinNan {});
+    -hmax(s, s.mul(v, s.splat(-1.0)))
 }

@@ -28,24 +28,26 @@
 
 pub mod elementwise;
 pub mod error;
+pub mod gather;
 pub mod gemm;
 mod isa;
 mod lanes;
 pub mod norm;
-pub mod reduce;
-pub mod softmax;
 pub mod peak;
+pub mod reduce;
 pub(crate) mod simd;
+pub mod softmax;
 #[cfg(test)]
 mod testing;
 pub mod threading;
 pub mod topk;
 
-pub use error::{KernelError, Result};
-pub use isa::Isa;
 pub use elementwise::{binary, scale_add, unary, BinaryOp, UnaryOp};
-pub use reduce::{reduce_axis, ReduceOp};
+pub use error::{KernelError, Result};
+pub use gather::{gather_rows, scatter_add_rows};
+pub use isa::Isa;
 pub use norm::{layer_norm_rows, rms_norm_rows};
+pub use reduce::{reduce_axis, ReduceOp};
 pub use softmax::{log_softmax_rows, softmax_rows};
 pub use threading::Par;
 pub use topk::{argmax_rows, topk_rows};

@@ -6,7 +6,7 @@
 //! variance in a second pass over the centred row, which stays accurate when the mean is large.
 
 use crate::error::{check_matrix, KernelError, Result};
-use crate::lanes;
+use crate::lanes::{self, lane_fn};
 use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::for_row_chunks;
 use crate::Isa;
@@ -81,7 +81,10 @@ fn check(
     out: &[f32],
 ) -> Result<()> {
     if cols == 0 {
-        return Err(KernelError::Argument { op, detail: format!("cols is 0 (x is [{rows}, 0]): nothing to normalise") });
+        return Err(KernelError::Argument {
+            op,
+            detail: format!("cols is 0 (x is [{rows}, 0]): nothing to normalise"),
+        });
     }
     if !(eps >= 0.0 && eps.is_finite()) {
         return Err(KernelError::Argument { op, detail: format!("eps must be finite and >= 0, got {eps}") });
@@ -116,32 +119,37 @@ struct NormTask<'a> {
 
 impl SimdTask for NormTask<'_> {
     type Output = ();
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let n = self.cols as f32;
-        let add = |a, b| s.add(a, b);
         for (x, out) in self.x.chunks_exact(self.cols).zip(self.out.chunks_exact_mut(self.cols)) {
             let mean = match self.kind {
                 Kind::Rms => 0.0,
                 Kind::Layer => lanes::sum(s, x) / n,
             };
-            let m = s.splat(mean);
             // Σ (x - mean)², the tail padded with the mean so it adds exact zeros.
-            let square = |acc, v| {
-                let d = s.sub(v, m);
-                s.mul_add(d, d, acc)
-            };
-            let var = s.reduce_sum(lanes::fold(s, x, mean, s.splat(0.0), square, add)) / n;
-            let rstd = s.splat(1.0 / (var + self.eps).sqrt());
-            lanes::map(s, x, out, |v| s.mul(s.sub(v, m), rstd));
+            let squares = lanes::fold(s, x, mean, s.splat(0.0), AddSquareCentred { mean }, lanes::Add {});
+            let var = s.reduce_sum(squares) / n;
+            let rstd = 1.0 / (var + self.eps).sqrt();
+            lanes::map(s, x, out, Normalise { mean, rstd });
             if let Some(w) = self.weight {
-                lanes::zip_in_place(s, out, w, |y, w| s.mul(y, w));
+                lanes::zip_in_place(s, out, w, lanes::Mul {});
             }
             if let Some(b) = self.bias {
-                lanes::zip_in_place(s, out, b, add);
+                lanes::zip_in_place(s, out, b, lanes::Add {});
             }
         }
     }
 }
+
+lane_fn!(/** `acc + (v - mean)²`. */ AddSquareCentred { mean: f32 } = |s, acc, v| {
+    let d = s.sub(v, s.splat(mean));
+    s.mul_add(d, d, acc)
+});
+lane_fn!(
+    /** `(v - mean) · rstd`. */
+    Normalise { mean: f32, rstd: f32 } = |s, v| s.mul(s.sub(v, s.splat(mean)), s.splat(rstd))
+);
 
 #[cfg(test)]
 mod tests {
@@ -155,9 +163,11 @@ mod tests {
             let mean = if layer { row.iter().sum::<f64>() / cols as f64 } else { 0.0 };
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
             let rstd = 1.0 / (var + eps).sqrt();
-            out.extend(row.iter().enumerate().map(|(j, v)| {
-                (v - mean) * rstd * w.map_or(1.0, |w| w[j] as f64) + b.map_or(0.0, |b| b[j] as f64)
-            }));
+            out.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(j, v)| (v - mean) * rstd * w.map_or(1.0, |w| w[j] as f64) + b.map_or(0.0, |b| b[j] as f64)),
+            );
         }
         out
     }
@@ -171,7 +181,8 @@ mod tests {
                 let w = data(cols, 1, 0.5, 1.5);
                 let b = data(cols, 2, -1.0, 1.0);
                 let mut out = vec![f32::NAN; rows * cols];
-                for (wt, bs) in [(None, None), (Some(&w[..]), None), (Some(&w[..]), Some(&b[..])), (None, Some(&b[..]))] {
+                for (wt, bs) in [(None, None), (Some(&w[..]), None), (Some(&w[..]), Some(&b[..])), (None, Some(&b[..]))]
+                {
                     let what = format!("{isa} {rows}x{cols} weight={} bias={}", wt.is_some(), bs.is_some());
                     layer_norm_rows(isa, &x, rows, cols, wt, bs, 1e-5, &mut out).unwrap();
                     let want = reference(&x, cols, true, wt, bs, 1e-5);

@@ -6,7 +6,7 @@
 //! inside one output element, so results are bit-identical for any thread count.
 
 use crate::error::{KernelError, Result};
-use crate::lanes;
+use crate::lanes::{self, lane_fn, LaneFn2};
 use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::{for_row_chunks, ROWWISE_CHUNK, ROWWISE_PAR_MIN};
 use crate::Isa;
@@ -59,7 +59,7 @@ pub fn reduce_axis(
     if x_len != Some(x.len()) {
         return Err(KernelError::Shape { op: OP, detail: format!("x has {} elements, {shape}", x.len()) });
     }
-    if out.len() != outer * inner {
+    if outer.checked_mul(inner) != Some(out.len()) {
         let detail = format!("out has {} elements, expected [outer, inner] = [{outer}, {inner}]", out.len());
         return Err(KernelError::Shape { op: OP, detail });
     }
@@ -77,8 +77,9 @@ pub fn reduce_axis(
         });
         return Ok(());
     }
-    // A tile is (one outer index, up to TILE_COLS columns); wide enough tiles to repay a task.
-    let tile_cols = TILE_COLS.min((ROWWISE_CHUNK / axis).next_multiple_of(16)).max(16);
+    // A tile is (one outer index, a range of columns): about ROWWISE_CHUNK elements of work, but
+    // at least 1 KiB of each axis row (so reads stream) and at most TILE_COLS (so it stays in L1).
+    let tile_cols = (ROWWISE_CHUNK / axis).next_multiple_of(16).clamp(256, TILE_COLS);
     let tile = |o: usize, t: usize, out: &mut [f32]| {
         let x = &x[o * axis * inner..(o + 1) * axis * inner];
         with_simd(isa, AcrossInner { op, x, axis, inner, col0: t * tile_cols, out });
@@ -107,13 +108,15 @@ struct AlongAxis<'a> {
 
 impl SimdTask for AlongAxis<'_> {
     type Output = ();
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let rows = self.x.chunks_exact(self.axis).zip(self.out.iter_mut());
-        match self.op {
-            ReduceOp::Sum => rows.for_each(|(x, out)| *out = lanes::sum(s, x)),
-            ReduceOp::Mean => rows.for_each(|(x, out)| *out = lanes::sum(s, x) / self.axis as f32),
-            ReduceOp::Max => rows.for_each(|(x, out)| *out = lanes::max(s, x)),
-            ReduceOp::Min => rows.for_each(|(x, out)| *out = lanes::min(s, x)),
+        for (x, out) in self.x.chunks_exact(self.axis).zip(self.out.iter_mut()) {
+            *out = match self.op {
+                ReduceOp::Sum => lanes::sum(s, x),
+                ReduceOp::Mean => lanes::sum(s, x) / self.axis as f32,
+                ReduceOp::Max => lanes::max(s, x),
+                ReduceOp::Min => lanes::min(s, x),
+            };
         }
     }
 }
@@ -131,42 +134,47 @@ struct AcrossInner<'a> {
 
 impl SimdTask for AcrossInner<'_> {
     type Output = ();
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let cols = self.col0..self.col0 + self.out.len();
-        let rows = self.x.chunks_exact(self.inner).map(|row| &row[cols.clone()]);
+        let (x, inner, col0, out) = (self.x, self.inner, self.col0, &mut *self.out);
         match self.op {
-            ReduceOp::Sum | ReduceOp::Mean => combine_rows(s, rows, self.out, |a, b| s.add(a, b)),
-            ReduceOp::Max => combine_rows(s, rows, self.out, |a, b| lanes::max_nan(s, a, b)),
-            ReduceOp::Min => combine_rows(s, rows, self.out, |a, b| lanes::min_nan(s, a, b)),
+            ReduceOp::Sum | ReduceOp::Mean => combine_rows(s, x, inner, col0, out, lanes::Add {}),
+            ReduceOp::Max => combine_rows(s, x, inner, col0, out, lanes::MaxNan {}),
+            ReduceOp::Min => combine_rows(s, x, inner, col0, out, lanes::MinNan {}),
         }
         if self.op == ReduceOp::Mean {
-            let n = s.splat(self.axis as f32);
-            lanes::map_in_place(s, self.out, |v| s.div(v, n));
+            lanes::map_in_place(s, self.out, DivBy { n: self.axis as f32 });
         }
     }
 }
 
-/// `out = rows[0]`, then `out = f(out, row)` for each following row, lane-wise.
+lane_fn!(/** `v / n`. */ DivBy { n: f32 } = |s, v| s.div(v, s.splat(n)));
+
+/// For `x` an `[axis, inner]` slab and `w = out.len()`: `out = x[0, col0..col0 + w]`, then
+/// `out = f(out, x[a, col0..col0 + w])` for `a = 1, 2, ...` in order, lane-wise. Rows go four at
+/// a time through each vector of `out`, which quarters the loads and stores of `out` without
+/// changing the order of the combination.
 #[inline(always)]
-fn combine_rows<'a, S: Simd>(
-    s: S,
-    mut rows: impl Iterator<Item = &'a [f32]>,
-    out: &mut [f32],
-    f: impl Fn(S::V, S::V) -> S::V,
-) {
-    let Some(first) = rows.next() else { return };
-    out.copy_from_slice(first);
-    for row in rows {
-        let mut outs = out.chunks_exact_mut(S::LANES);
-        let mut xs = row.chunks_exact(S::LANES);
-        for (ov, xv) in (&mut outs).zip(&mut xs) {
-            let v = f(lanes::load(s, ov), lanes::load(s, xv));
-            lanes::store(s, ov, v);
+fn combine_rows<S: Simd>(s: S, x: &[f32], inner: usize, col0: usize, out: &mut [f32], f: impl LaneFn2) {
+    let (w, axis) = (out.len(), x.len() / inner);
+    out.copy_from_slice(&x[col0..col0 + w]);
+    let full = w - w % S::LANES;
+    for a0 in (1..axis).step_by(4) {
+        let rows = a0..(a0 + 4).min(axis);
+        for j in (0..full).step_by(S::LANES) {
+            let mut acc = lanes::load(s, &out[j..]);
+            for a in rows.clone() {
+                acc = f.apply(s, acc, lanes::load(s, &x[a * inner + col0 + j..]));
+            }
+            lanes::store(s, &mut out[j..], acc);
         }
-        let (ot, xt) = (outs.into_remainder(), xs.remainder());
-        if !ot.is_empty() {
-            let v = f(lanes::load_partial(s, ot, 0.0), lanes::load_partial(s, xt, 0.0));
-            lanes::store_partial(s, ot, v);
+        if full < w {
+            let mut acc = lanes::load_partial(s, &out[full..], 0.0);
+            for a in rows {
+                let start = a * inner + col0;
+                acc = f.apply(s, acc, lanes::load_partial(s, &x[start + full..start + w], 0.0));
+            }
+            lanes::store_partial(s, &mut out[full..], acc);
         }
     }
 }
@@ -196,8 +204,17 @@ mod tests {
 
     #[test]
     fn matches_reference_on_every_path() {
-        let shapes =
-            [(1, 1, 1), (3, 7, 1), (2, 257, 1), (1, 65, 1), (5, 33, 3), (1, 65, 33), (3, 7, 257), (2, 1, 17), (4, 3, 7)];
+        let shapes = [
+            (1, 1, 1),
+            (3, 7, 1),
+            (2, 257, 1),
+            (1, 65, 1),
+            (5, 33, 3),
+            (1, 65, 33),
+            (3, 7, 257),
+            (2, 1, 17),
+            (4, 3, 7),
+        ];
         for isa in Isa::supported() {
             for op in OPS {
                 for (outer, axis, inner) in shapes {

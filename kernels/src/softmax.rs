@@ -7,7 +7,7 @@
 //! splits, so results are bit-identical for any thread count.
 
 use crate::error::{check_matrix, KernelError, Result};
-use crate::lanes;
+use crate::lanes::{self, lane_fn};
 use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::for_row_chunks;
 use crate::Isa;
@@ -41,7 +41,10 @@ pub fn log_softmax_rows(isa: Isa, x: &[f32], rows: usize, cols: usize, out: &mut
 
 fn run(op: &'static str, log: bool, isa: Isa, x: &[f32], rows: usize, cols: usize, out: &mut [f32]) -> Result<()> {
     if cols == 0 {
-        return Err(KernelError::Argument { op, detail: format!("cols is 0 (x is [{rows}, 0]): a softmax needs a class") });
+        return Err(KernelError::Argument {
+            op,
+            detail: format!("cols is 0 (x is [{rows}, 0]): a softmax needs a class"),
+        });
     }
     check_matrix(op, "x", x.len(), rows, cols)?;
     check_matrix(op, "out", out.len(), rows, cols)?;
@@ -62,6 +65,7 @@ struct SoftmaxTask<'a> {
 
 impl SimdTask for SoftmaxTask<'_> {
     type Output = ();
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         for (x, out) in self.x.chunks_exact(self.cols).zip(self.out.chunks_exact_mut(self.cols)) {
             if self.log {
@@ -75,21 +79,30 @@ impl SimdTask for SoftmaxTask<'_> {
 
 #[inline(always)]
 fn softmax_row<S: Simd>(s: S, x: &[f32], out: &mut [f32]) {
-    let m = s.splat(lanes::max(s, x));
-    lanes::map(s, x, out, |v| lanes::exp_ieee(s, s.sub(v, m)));
-    let inv = s.splat(1.0 / lanes::sum(s, out));
-    lanes::map_in_place(s, out, |v| s.mul(v, inv));
+    let max = lanes::max(s, x);
+    lanes::map(s, x, out, ExpShifted { max });
+    let factor = 1.0 / lanes::sum(s, out);
+    lanes::map_in_place(s, out, lanes::Scale { factor });
 }
 
 #[inline(always)]
 fn log_softmax_row<S: Simd>(s: S, x: &[f32], out: &mut [f32]) {
-    let m = s.splat(lanes::max(s, x));
+    let max = lanes::max(s, x);
     // Padding the tail with -inf adds e^{-inf} = 0 exactly (`exp_ieee` flushes to zero).
-    let step = |acc, v| s.add(acc, lanes::exp_ieee(s, s.sub(v, m)));
-    let sum = s.reduce_sum(lanes::fold(s, x, f32::NEG_INFINITY, s.splat(0.0), step, |a, b| s.add(a, b)));
-    let log_sum = s.splat(sum.ln());
-    lanes::map(s, x, out, |v| s.sub(s.sub(v, m), log_sum));
+    let sum = lanes::fold(s, x, f32::NEG_INFINITY, s.splat(0.0), AddExpShifted { max }, lanes::Add {});
+    let log_sum = s.reduce_sum(sum).ln();
+    lanes::map(s, x, out, LogSoftmax { max, log_sum });
 }
+
+lane_fn!(/** `e^{v - max}`. */ ExpShifted { max: f32 } = |s, v| lanes::exp_ieee(s, s.sub(v, s.splat(max))));
+lane_fn!(
+    /** `acc + e^{v - max}`. */
+    AddExpShifted { max: f32 } = |s, acc, v| s.add(acc, lanes::exp_ieee(s, s.sub(v, s.splat(max))))
+);
+lane_fn!(
+    /** `(v - max) - log_sum`. */
+    LogSoftmax { max: f32, log_sum: f32 } = |s, v| s.sub(s.sub(v, s.splat(max)), s.splat(log_sum))
+);
 
 #[cfg(test)]
 mod tests {

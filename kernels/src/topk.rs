@@ -11,7 +11,6 @@ use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::{for_row_chunks, ROWWISE_CHUNK, ROWWISE_PAR_MIN};
 use crate::Isa;
 use rayon::prelude::*;
-use std::cmp::Ordering;
 use std::sync::atomic::{AtomicUsize, Ordering as Atomic};
 
 /// Up to this `k`, top-k keeps a sorted list of the best `k` so far (O(cols·k) at worst, far less
@@ -30,7 +29,10 @@ pub fn argmax_rows(isa: Isa, x: &[f32], rows: usize, cols: usize, out: &mut [u32
     const OP: &str = "argmax_rows";
     check(OP, x, rows, cols, 1)?;
     if out.len() != rows {
-        return Err(KernelError::Shape { op: OP, detail: format!("out has {} elements, expected [{rows}]", out.len()) });
+        return Err(KernelError::Shape {
+            op: OP,
+            detail: format!("out has {} elements, expected [{rows}]", out.len()),
+        });
     }
     let first_nan = AtomicUsize::new(usize::MAX);
     for_row_chunks(out, 1, cols, |row0, out| {
@@ -123,17 +125,28 @@ struct ArgmaxTask<'a> {
 
 impl SimdTask for ArgmaxTask<'_> {
     type Output = Option<usize>;
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) -> Option<usize> {
         for (r, (row, out)) in self.x.chunks_exact(self.cols).zip(self.out.iter_mut()).enumerate() {
             let max = lanes::max(s, row);
             if max.is_nan() {
                 return Some(r);
             }
-            // The first element equal to the (NaN-free) maximum exists; `cols` fits u32.
-            *out = row.iter().position(|&v| v == max).unwrap_or(0) as u32;
+            *out = first_equal(row, max) as u32; // `cols` fits u32 (checked)
         }
         None
     }
+}
+
+/// Position of the first element of `row` equal to `target` (0 if none): a branch-free scan of
+/// 64-element chunks (which the compiler vectorises) finds the chunk, then a plain search.
+fn first_equal(row: &[f32], target: f32) -> usize {
+    for (c, chunk) in row.chunks(64).enumerate() {
+        if chunk.iter().fold(false, |hit, &v| hit | (v == target)) {
+            return c * 64 + chunk.iter().position(|&v| v == target).unwrap_or(0);
+        }
+    }
+    0
 }
 
 /// Top-k of each `cols`-long row of `x` into `values` and `indices` (`k` per row); stops at the
@@ -148,15 +161,16 @@ struct TopkTask<'a> {
 
 impl SimdTask for TopkTask<'_> {
     type Output = Option<usize>;
+    #[inline(always)]
     fn run<S: Simd>(self, s: S) -> Option<usize> {
         let k = self.k;
-        let mut scratch = Vec::new();
+        let mut keys = Vec::new();
         let outs = self.values.chunks_exact_mut(k).zip(self.indices.chunks_exact_mut(k));
         for (r, (row, (values, indices))) in self.x.chunks_exact(self.cols).zip(outs).enumerate() {
             let ok = if k <= INSERTION_MAX_K {
                 topk_insertion(s, row, values, indices)
             } else {
-                topk_select(row, values, indices, &mut scratch)
+                topk_select(row, values, indices, &mut keys)
             };
             if !ok {
                 return Some(r);
@@ -173,14 +187,8 @@ impl SimdTask for TopkTask<'_> {
 fn topk_insertion<S: Simd>(s: S, row: &[f32], values: &mut [f32], indices: &mut [u32]) -> bool {
     let k = values.len();
     let mut len = 0;
-    let mut j = 0;
-    while j < row.len() {
-        let block = &row[j..(j + S::LANES).min(row.len())];
-        let block_max = if block.len() == S::LANES {
-            lanes::hmax(s, lanes::load(s, block))
-        } else {
-            lanes::hmax(s, lanes::load_partial(s, block, f32::NEG_INFINITY))
-        };
+    for (b, block) in row.chunks(4 * S::LANES).enumerate() {
+        let block_max = lanes::max(s, block);
         if block_max.is_nan() {
             return false;
         }
@@ -188,11 +196,10 @@ fn topk_insertion<S: Simd>(s: S, row: &[f32], values: &mut [f32], indices: &mut 
         if len < k || block_max > values[k - 1] {
             for (i, &v) in block.iter().enumerate() {
                 if len < k || v > values[k - 1] {
-                    len = insert(values, indices, len, v, (j + i) as u32);
+                    len = insert(values, indices, len, v, (b * 4 * S::LANES + i) as u32);
                 }
             }
         }
-        j += block.len();
     }
     true
 }
@@ -215,26 +222,33 @@ fn insert(values: &mut [f32], indices: &mut [u32], len: usize, v: f32, j: u32) -
     end
 }
 
-/// Large k: a partial selection of the k best (value descending, index ascending), then a sort
-/// of those k. Returns false if the row holds a NaN.
-fn topk_select(row: &[f32], values: &mut [f32], indices: &mut [u32], scratch: &mut Vec<(f32, u32)>) -> bool {
+/// Large k: a partial selection of the k best, then a sort of those k. Each candidate is one
+/// `u64` key that sorts ascending as (value descending, index ascending), so selecting and
+/// sorting compare integers. Returns false if the row holds a NaN.
+fn topk_select(row: &[f32], values: &mut [f32], indices: &mut [u32], keys: &mut Vec<u64>) -> bool {
     if row.iter().any(|v| v.is_nan()) {
         return false;
     }
     let k = values.len();
-    // With NaN excluded this is a total order (-0 and +0 compare equal and fall to the index).
-    let better = |a: &(f32, u32), b: &(f32, u32)| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1));
-    scratch.clear();
-    scratch.extend(row.iter().enumerate().map(|(j, &v)| (v, j as u32)));
-    if k < row.len() {
-        scratch.select_nth_unstable_by(k - 1, better);
+    keys.clear();
+    keys.extend(row.iter().enumerate().map(|(j, &v)| ((descending_key(v) as u64) << 32) | j as u64));
+    if k < keys.len() {
+        keys.select_nth_unstable(k - 1);
     }
-    let best = &mut scratch[..k];
-    best.sort_unstable_by(better);
-    for ((v, i), &(value, index)) in values.iter_mut().zip(indices.iter_mut()).zip(best.iter()) {
-        (*v, *i) = (value, index);
+    let best = &mut keys[..k];
+    best.sort_unstable();
+    for ((v, i), &key) in values.iter_mut().zip(indices.iter_mut()).zip(best.iter()) {
+        let j = key as u32; // the low half is the column
+        (*v, *i) = (row[j as usize], j);
     }
     true
+}
+
+/// A `u32` that orders non-NaN floats in descending order, with -0 and +0 equal (as `>` has it).
+fn descending_key(v: f32) -> u32 {
+    let bits = (v + 0.0).to_bits(); // -0 + 0 = +0
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    !ascending
 }
 
 #[cfg(test)]
@@ -333,6 +347,9 @@ mod tests {
             msg(argmax_rows(isa, &x, 2, 3, &mut [0; 3])),
             "argmax_rows: shape mismatch: out has 3 elements, expected [2]"
         );
-        assert_eq!(msg(argmax_rows(isa, &x, 3, 3, &mut [0; 3])), "argmax_rows: shape mismatch: x has 6 elements, expected [3, 3]");
+        assert_eq!(
+            msg(argmax_rows(isa, &x, 3, 3, &mut [0; 3])),
+            "argmax_rows: shape mismatch: x has 6 elements, expected [3, 3]"
+        );
     }
 }

@@ -186,11 +186,9 @@ fn gemv(plan: Plan, r: &mut Report, one: &rayon::ThreadPool) {
     let mut c3 = vec![0.0; n];
     let res = interleaved(
         plan,
-        &mut [
-            &mut || ours(&x, &w, &mut c1, 1, k, n),
-            &mut || theirs(&x, &w, &mut c2, 1, k, n),
-            &mut || one.install(|| ours(&x, &w, &mut c3, 1, k, n)),
-        ],
+        &mut [&mut || ours(&x, &w, &mut c1, 1, k, n), &mut || theirs(&x, &w, &mut c2, 1, k, n), &mut || {
+            one.install(|| ours(&x, &w, &mut c3, 1, k, n))
+        }],
     );
     let bytes = (k * n * 4) as f64;
     let gbps = bytes / res.medians[0] / 1e9;

@@ -33,18 +33,10 @@ impl Report {
         self.notes.push(line);
     }
 
-    /// The named figures.
-    pub fn figures(&self) -> &BTreeMap<String, f64> {
-        &self.figures
-    }
-
     /// The flat JSON object of figures (values rounded to 4 significant digits).
     pub fn to_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .figures
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::json!(round_sig(*v, 4))))
-            .collect();
+        let map: serde_json::Map<String, serde_json::Value> =
+            self.figures.iter().map(|(k, v)| (k.clone(), serde_json::json!(round_sig(*v, 4)))).collect();
         serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("figures are finite numbers")
     }
 

@@ -65,9 +65,8 @@ pub fn interleaved(plan: Plan, sides: &mut [&mut dyn FnMut()]) -> Interleaved {
             times[s].push(start.elapsed().as_secs_f64() / reps[s] as f64);
         }
     }
-    let ratios_to_first = (0..sides.len())
-        .map(|s| median((0..plan.rounds).map(|r| times[s][r] / times[0][r]).collect()))
-        .collect();
+    let ratios_to_first =
+        (0..sides.len()).map(|s| median((0..plan.rounds).map(|r| times[s][r] / times[0][r]).collect())).collect();
     Interleaved { medians: times.into_iter().map(median).collect(), ratios_to_first }
 }
 

@@ -49,11 +49,8 @@ impl Gradients {
 
     /// `sqrt(Σ g²)` over every gradient, summed in f64 in id order (deterministic).
     pub fn global_norm(&self) -> f32 {
-        let sum: f64 = self
-            .ids()
-            .iter()
-            .map(|id| self.by_id[id].to_vec().iter().map(|&g| g as f64 * g as f64).sum::<f64>())
-            .sum();
+        let sum: f64 =
+            self.ids().iter().map(|id| self.by_id[id].to_vec().iter().map(|&g| g as f64 * g as f64).sum::<f64>()).sum();
         sum.sqrt() as f32
     }
 

@@ -63,7 +63,12 @@ fn to_bytes(t: &Tensor) -> Vec<u8> {
 /// # Errors
 /// [`Error::Checkpoint`] if the file cannot be written; the previous file at `path`, if any, is
 /// then left untouched.
-pub fn save(path: &Path, store: &ParamStore, optimizer: Option<&dyn Optimizer>, metadata: &serde_json::Value) -> Result<()> {
+pub fn save(
+    path: &Path,
+    store: &ParamStore,
+    optimizer: Option<&dyn Optimizer>,
+    metadata: &serde_json::Value,
+) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = store.iter().map(|p| (format!("param.{}", p.name()), p.value())).collect();
     let mut steps = 0;
     if let Some(opt) = optimizer {
@@ -75,7 +80,9 @@ pub fn save(path: &Path, store: &ParamStore, optimizer: Option<&dyn Optimizer>, 
     let views = named
         .iter()
         .zip(&bytes)
-        .map(|((n, t), b)| Ok((n.clone(), TensorView::new(Dtype::F32, t.shape().to_vec(), b).map_err(|e| fail(path, e.to_string()))?)))
+        .map(|((n, t), b)| {
+            Ok((n.clone(), TensorView::new(Dtype::F32, t.shape().to_vec(), b).map_err(|e| fail(path, e.to_string()))?))
+        })
         .collect::<Result<Vec<_>>>()?;
     let info = HashMap::from([
         ("elide.format".to_string(), FORMAT.to_string()),
@@ -105,7 +112,8 @@ pub fn save(path: &Path, store: &ParamStore, optimizer: Option<&dyn Optimizer>, 
 /// mismatch, a missing, extra or mis-shaped parameter, a non-f32 tensor, or bad optimizer state.
 pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimizer>) -> Result<serde_json::Value> {
     let file = std::fs::read(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
-    let (_, header) = SafeTensors::read_metadata(&file).map_err(|e| fail(path, format!("corrupted or truncated: {e}")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(&file).map_err(|e| fail(path, format!("corrupted or truncated: {e}")))?;
     let st = SafeTensors::deserialize(&file).map_err(|e| fail(path, format!("corrupted or truncated: {e}")))?;
     let info = header.metadata().clone().unwrap_or_default();
     let get = |key: &str| info.get(key).ok_or_else(|| fail(path, format!("metadata entry {key} is missing")));
@@ -115,7 +123,10 @@ pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimize
     let tensors = st.tensors();
     let sum = checksum(tensors.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())));
     if &sum != get("elide.checksum")? {
-        return Err(fail(path, format!("checksum mismatch (file says {}, contents give {sum}): corrupted", get("elide.checksum")?)));
+        return Err(fail(
+            path,
+            format!("checksum mismatch (file says {}, contents give {sum}): corrupted", get("elide.checksum")?),
+        ));
     }
     let mut params: HashMap<String, Tensor> = HashMap::new();
     let mut optim: HashMap<String, Tensor> = HashMap::new();
@@ -123,7 +134,8 @@ pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimize
         if view.dtype() != Dtype::F32 {
             return Err(fail(path, format!("tensor {name} has dtype {:?}, expected F32", view.dtype())));
         }
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let t = Tensor::from_vec(values, view.shape())?;
         if let Some(p) = name.strip_prefix("param.") {
             params.insert(p.to_string(), t);
@@ -136,14 +148,18 @@ pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimize
     for p in store.iter() {
         let t = params.get(p.name()).ok_or_else(|| fail(path, format!("parameter {} is missing", p.name())))?;
         if t.shape() != p.value().shape() {
-            return Err(fail(path, format!("parameter {} has shape {:?} in the file, {:?} in the model", p.name(), t.shape(), p.shape())));
+            return Err(fail(
+                path,
+                format!("parameter {} has shape {:?} in the file, {:?} in the model", p.name(), t.shape(), p.shape()),
+            ));
         }
     }
     if let Some(extra) = params.keys().find(|n| store.get(n).is_none()) {
         return Err(fail(path, format!("parameter {extra} is in the file but not in the model")));
     }
     if let Some(opt) = optimizer {
-        let steps: u64 = get("elide.optimizer_steps")?.parse().map_err(|_| fail(path, "elide.optimizer_steps is not a number"))?;
+        let steps: u64 =
+            get("elide.optimizer_steps")?.parse().map_err(|_| fail(path, "elide.optimizer_steps is not a number"))?;
         opt.load_state(store, &optim, steps).map_err(|e| fail(path, e.to_string()))?;
     }
     for p in store.iter() {
@@ -175,7 +191,8 @@ mod tests {
     }
 
     fn dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("elide-ckpt-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d =
+            std::env::temp_dir().join(format!("elide-ckpt-{}-{:?}", std::process::id(), std::thread::current().id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
@@ -195,9 +212,14 @@ mod tests {
         assert_eq!(got, meta);
         assert_eq!(values(&fresh), values(&store));
         assert_eq!(fresh_opt.steps(), 2);
-        let state = |s: &ParamStore, o: &AdamW| o.state(s).iter().map(|(n, t)| (n.clone(), t.to_vec())).collect::<Vec<_>>();
+        let state =
+            |s: &ParamStore, o: &AdamW| o.state(s).iter().map(|(n, t)| (n.clone(), t.to_vec())).collect::<Vec<_>>();
         assert_eq!(state(&fresh, &fresh_opt), state(&store, &opt));
-        assert!(std::fs::read_dir(path.parent().unwrap()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains(".tmp.")));
+        assert!(std::fs::read_dir(path.parent().unwrap()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp.")));
     }
 
     #[test]

@@ -47,10 +47,7 @@ pub struct Var {
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Var")
-            .field("shape", &self.value.shape())
-            .field("recorded", &self.node.is_some())
-            .finish()
+        f.debug_struct("Var").field("shape", &self.value.shape()).field("recorded", &self.node.is_some()).finish()
     }
 }
 

@@ -92,7 +92,11 @@ impl AlignedBuf {
 
 /// Runs `f` with a per-thread packing buffer of `len` floats (a fresh one if the thread's buffer
 /// is already in use, which only happens for a GEMM called from inside another).
-fn with_buffer<R>(key: &'static std::thread::LocalKey<RefCell<AlignedBuf>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<RefCell<AlignedBuf>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => f(buf.get(len)),
         Err(_) => f(AlignedBuf::new().get(len)),
@@ -353,4 +357,3 @@ unsafe fn finish_direct<S: Simd>(
         _ => {}
     }
 }
-

@@ -82,10 +82,16 @@ impl Gemm<'_> {
         }
         let epi = &self.epilogue;
         if let Some(bias) = epi.bias.filter(|b| b.len() != n) {
-            return Err(KernelError::Shape { op: OP, detail: format!("bias has {} elements, C has {n} columns", bias.len()) });
+            return Err(KernelError::Shape {
+                op: OP,
+                detail: format!("bias has {} elements, C has {n} columns", bias.len()),
+            });
         }
         if let Some(scale) = epi.row_scale.filter(|s| s.len() != m) {
-            return Err(KernelError::Shape { op: OP, detail: format!("row scale has {} elements, C has {m} rows", scale.len()) });
+            return Err(KernelError::Shape {
+                op: OP,
+                detail: format!("row scale has {} elements, C has {m} rows", scale.len()),
+            });
         }
         if m == 0 || n == 0 {
             return Ok(());

@@ -6,7 +6,14 @@ use super::view::{MatMut, MatRef};
 
 /// `C ← accum(C, scale_i · act(alpha · A·B + bias))`, one element at a time, summed in f64.
 /// Panics on mismatched shapes (it is a test oracle, not an API).
-pub fn gemm_reference(c: &mut MatMut<'_>, accum: Accum, a: &MatRef<'_>, b: &MatRef<'_>, alpha: f32, epi: &Epilogue<'_>) {
+pub fn gemm_reference(
+    c: &mut MatMut<'_>,
+    accum: Accum,
+    a: &MatRef<'_>,
+    b: &MatRef<'_>,
+    alpha: f32,
+    epi: &Epilogue<'_>,
+) {
     assert!(a.cols == b.rows && c.rows == a.rows && c.cols == b.cols, "gemm_reference: shapes do not chain");
     for i in 0..a.rows {
         for j in 0..b.cols {

@@ -73,9 +73,7 @@ impl Operand {
             Layout::RowMajor => MatRef::row_major(&self.data, r, c).unwrap(),
             Layout::Transposed => MatRef::row_major(&self.data, c, r).unwrap().t(),
             Layout::Padded => MatRef::new(&self.data, r, c, c + 3, 1).unwrap(),
-            Layout::Gathered => {
-                MatRef::row_major(&self.data, 2 * r + 1, c).unwrap().gather_rows(&self.index).unwrap()
-            }
+            Layout::Gathered => MatRef::row_major(&self.data, 2 * r + 1, c).unwrap().gather_rows(&self.index).unwrap(),
             Layout::GatheredCols => {
                 MatRef::row_major(&self.data, 2 * c + 1, r).unwrap().gather_rows(&self.index).unwrap().t()
             }

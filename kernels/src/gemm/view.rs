@@ -39,16 +39,12 @@ fn check_extent(op: &'static str, len: usize, rows: usize, cols: usize, rs: usiz
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let last = (rows - 1)
-        .checked_mul(rs)
-        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
+    let last = (rows - 1).checked_mul(rs).and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
     match last {
         Some(last) if last < len => Ok(()),
         _ => Err(KernelError::View {
             op,
-            detail: format!(
-                "{rows}x{cols} view with strides ({rs}, {cs}) reaches past a buffer of {len} elements"
-            ),
+            detail: format!("{rows}x{cols} view with strides ({rs}, {cs}) reaches past a buffer of {len} elements"),
         }),
     }
 }
@@ -57,13 +53,9 @@ fn check_extent(op: &'static str, len: usize, rows: usize, cols: usize, rs: usiz
 fn check_index(op: &'static str, index: &[u32], bound: usize) -> Result<()> {
     match index.iter().position(|&i| i as usize >= bound) {
         None => Ok(()),
-        Some(position) => Err(KernelError::Index {
-            op,
-            index: index[position] as u64,
-            position,
-            bound,
-            note: String::new(),
-        }),
+        Some(position) => {
+            Err(KernelError::Index { op, index: index[position] as u64, position, bound, note: String::new() })
+        }
     }
 }
 
@@ -210,7 +202,12 @@ impl<'a> MatMut<'a> {
         for (position, &row) in index.iter().enumerate() {
             let seen = &mut first_seen[row as usize];
             if *seen != u32::MAX {
-                return Err(KernelError::DuplicateIndex { op: OP, index: row, first: *seen as usize, second: position });
+                return Err(KernelError::DuplicateIndex {
+                    op: OP,
+                    index: row,
+                    first: *seen as usize,
+                    second: position,
+                });
             }
             *seen = position as u32;
         }

@@ -95,12 +95,12 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
         p = self.mul_add(p, f, self.splat(-1.666_805_8e-1));
         p = self.mul_add(p, f, self.splat(2.000_071_4e-1));
         p = self.mul_add(p, f, self.splat(-2.499_999_4e-1));
-        p = self.mul_add(p, f, self.splat(3.333_333_1e-1));
+        p = self.mul_add(p, f, self.splat(3.333_333e-1));
         let y = self.mul(self.mul(p, f), z);
         // ln2 split in two (Cody–Waite) so e·ln2 adds without rounding away f's low bits.
         let y = self.mul_add(e, self.splat(-2.121_944_4e-4), y);
         let y = self.mul_add(z, self.splat(-0.5), y);
-        let r = self.mul_add(e, self.splat(0.693_359_375), self.add(f, y));
+        let r = self.mul_add(e, self.splat(0.693_359_4), self.add(f, y)); // 355/512 exactly
         let r = self.select_lt(x, self.splat(f32::from_bits(1)), self.splat(f32::NEG_INFINITY), r);
         let r = self.select_lt(x, zero, self.splat(f32::NAN), r);
         self.select_lt(x, self.splat(f32::INFINITY), r, x)
@@ -124,9 +124,11 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
         p = self.mul_add(p, r, self.splat(0.5));
         p = self.mul_add(p, r, self.splat(1.0));
         p = self.mul_add(p, r, self.splat(1.0));
-        // 2^n for n = 128 (x near 88.4) overflows the exponent field: split it as 2^(n-1)·2.
-        let half = self.pow2i(self.sub(n, self.splat(1.0)));
-        self.mul(self.mul(p, half), self.splat(2.0))
+        // 2^n for n = 128 (x near 88.4) overflows the exponent field: take 2^min(n, 127) and
+        // double once more for n = 128. (2^(n-1)·2 would underflow to 0 for n = -126.)
+        let capped = self.min(n, self.splat(127.0));
+        let extra = self.add(self.splat(1.0), self.sub(n, capped));
+        self.mul(self.mul(p, self.pow2i(capped)), extra)
     }
 
     /// Lane-wise `tanh(x)`, computed as `1 - 2 / (e^{2x} + 1)` (saturates cleanly at ±1).

@@ -43,12 +43,8 @@ impl Var {
         let shape = self.shape().to_vec();
         let cols = *shape.last().unwrap_or(&1);
         // Flat positions in the row-major input, so the backward is one row scatter.
-        let flat: Arc<[u32]> = positions
-            .as_slice()
-            .iter()
-            .enumerate()
-            .map(|(i, &p)| ((i / k) * cols) as u32 + p)
-            .collect();
+        let flat: Arc<[u32]> =
+            positions.as_slice().iter().enumerate().map(|(i, &p)| ((i / k) * cols) as u32 + p).collect();
         let numel = self.value.numel();
         let var = Var::from_op("topk", values, &[self], move |g| {
             let src = g.reshape(&[flat.len(), 1])?;

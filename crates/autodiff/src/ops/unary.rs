@@ -17,7 +17,12 @@ fn relu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
 }
 
 impl Var {
-    fn unary(&self, name: &'static str, value: Tensor, grad: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static) -> Var {
+    fn unary(
+        &self,
+        name: &'static str,
+        value: Tensor,
+        grad: impl Fn(&Tensor) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Var {
         Var::from_op(name, value, &[self], move |g| Ok(vec![Some(grad(g)?)]))
     }
 
