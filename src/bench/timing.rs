@@ -58,6 +58,9 @@ pub fn interleaved(plan: Plan, sides: &mut [&mut dyn FnMut()]) -> Interleaved {
     let mut times = vec![Vec::with_capacity(plan.rounds); sides.len()];
     for _ in 0..plan.rounds {
         for (s, f) in sides.iter_mut().enumerate() {
+            // Let the previous side's thread pool go to sleep: rayon workers spin for a while
+            // after their last job, and on a 2-core machine that spin lands on this side's core.
+            std::thread::sleep(std::time::Duration::from_millis(20));
             let start = Instant::now();
             for _ in 0..reps[s] {
                 f();

@@ -9,18 +9,28 @@
 //! AdamW) update them, every backward rule is checked against finite differences
 //! ([`gradcheck`]), and [`checkpoint`] saves and loads them in the safetensors format.
 //!
+//! A tiny training loop — a linear classifier trained with AdamW:
+//!
 //! ```
-//! use elide_autodiff::{ParamStore, Var};
+//! use elide_autodiff::{AdamW, Optimizer, ParamStore, Var};
 //! use elide_tensor::{Rng, Tensor};
 //!
 //! let mut rng = Rng::seed(0);
 //! let mut store = ParamStore::new();
-//! let w = store.register("w", Tensor::randn(&[4, 3], &mut rng))?;
+//! let w = store.register("classifier.w", Tensor::randn(&[4, 3], &mut rng).mul_scalar(0.1))?;
+//! let b = store.register("classifier.b", Tensor::zeros(&[3]))?;
 //! let x = Var::constant(Tensor::randn(&[8, 4], &mut rng));
 //! let targets = [0u32, 1, 2, 0, 1, 2, 0, 1];
-//! let loss = x.matmul(&w.var())?.cross_entropy(&targets)?;
-//! let grads = loss.backward()?;
-//! assert_eq!(grads.get(&w).unwrap().shape(), &[4, 3]);
+//!
+//! let mut opt = AdamW::new(0.1);
+//! let mut losses = Vec::new();
+//! for _ in 0..20 {
+//!     let loss = x.matmul(&w.var())?.add(&b.var())?.cross_entropy(&targets)?;
+//!     losses.push(loss.value().item()?);
+//!     let grads = loss.backward()?; // a value: nothing to zero afterwards
+//!     opt.step(&store, &grads)?;
+//! }
+//! assert!(losses[19] < 0.5 * losses[0]);
 //! # Ok::<(), elide_autodiff::Error>(())
 //! ```
 

@@ -95,3 +95,57 @@ pub(crate) fn save_slot(store: &ParamStore, slot: &HashMap<u64, Vec<f32>>, prefi
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Var;
+    use elide_tensor::Rng;
+
+    /// Trains a small two-layer net for a few steps and returns its parameters' bits.
+    fn train(opt: &mut dyn Optimizer) -> Vec<u32> {
+        let mut rng = Rng::seed(11);
+        let mut store = ParamStore::new();
+        let w1 = store.register("w1", Tensor::randn(&[64, 96], &mut rng).mul_scalar(0.1)).unwrap();
+        let w2 = store.register("w2", Tensor::randn(&[96, 10], &mut rng).mul_scalar(0.1)).unwrap();
+        let x = Var::constant(Tensor::randn(&[300, 64], &mut rng));
+        let targets: Vec<u32> = (0..300).map(|i| (i * 7 % 10) as u32).collect();
+        for step in 0..4 {
+            opt.set_lr(LrSchedule::WarmupCosine { warmup: 2, total: 4, min_factor: 0.1 }.lr(0.05, step));
+            let loss = x.matmul(&w1.var()).unwrap().gelu().matmul(&w2.var()).unwrap().cross_entropy(&targets).unwrap();
+            let mut grads = loss.backward().unwrap();
+            grads.clip_global_norm(1.0);
+            opt.step(&store, &grads).unwrap();
+        }
+        store.iter().flat_map(|p| p.value().to_vec()).map(f32::to_bits).collect()
+    }
+
+    #[test]
+    fn training_is_bit_identical_on_one_and_two_threads() {
+        let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
+        for make in [
+            || Box::new(AdamW::new(0.05)) as Box<dyn Optimizer>,
+            || Box::new(Sgd::new(0.05, 0.9)) as Box<dyn Optimizer>,
+        ] {
+            let one = pool(1).install(|| train(make().as_mut()));
+            let two = pool(2).install(|| train(make().as_mut()));
+            assert_eq!(one, two);
+        }
+    }
+
+    #[test]
+    fn sgd_momentum_matches_the_recurrence() {
+        let mut store = ParamStore::new();
+        let p = store.register("p", Tensor::from_vec(vec![1.0, -2.0], &[2]).unwrap()).unwrap();
+        let mut opt = Sgd::new(0.1, 0.5);
+        // Loss Σ 3·p has gradient 3 everywhere: b1 = 3, b2 = 0.5·3 + 3 = 4.5.
+        for _ in 0..2 {
+            let loss = p.var().mul_scalar(3.0).sum_all();
+            opt.step(&store, &loss.backward().unwrap()).unwrap();
+        }
+        let want = [1.0 - 0.1 * 3.0 - 0.1 * 4.5, -2.0 - 0.1 * 3.0 - 0.1 * 4.5];
+        for (got, want) in p.value().to_vec().iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+}
