@@ -37,18 +37,18 @@ pub(crate) enum StoreMode {
 }
 
 /// Everything a work item needs; shared read-only by all threads.
-struct Call<'a> {
-    bl: Blocking,
-    a: MatRef<'a>,
-    c: SendPtr,
-    c_row_stride: usize,
-    c_col_stride: usize,
-    c_row_index: Option<&'a [u32]>,
+pub(crate) struct Call<'a> {
+    pub(crate) bl: Blocking,
+    pub(crate) a: MatRef<'a>,
+    pub(crate) c: SendPtr,
+    pub(crate) c_row_stride: usize,
+    pub(crate) c_col_stride: usize,
+    pub(crate) c_rows: CRows<'a>,
     /// Columns of C.
-    n: usize,
-    alpha: f32,
-    epilogue: Epilogue<'a>,
-    mode: StoreMode,
+    pub(crate) n: usize,
+    pub(crate) alpha: f32,
+    pub(crate) epilogue: Epilogue<'a>,
+    pub(crate) mode: StoreMode,
 }
 
 /// One KC slice of one (MC rows × some NR panels) block.
@@ -65,9 +65,11 @@ struct Item {
 
 thread_local! {
     /// Per-thread buffer for packed A; reused so large GEMMs never allocate per block.
-    static PACK_A: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    pub(crate) static PACK_A: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
     /// Per-calling-thread buffer for packed B.
     static PACK_B: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    /// Per-thread buffer for one packed B panel (grouped products pack B panel by panel).
+    pub(crate) static PACK_B_PANEL: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// A growable f32 buffer whose usable part starts on a 64-byte boundary.
@@ -92,7 +94,7 @@ impl AlignedBuf {
 
 /// Runs `f` with a per-thread packing buffer of `len` floats (a fresh one if the thread's buffer
 /// is already in use, which only happens for a GEMM called from inside another).
-fn with_buffer<R>(
+pub(crate) fn with_buffer<R>(
     key: &'static std::thread::LocalKey<RefCell<AlignedBuf>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
@@ -105,7 +107,7 @@ fn with_buffer<R>(
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: a fork/join costs more
 /// than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 20;
+pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// `C ← accum(C, epilogue(alpha·A·B))` with shapes already checked, `k ≥ 1`, `settings.isa`
 /// supported, and, for [`StoreMode::AddActivated`], `k ≤ KC`.
@@ -123,7 +125,10 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
         c: SendPtr(c.data.as_mut_ptr()),
         c_row_stride: c.row_stride,
         c_col_stride: c.col_stride,
-        c_row_index: c.row_index,
+        c_rows: match c.row_index {
+            Some(index) => CRows::Index(index),
+            None => CRows::Offset(0),
+        },
         n,
         alpha,
         epilogue,
@@ -176,7 +181,7 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
 /// How many slices to cut the NR panels into, so that `m_blocks × slices` work items share out
 /// evenly over `threads` (within 5 %). Each extra slice repacks the A block once more, so the
 /// smallest such count wins.
-fn column_chunks(m_blocks: usize, threads: usize) -> usize {
+pub(crate) fn column_chunks(m_blocks: usize, threads: usize) -> usize {
     (1..=8)
         .find(|&c| {
             let items = m_blocks * c;
@@ -207,7 +212,7 @@ impl SimdTask for Block<'_, '_> {
         // LOOP 2
         for q in item.panels.0..item.panels.1 {
             let j0 = item.jc + q * nr;
-            let b_panel = &packed_b[q * item.kc * nr..(q + 1) * item.kc * nr];
+            let b_panel = BPanel::packed(&packed_b[q * item.kc * nr..(q + 1) * item.kc * nr], item.kc, nr);
             // LOOP 1
             for ir in (0..item.mc).step_by(mr) {
                 let a_panel = &packed_a[(ir / mr) * item.kc * mr..(ir / mr + 1) * item.kc * mr];
@@ -218,19 +223,58 @@ impl SimdTask for Block<'_, '_> {
     }
 }
 
+/// Which rows of the output buffer a product writes: row `i` of the product is row
+/// `start + i`, or row `index[i]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CRows<'a> {
+    Offset(usize),
+    Index(&'a [u32]),
+}
+
+/// `kc` steps of an NR-wide panel of B as the micro-kernel reads it: step `p` is the `NR`
+/// floats at `ptr + p·stride`. Built only by the two checked constructors below.
+#[derive(Clone, Copy)]
+pub(crate) struct BPanel {
+    ptr: *const f32,
+    stride: usize,
+}
+
+impl BPanel {
+    /// A packed panel (`stride = NR`). Panics if the slice is shorter than `kc·nr` (an internal
+    /// invariant of the drivers, not user input).
+    #[inline(always)]
+    pub(crate) fn packed(panel: &[f32], kc: usize, nr: usize) -> BPanel {
+        assert!(panel.len() >= kc * nr, "packed B panel too short");
+        BPanel { ptr: panel.as_ptr(), stride: nr }
+    }
+
+    /// B read in place: rows `row0..row0+kc`, columns `col0..col0+nr` of a plain row-major view
+    /// (column stride 1, no index lists). `None` when B is not such a view or the panel would
+    /// reach past its buffer (a partial last panel), so the caller packs instead.
+    #[inline(always)]
+    pub(crate) fn direct(b: &MatRef<'_>, row0: usize, kc: usize, col0: usize, nr: usize) -> Option<BPanel> {
+        if b.col_stride != 1 || b.row_index.is_some() || b.col_index.is_some() || col0 + nr > b.cols || kc == 0 {
+            return None;
+        }
+        let first = row0 * b.row_stride + col0;
+        let last_end = (row0 + kc - 1) * b.row_stride + col0 + nr;
+        (last_end <= b.data.len()).then(|| BPanel { ptr: b.data[first..].as_ptr(), stride: b.row_stride })
+    }
+}
+
 /// Where a register tile lands in C.
 #[derive(Clone, Copy)]
-struct Tile {
-    i0: usize,
-    j0: usize,
-    rows: usize,
-    first: bool,
-    last: bool,
+pub(crate) struct Tile {
+    pub(crate) i0: usize,
+    pub(crate) j0: usize,
+    pub(crate) rows: usize,
+    pub(crate) first: bool,
+    pub(crate) last: bool,
 }
 
 /// Runs the micro-kernel for one tile and writes it through the epilogue.
 #[inline(always)]
-fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_panel: &[f32], b_panel: &[f32]) {
+pub(crate) fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_panel: &[f32], b_panel: BPanel) {
     let (mr, nr) = (call.bl.mr, call.bl.nr);
     let n = call.n;
     let cols = nr.min(n - t.j0);
@@ -243,9 +287,9 @@ fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_panel: &[f32
         }
     }
     let c_row = |i: usize| -> *mut f32 {
-        let r = match call.c_row_index {
-            Some(index) => index[t.i0 + i] as usize,
-            None => t.i0 + i,
+        let r = match call.c_rows {
+            CRows::Index(index) => index[t.i0 + i] as usize,
+            CRows::Offset(start) => start + t.i0 + i,
         };
         // SAFETY: (r, j0) is inside the C view checked at the entry point.
         unsafe { call.c.0.add(r * call.c_row_stride + t.j0 * call.c_col_stride) }
@@ -260,7 +304,7 @@ fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_panel: &[f32
         let accumulate = call.mode == StoreMode::AddLinear || !t.first;
         // SAFETY: panels hold kc·MR and kc·NR floats; each row pointer addresses NR
         // contiguous elements of C (col stride 1, full tile), distinct rows by the view check.
-        unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.as_ptr(), &rows, &alpha, accumulate) };
+        unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.ptr, b_panel.stride, &rows, &alpha, accumulate) };
         if t.last {
             for (i, &row) in rows.iter().enumerate().take(mr) {
                 // SAFETY: row is valid for NR floats; bias for `cols` = NR floats.
@@ -277,7 +321,7 @@ fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_panel: &[f32
         *row = unsafe { buf.as_mut_ptr().add(i * MAX_NR) };
     }
     // SAFETY: as above; the row pointers address disjoint NR-float rows of `buf`.
-    unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.as_ptr(), &rows, &alpha, false) };
+    unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.ptr, b_panel.stride, &rows, &alpha, false) };
     for i in 0..t.rows {
         let row = &mut buf[i * MAX_NR..i * MAX_NR + cols];
         let dst = c_row(i);

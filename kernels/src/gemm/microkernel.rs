@@ -51,18 +51,22 @@ impl Blocking {
     }
 }
 
-/// Computes `c_i ← alpha_i · Σ_p a[p·MR + i] · b[p·NR + ·]  (+ c_i if accumulate)` for the
-/// `MR` row pointers `c` (each `NR` contiguous floats).
+/// Computes `c_i ← alpha_i · Σ_p a[p·MR + i] · b[p·b_stride + ·]  (+ c_i if accumulate)` for
+/// the `MR` row pointers `c` (each `NR` contiguous floats). `b_stride` is `NR` for a packed
+/// panel, or B's row stride when B is read in place (small-M products, where packing B would
+/// cost more than it saves).
 ///
 /// # Safety
-/// `a` must hold `kc·MR` floats, `b` `kc·NR` floats, and each of the first `MR` pointers in `c`
-/// must be valid for reading and writing `NR` floats, with no two rows overlapping.
+/// `a` must hold `kc·MR` floats; `b + p·b_stride` must be valid for reading `NR` floats for
+/// every `p < kc`; each of the first `MR` pointers in `c` must be valid for reading and writing
+/// `NR` floats, with no two rows overlapping.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd>(
     s: S,
     kc: usize,
     a: *const f32,
     b: *const f32,
+    b_stride: usize,
     c: &[*mut f32; MAX_MR],
     alpha: &[f32; MAX_MR],
     accumulate: bool,
@@ -98,11 +102,11 @@ pub(crate) unsafe fn microkernel<S: Simd>(
         // SAFETY: four steps remain in both panels.
         unsafe {
             step(s, a, b, &mut acc);
-            step(s, a.add(mr), b.add(nr), &mut acc);
-            step(s, a.add(2 * mr), b.add(2 * nr), &mut acc);
-            step(s, a.add(3 * mr), b.add(3 * nr), &mut acc);
+            step(s, a.add(mr), b.add(b_stride), &mut acc);
+            step(s, a.add(2 * mr), b.add(2 * b_stride), &mut acc);
+            step(s, a.add(3 * mr), b.add(3 * b_stride), &mut acc);
             a = a.add(4 * mr);
-            b = b.add(4 * nr);
+            b = b.add(4 * b_stride);
         }
     }
     for _ in 0..kc % 4 {
@@ -110,7 +114,7 @@ pub(crate) unsafe fn microkernel<S: Simd>(
         unsafe {
             step(s, a, b, &mut acc);
             a = a.add(mr);
-            b = b.add(nr);
+            b = b.add(b_stride);
         }
     }
     for ((row, &al), &dst) in acc.iter().zip(alpha).zip(c).take(mr) {

@@ -29,12 +29,14 @@
 mod driver;
 mod epilogue;
 mod gemv;
+mod grouped;
 mod microkernel;
 mod pack;
 pub mod reference;
 mod view;
 
 pub use epilogue::{Accum, Activation, Epilogue};
+pub use grouped::{GroupProblem, OutRows};
 pub use view::{MatMut, MatRef};
 
 use crate::error::{KernelError, Result};
@@ -107,6 +109,16 @@ impl Gemm<'_> {
                 return Ok(());
             }
         }
+        if m <= microkernel::Blocking::of(isa).mr
+            && c.row_index.is_none()
+            && mode_allows_grouped(self.accum, epi, k, isa)
+        {
+            // A few rows: one row tile uses each B panel once, so read B in place (grouped.rs)
+            // rather than packing all of it.
+            let settings = Gemm { isa, epilogue: Epilogue::default(), ..*self };
+            let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi };
+            return settings.run_grouped(c, &[problem]);
+        }
         let mode = match (self.accum, epi.activation) {
             (Accum::Replace, _) => StoreMode::Replace,
             (Accum::Add, Activation::Identity) => StoreMode::AddLinear,
@@ -124,6 +136,12 @@ impl Gemm<'_> {
         driver::run(&Gemm { isa, ..*self }, mode, c, a, b);
         Ok(())
     }
+}
+
+/// Whether the grouped driver takes this product (it refuses an activation after `Accum::Add`
+/// when K spans several KC slices; the dense driver handles that through a temporary).
+fn mode_allows_grouped(accum: Accum, epi: &Epilogue<'_>, k: usize, isa: Isa) -> bool {
+    !(accum == Accum::Add && epi.activation != Activation::Identity && k > microkernel::Blocking::of(isa).kc)
 }
 
 /// `C ← A·B` (or `C ← C + A·B`) with the default settings: the short form of [`Gemm::run`].
@@ -157,5 +175,7 @@ fn add_rows(c: MatMut<'_>, t: &[f32]) {
     }
 }
 
+#[cfg(test)]
+mod grouped_tests;
 #[cfg(test)]
 mod tests;
