@@ -13,7 +13,7 @@
 //! slice, in the same order, so the result is bit-identical for any number of threads.
 
 use super::epilogue::{finish_row, Epilogue};
-use super::microkernel::{microkernel, Blocking, MAX_MR, MAX_NR};
+use super::microkernel::{microkernel, BPanel, Blocking, MAX_MR, MAX_NR};
 use super::pack::{pack_a, pack_b_panel};
 use super::view::{MatMut, MatRef};
 use super::Gemm;
@@ -231,37 +231,6 @@ pub(crate) enum CRows<'a> {
     Index(&'a [u32]),
 }
 
-/// `kc` steps of an NR-wide panel of B as the micro-kernel reads it: step `p` is the `NR`
-/// floats at `ptr + p·stride`. Built only by the two checked constructors below.
-#[derive(Clone, Copy)]
-pub(crate) struct BPanel {
-    ptr: *const f32,
-    stride: usize,
-}
-
-impl BPanel {
-    /// A packed panel (`stride = NR`). Panics if the slice is shorter than `kc·nr` (an internal
-    /// invariant of the drivers, not user input).
-    #[inline(always)]
-    pub(crate) fn packed(panel: &[f32], kc: usize, nr: usize) -> BPanel {
-        assert!(panel.len() >= kc * nr, "packed B panel too short");
-        BPanel { ptr: panel.as_ptr(), stride: nr }
-    }
-
-    /// B read in place: rows `row0..row0+kc`, columns `col0..col0+nr` of a plain row-major view
-    /// (column stride 1, no index lists). `None` when B is not such a view or the panel would
-    /// reach past its buffer (a partial last panel), so the caller packs instead.
-    #[inline(always)]
-    pub(crate) fn direct(b: &MatRef<'_>, row0: usize, kc: usize, col0: usize, nr: usize) -> Option<BPanel> {
-        if b.col_stride != 1 || b.row_index.is_some() || b.col_index.is_some() || col0 + nr > b.cols || kc == 0 {
-            return None;
-        }
-        let first = row0 * b.row_stride + col0;
-        let last_end = (row0 + kc - 1) * b.row_stride + col0 + nr;
-        (last_end <= b.data.len()).then(|| BPanel { ptr: b.data[first..].as_ptr(), stride: b.row_stride })
-    }
-}
-
 /// Where a register tile lands in C.
 #[derive(Clone, Copy)]
 pub(crate) struct Tile {
@@ -304,7 +273,7 @@ pub(crate) fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_p
         let accumulate = call.mode == StoreMode::AddLinear || !t.first;
         // SAFETY: panels hold kc·MR and kc·NR floats; each row pointer addresses NR
         // contiguous elements of C (col stride 1, full tile), distinct rows by the view check.
-        unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.ptr, b_panel.stride, &rows, &alpha, accumulate) };
+        unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel, &rows, &alpha, accumulate) };
         if t.last {
             for (i, &row) in rows.iter().enumerate().take(mr) {
                 // SAFETY: row is valid for NR floats; bias for `cols` = NR floats.
@@ -321,7 +290,7 @@ pub(crate) fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_p
         *row = unsafe { buf.as_mut_ptr().add(i * MAX_NR) };
     }
     // SAFETY: as above; the row pointers address disjoint NR-float rows of `buf`.
-    unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel.ptr, b_panel.stride, &rows, &alpha, false) };
+    unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel, &rows, &alpha, false) };
     for i in 0..t.rows {
         let row = &mut buf[i * MAX_NR..i * MAX_NR + cols];
         let dst = c_row(i);

@@ -12,11 +12,10 @@
 //! MR rows reads B in place: packing would touch every weight twice for a single use.
 
 use super::driver::{
-    column_chunks, store_tile, with_buffer, BPanel, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_PANEL,
-    PARALLEL_MIN_MACS,
+    column_chunks, store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_PANEL, PARALLEL_MIN_MACS,
 };
 use super::epilogue::{Accum, Activation, Epilogue};
-use super::microkernel::Blocking;
+use super::microkernel::{BPanel, Blocking};
 use super::pack::{pack_a, pack_b_panel};
 use super::view::{MatMut, MatRef};
 use super::Gemm;

@@ -6,6 +6,7 @@
 //! path's own constants, so the compiler unrolls them and keeps exactly `MR × NV` vectors in
 //! registers.
 
+use super::view::MatRef;
 use crate::simd::Simd;
 use crate::Isa;
 
@@ -51,22 +52,52 @@ impl Blocking {
     }
 }
 
+/// `kc` steps of an NR-wide panel of B as the micro-kernel reads it: step `p` is the `NR`
+/// floats at `ptr + p·stride`. Built only by the two checked constructors below.
+#[derive(Clone, Copy)]
+pub(crate) struct BPanel {
+    ptr: *const f32,
+    stride: usize,
+}
+
+impl BPanel {
+    /// A packed panel (`stride = NR`). Panics if the slice is shorter than `kc·nr` (an internal
+    /// invariant of the drivers, not user input).
+    #[inline(always)]
+    pub(crate) fn packed(panel: &[f32], kc: usize, nr: usize) -> BPanel {
+        assert!(panel.len() >= kc * nr, "packed B panel too short");
+        BPanel { ptr: panel.as_ptr(), stride: nr }
+    }
+
+    /// B read in place: rows `row0..row0+kc`, columns `col0..col0+nr` of a plain row-major view
+    /// (column stride 1, no index lists). `None` when B is not such a view or the panel would
+    /// reach past its buffer (a partial last panel), so the caller packs instead.
+    #[inline(always)]
+    pub(crate) fn direct(b: &MatRef<'_>, row0: usize, kc: usize, col0: usize, nr: usize) -> Option<BPanel> {
+        if b.col_stride != 1 || b.row_index.is_some() || b.col_index.is_some() || col0 + nr > b.cols || kc == 0 {
+            return None;
+        }
+        let first = row0 * b.row_stride + col0;
+        let last_end = (row0 + kc - 1) * b.row_stride + col0 + nr;
+        (last_end <= b.data.len()).then(|| BPanel { ptr: b.data[first..].as_ptr(), stride: b.row_stride })
+    }
+}
+
 /// Computes `c_i ← alpha_i · Σ_p a[p·MR + i] · b[p·b_stride + ·]  (+ c_i if accumulate)` for
 /// the `MR` row pointers `c` (each `NR` contiguous floats). `b_stride` is `NR` for a packed
 /// panel, or B's row stride when B is read in place (small-M products, where packing B would
 /// cost more than it saves).
 ///
 /// # Safety
-/// `a` must hold `kc·MR` floats; `b + p·b_stride` must be valid for reading `NR` floats for
-/// every `p < kc`; each of the first `MR` pointers in `c` must be valid for reading and writing
+/// `a` must hold `kc·MR` floats; `b` must describe `kc` readable steps (its constructors
+/// check that); each of the first `MR` pointers in `c` must be valid for reading and writing
 /// `NR` floats, with no two rows overlapping.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd>(
     s: S,
     kc: usize,
     a: *const f32,
-    b: *const f32,
-    b_stride: usize,
+    b: BPanel,
     c: &[*mut f32; MAX_MR],
     alpha: &[f32; MAX_MR],
     accumulate: bool,
@@ -80,7 +111,7 @@ pub(crate) unsafe fn microkernel<S: Simd>(
         s.prefetch(row.wrapping_add(nr - 1));
     }
     let mut acc = [[s.splat(0.0); MAX_NV]; MAX_MR];
-    let (mut a, mut b) = (a, b);
+    let (mut a, mut b, b_stride) = (a, b.ptr, b.stride);
     // One step of K: NV loads of B, MR broadcasts of A, MR·NV FMAs.
     #[inline(always)]
     unsafe fn step<S: Simd>(s: S, a: *const f32, b: *const f32, acc: &mut [[S::V; MAX_NV]; MAX_MR]) {
