@@ -26,6 +26,7 @@
 //! # Ok::<(), elide_kernels::KernelError>(())
 //! ```
 
+pub mod activation_grad;
 pub mod elementwise;
 pub mod error;
 pub mod gather;
@@ -42,6 +43,7 @@ mod testing;
 pub mod threading;
 pub mod topk;
 
+pub use activation_grad::activation_backward;
 pub use elementwise::{binary, scale_add, unary, BinaryOp, UnaryOp};
 pub use error::{KernelError, Result};
 pub use gather::{gather_rows, scatter_add_rows};

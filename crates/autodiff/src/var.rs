@@ -122,8 +122,12 @@ impl Var {
         Var::constant(self.value.clone())
     }
 
-    /// The result of an op: records `backward` when recording is on and a parent takes part.
-    pub(crate) fn from_op(
+    /// The result of a differentiable op: `value`, computed from `parents`, whose
+    /// vector-Jacobian product is `backward` (given the output's gradient, one gradient per
+    /// parent, `None` where a parent takes none). This is the extension point for ops defined
+    /// outside this crate (the mixture-of-experts layer is one). `backward` is recorded only
+    /// when recording is on and a parent takes part; otherwise the result is a constant.
+    pub fn from_op(
         name: &'static str,
         value: Tensor,
         parents: &[&Var],
@@ -137,8 +141,8 @@ impl Var {
         Var { value, node: Some(Arc::new(node)) }
     }
 
-    /// Whether an op with these inputs will record (build saved tensors only when it does).
-    pub(crate) fn records(parents: &[&Var]) -> bool {
+    /// Whether an op with these inputs will record: build saved tensors only when it does.
+    pub fn records(parents: &[&Var]) -> bool {
         is_recording() && parents.iter().any(|p| p.node.is_some())
     }
 }

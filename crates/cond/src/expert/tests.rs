@@ -1,0 +1,167 @@
+//! The experts against a naive reference (each token through its experts one by one, in f64),
+//! gradients by finite differences, and 1 vs 2 threads.
+
+use super::*;
+use crate::plan::Capacity;
+use elide_autodiff::gradcheck::{gradcheck, GradcheckOptions};
+use elide_autodiff::ParamStore;
+
+/// A random routing of `t` tokens to `k` distinct experts each, with positive gates.
+fn routing(t: usize, e: usize, k: usize, seed: u64) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+    let mut rng = Rng::seed(seed);
+    let (mut tokens, mut experts, mut gates) = (vec![], vec![], vec![]);
+    for tok in 0..t {
+        let mut chosen: Vec<u32> = vec![];
+        while chosen.len() < k {
+            let c = rng.below(e as u64) as u32;
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        for c in chosen {
+            tokens.push(tok as u32);
+            experts.push(c);
+            gates.push(0.25 + rng.next_f32());
+        }
+    }
+    (tokens, experts, gates)
+}
+
+fn act64(a: Activation, x: f64) -> f64 {
+    a.reference(x)
+}
+
+/// `out[t] = Σ_kept g · expert(x[t])`, one token and one expert at a time.
+fn naive(
+    kind: ExpertKind,
+    x: &[f32],
+    w: &[Vec<f32>],
+    plan: &DispatchPlan,
+    gates: &[f32],
+    d: usize,
+    h: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f64; plan.num_tokens * d];
+    for e in 0..plan.num_experts {
+        for s in plan.expert_range(e) {
+            let t = plan.tokens[s] as usize;
+            let xr = &x[t * d..(t + 1) * d];
+            let proj =
+                |wm: &[f32], j: usize| -> f64 { (0..d).map(|i| xr[i] as f64 * wm[e * d * h + i * h + j] as f64).sum() };
+            let hidden: Vec<f64> = (0..h)
+                .map(|j| match kind {
+                    ExpertKind::Mlp(a) => act64(a, proj(&w[0], j) + w[1][e * h + j] as f64),
+                    ExpertKind::SwiGlu => act64(Activation::Silu, proj(&w[0], j)) * proj(&w[1], j),
+                })
+                .collect();
+            let w2 = &w[2];
+            for c in 0..d {
+                let mut y: f64 = (0..h).map(|j| hidden[j] * w2[e * h * d + j * d + c] as f64).sum();
+                if let ExpertKind::Mlp(_) = kind {
+                    y += w[3][e * d + c] as f64;
+                }
+                out[t * d + c] += gates[s] as f64 * y;
+            }
+        }
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+fn build(kind: ExpertKind, e: usize, d: usize, h: usize, seed: u64) -> (ParamStore, Experts) {
+    let mut store = ParamStore::new();
+    let mut rng = Rng::seed(seed);
+    let experts = Experts::new(&mut store.scope("moe"), kind, e, d, h, &mut rng).unwrap();
+    // Non-zero biases, so the bias paths are exercised.
+    for p in experts.params() {
+        if p.name().contains(".b") {
+            p.set(Tensor::randn(&p.shape(), &mut rng).mul_scalar(0.1)).unwrap();
+        }
+    }
+    (store, experts)
+}
+
+#[test]
+fn matches_the_naive_reference() {
+    let kinds = [ExpertKind::Mlp(Activation::Gelu), ExpertKind::Mlp(Activation::Relu), ExpertKind::SwiGlu];
+    for kind in kinds {
+        for (t, e, k) in [(1, 1, 1), (7, 3, 2), (100, 8, 2), (33, 64, 3)] {
+            for capacity in [Capacity::Dropless, Capacity::Factor(1.0)] {
+                let (d, h) = (9, 17);
+                let (_, experts) = build(kind, e, d, h, 3);
+                let (tokens, ex, g) = routing(t, e, k, 5);
+                let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, capacity).unwrap());
+                let slot_g: Vec<f32> = plan.assignment.iter().map(|&a| g[a as usize]).collect();
+                let x = Tensor::randn(&[t, d], &mut Rng::seed(7));
+                let gates = Var::constant(Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap());
+                let got = experts.forward(&Var::constant(x.clone()), &gates, &plan).unwrap().value().to_vec();
+                let w: Vec<Vec<f32>> = experts.params().iter().map(|p| p.value().to_vec()).collect();
+                let want = naive(kind, &x.to_vec(), &w, &plan, &slot_g, d, h);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{kind:?} t={t} e={e} k={k} {capacity:?}: [{i}] {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    for kind in [ExpertKind::Mlp(Activation::Gelu), ExpertKind::SwiGlu] {
+        let (t, e, k, d, h) = (6, 3, 2, 4, 5);
+        let (_, experts) = build(kind, e, d, h, 11);
+        let (tokens, ex, g) = routing(t, e, k, 13);
+        // One expert gets nothing: its gradients must be exactly zero.
+        let keep: Vec<usize> = (0..tokens.len()).filter(|&i| ex[i] != 2).collect();
+        let tokens: Vec<u32> = keep.iter().map(|&i| tokens[i]).collect();
+        let ex: Vec<u32> = keep.iter().map(|&i| ex[i]).collect();
+        let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
+        let slot_g: Vec<f32> = plan.assignment.iter().map(|&a| g[keep[a as usize]]).collect();
+        let mut inputs = vec![
+            Tensor::randn(&[t, d], &mut Rng::seed(17)),
+            Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap(),
+        ];
+        inputs.extend(experts.params().iter().map(|p| p.value()));
+        let shape = experts.shape();
+        let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
+            apply(shape, &v[0], &v[1], &v[2..], &plan).map_err(|e| elide_autodiff::Error::Backward(e.to_string()))
+        };
+        gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        // The idle expert's weight gradient is exactly zero.
+        let leaves: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
+        let out = apply(shape, &leaves[0], &leaves[1], &leaves[2..], &plan).unwrap();
+        let grads = out.sum_all().backward().unwrap();
+        let dw = grads.of(&leaves[2]).unwrap().to_vec();
+        assert!(dw[2 * d * h..].iter().all(|&v| v == 0.0));
+    }
+}
+
+#[test]
+fn bit_identical_on_one_and_two_threads() {
+    let (t, e, k, d, h) = (300, 8, 2, 64, 96);
+    let (_, experts) = build(ExpertKind::Mlp(Activation::Gelu), e, d, h, 19);
+    let (tokens, ex, g) = routing(t, e, k, 23);
+    let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
+    let slot_g: Vec<f32> = plan.assignment.iter().map(|&a| g[a as usize]).collect();
+    let x = Tensor::randn(&[t, d], &mut Rng::seed(29));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let xv = Var::leaf(x.clone());
+            let gv = Var::leaf(Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap());
+            let out = experts.forward(&xv, &gv, &plan).unwrap();
+            let grads = out.square().sum_all().backward().unwrap();
+            let mut bits: Vec<u32> = out.value().to_vec().iter().map(|v| v.to_bits()).collect();
+            for v in [&xv, &gv] {
+                bits.extend(grads.of(v).unwrap().to_vec().iter().map(|v| v.to_bits()));
+            }
+            for p in experts.params() {
+                bits.extend(grads.get(p).unwrap().to_vec().iter().map(|v| v.to_bits()));
+            }
+            bits
+        })
+    };
+    assert_eq!(run(1), run(2));
+}

@@ -1,0 +1,64 @@
+//! Conditional computation for elide: the layers that decide, per token, which of their parts
+//! to run, and the pieces they are built from.
+//!
+//! Every conditional layer here routes rows: a [`Router`] scores each token against each
+//! destination and a selection rule (token-choice top-k, Switch top-1, expert choice) turns the
+//! scores into a [`Routing`], a flat list of (token, expert, gate) assignments whose gates are
+//! differentiable with respect to the router. A [`DispatchPlan`] sorts those assignments by
+//! expert with one counting sort (offsets, row lists, and what a [`Capacity`] dropped), which is
+//! what the gathered kernels read, so an expert computes only the rows routed to it. The
+//! auxiliary losses ([`load_balancing_loss`], [`z_loss`]) keep the router balanced and its
+//! logits small, and [`ExpertStats`] reports the load for logging.
+//!
+//! Routing a small batch with top-2 token choice and planning the dispatch:
+//!
+//! ```
+//! use elide_autodiff::{ParamStore, Var};
+//! use elide_cond::{load_balancing_loss, z_loss, Capacity, DispatchPlan, ExpertStats, Router, RouterKind};
+//! use elide_tensor::{Rng, Tensor};
+//!
+//! let mut rng = Rng::seed(0);
+//! let mut store = ParamStore::new();
+//! let kind = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
+//! let router = Router::new(&mut store.scope("blocks.0.moe"), 16, 4, kind, &mut rng)?;
+//!
+//! let x = Var::constant(Tensor::randn(&[6, 16], &mut rng)); // 6 tokens of width 16
+//! let routing = router.route(&x, None)?;
+//! assert_eq!(routing.len(), 12); // token t's choices are assignments 2t and 2t + 1
+//! let gates = routing.gate_values();
+//! assert!((gates[0] + gates[1] - 1.0).abs() < 1e-6); // renormalised, as Mixtral
+//!
+//! let plan = DispatchPlan::from_routing(&routing, Capacity::Dropless)?;
+//! assert_eq!(plan.offsets.len(), 5);
+//! for e in 0..4 {
+//!     for slot in plan.expert_range(e) {
+//!         let assignment = plan.assignment[slot] as usize;
+//!         assert_eq!((routing.tokens[assignment], routing.experts[assignment]), (plan.tokens[slot], e as u32));
+//!     }
+//! }
+//! assert_eq!(ExpertStats::from_plan(&plan).tokens_per_expert.iter().sum::<usize>(), 12);
+//!
+//! // The auxiliary losses are differentiable: their gradient reaches the router weight.
+//! let aux = load_balancing_loss(&routing, &plan, 0.01)?.add(&z_loss(&routing.logits)?.mul_scalar(1e-3))?;
+//! let grads = aux.backward()?;
+//! assert!(grads.get(router.weight()).is_some());
+//! # Ok::<(), elide_cond::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod aux_loss;
+mod error;
+mod expert;
+mod plan;
+mod router;
+mod routing;
+#[cfg(test)]
+mod testing;
+
+pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
+pub use error::{Error, Result};
+pub use expert::{ExpertKind, Experts};
+pub use plan::{Capacity, DispatchPlan};
+pub use router::{expert_choice_capacity, noise_std, Router, RouterKind};
+pub use routing::Routing;
