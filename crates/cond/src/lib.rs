@@ -50,6 +50,7 @@
 mod aux_loss;
 mod error;
 mod expert;
+mod moe;
 mod plan;
 mod router;
 mod routing;
@@ -59,6 +60,7 @@ mod testing;
 pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
 pub use error::{Error, Result};
 pub use expert::{ExpertKind, Experts};
+pub use moe::{MoeConfig, MoeLayer, MoeOutput, MoePhases};
 pub use plan::{Capacity, DispatchPlan};
 pub use router::{expert_choice_capacity, noise_std, Router, RouterKind};
 pub use routing::Routing;

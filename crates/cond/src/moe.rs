@@ -1,0 +1,234 @@
+//! [`MoeLayer`]: a mixture-of-experts feed-forward layer that pays only for routed tokens.
+//!
+//! ```text
+//! x ──router──▶ logits ─softmax─▶ probs ─select─▶ Routing (token, expert, gate)
+//!                                                   │ DispatchPlan (one counting sort, capacity)
+//!                                                   ▼
+//!      out[t] = Σ_slots g · expert_e(x[t])   grouped gathered GEMMs over routed rows only
+//! ```
+//!
+//! Routers: token-choice top-k (Shazeer et al., arXiv 1701.06538, with optional noisy gating;
+//! renormalised gates as Mixtral, arXiv 2401.04088), Switch top-1 (arXiv 2101.03961), expert
+//! choice (arXiv 2202.09368). Capacity: dropless, or a factor beyond which assignments are
+//! dropped and their tokens ride the residual (the caller adds `x` back). Auxiliary losses:
+//! Switch load balancing `α·E·Σ fᵢ·Pᵢ` and the router z-loss (arXiv 2202.08906). The gradient
+//! estimator is the softmax gate itself (Switch/Shazeer): the expert choice is discrete, the gate
+//! weight that scales its output is differentiable, and that is how the router learns.
+
+use crate::aux_loss::{load_balancing_loss, z_loss, ExpertStats};
+use crate::error::Result;
+use crate::expert::{ExpertKind, Experts};
+use crate::plan::{Capacity, DispatchPlan};
+use crate::router::{Router, RouterKind};
+use elide_autodiff::{Scope, Var};
+use elide_tensor::Rng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The shape and behaviour of a [`MoeLayer`].
+#[derive(Clone, Copy, Debug)]
+pub struct MoeConfig {
+    /// Token width `d`.
+    pub d_model: usize,
+    /// Hidden width of each expert.
+    pub hidden: usize,
+    /// Number of experts `E`.
+    pub num_experts: usize,
+    /// How tokens choose experts (or experts choose tokens).
+    pub router: RouterKind,
+    /// What each expert computes.
+    pub expert: ExpertKind,
+    /// Dropless, or a capacity factor.
+    pub capacity: Capacity,
+    /// Weight `α` of the load-balancing loss (Switch uses 0.01).
+    pub balance_coef: f32,
+    /// Weight of the router z-loss (ST-MoE uses 1e-3).
+    pub z_loss_coef: f32,
+}
+
+/// Wall-clock time of each phase of one forward pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MoePhases {
+    /// Router matmul, softmax and selection.
+    pub routing: Duration,
+    /// The counting sort into a dispatch plan.
+    pub plan: Duration,
+    /// The expert GEMMs and the combine.
+    pub experts: Duration,
+}
+
+/// What one forward pass produced.
+pub struct MoeOutput {
+    /// `[T, d]`: the experts' gated outputs (add the residual outside).
+    pub output: Var,
+    /// `balance_coef · balance + z_loss_coef · z`: add it to the training loss.
+    pub aux_loss: Var,
+    /// The load-balancing loss, unweighted.
+    pub balance_loss: Var,
+    /// The router z-loss, unweighted.
+    pub z_loss: Var,
+    /// Tokens per expert, drops, imbalance.
+    pub stats: ExpertStats,
+    /// FLOPs actually executed (router and experts; routed rows only).
+    pub flops: f64,
+    /// The plan the experts ran (inspectable).
+    pub plan: Arc<DispatchPlan>,
+    /// Where the time went.
+    pub phases: MoePhases,
+}
+
+/// A mixture-of-experts layer: a router and `E` experts.
+pub struct MoeLayer {
+    config: MoeConfig,
+    router: Router,
+    experts: Experts,
+}
+
+impl MoeLayer {
+    /// Registers the router (`<scope>.router`) and the experts (`<scope>.experts.*`).
+    ///
+    /// # Errors
+    /// For a router setting that does not fit `num_experts` (k = 0 or > E, a bad capacity
+    /// factor), a size of 0, or a name already registered.
+    pub fn new(scope: &mut Scope<'_>, config: MoeConfig, rng: &mut Rng) -> Result<MoeLayer> {
+        let router = Router::new(scope, config.d_model, config.num_experts, config.router, rng)?;
+        config.capacity.slots(1, config.num_experts)?;
+        let experts = Experts::new(
+            &mut scope.scope("experts"),
+            config.expert,
+            config.num_experts,
+            config.d_model,
+            config.hidden,
+            rng,
+        )?;
+        Ok(MoeLayer { config, router, experts })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MoeConfig {
+        &self.config
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The experts.
+    pub fn experts(&self) -> &Experts {
+        &self.experts
+    }
+
+    /// `x: [T, d]` through the layer, without routing noise (inference, or training without
+    /// noisy gating).
+    ///
+    /// # Errors
+    /// If `x` is not `[T, d_model]`, or a router logit is NaN or infinite.
+    pub fn forward(&self, x: &Var) -> Result<MoeOutput> {
+        self.forward_with_noise(x, None)
+    }
+
+    /// As [`MoeLayer::forward`], drawing routing noise from `noise_rng` when the router is
+    /// noisy (training).
+    ///
+    /// # Errors
+    /// As [`MoeLayer::forward`].
+    pub fn forward_with_noise(&self, x: &Var, noise_rng: Option<&mut Rng>) -> Result<MoeOutput> {
+        let start = Instant::now();
+        let routing = self.router.route(x, noise_rng)?;
+        let routed = Instant::now();
+        let plan = Arc::new(DispatchPlan::from_routing(&routing, self.config.capacity)?);
+        let planned = Instant::now();
+        let gates = plan.slot_gates(&routing.gates)?;
+        let output = self.experts.forward(x, &gates, &plan)?;
+        let done = Instant::now();
+        let balance_loss = load_balancing_loss(&routing, &plan, 1.0)?;
+        let z = z_loss(&routing.logits)?;
+        let aux_loss = balance_loss.mul_scalar(self.config.balance_coef).add(&z.mul_scalar(self.config.z_loss_coef))?;
+        let t = routing.num_tokens as f64;
+        let router_flops = 2.0 * t * (self.config.d_model * self.config.num_experts) as f64;
+        Ok(MoeOutput {
+            output,
+            aux_loss,
+            balance_loss,
+            z_loss: z,
+            stats: ExpertStats::from_plan(&plan),
+            flops: router_flops + self.experts.forward_flops(plan.num_kept()),
+            phases: MoePhases { routing: routed - start, plan: planned - routed, experts: done - planned },
+            plan,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elide_autodiff::ParamStore;
+    use elide_kernels::gemm::Activation;
+    use elide_tensor::Tensor;
+
+    fn config(router: RouterKind, capacity: Capacity) -> MoeConfig {
+        MoeConfig {
+            d_model: 8,
+            hidden: 12,
+            num_experts: 4,
+            router,
+            expert: ExpertKind::Mlp(Activation::Gelu),
+            capacity,
+            balance_coef: 0.01,
+            z_loss_coef: 1e-3,
+        }
+    }
+
+    #[test]
+    fn every_router_and_capacity_trains_end_to_end() {
+        let routers = [
+            RouterKind::TopK { k: 2, renormalize: true, noisy: false },
+            RouterKind::TopK { k: 2, renormalize: false, noisy: true },
+            RouterKind::Switch,
+            RouterKind::ExpertChoice { capacity_factor: 1.0 },
+        ];
+        for router in routers {
+            for capacity in [Capacity::Dropless, Capacity::Factor(0.75)] {
+                let mut store = ParamStore::new();
+                let mut rng = Rng::seed(1);
+                let layer = MoeLayer::new(&mut store.scope("moe"), config(router, capacity), &mut rng).unwrap();
+                let x = Var::constant(Tensor::randn(&[10, 8], &mut rng));
+                let out = layer.forward_with_noise(&x, Some(&mut rng)).unwrap();
+                assert_eq!(out.output.shape(), &[10, 8]);
+                let loss = out.output.square().mean_all().add(&out.aux_loss).unwrap();
+                let grads = loss.backward().unwrap();
+                assert!(grads.get(layer.router().weight()).is_some(), "{router:?}: no router gradient");
+                for p in layer.experts().params() {
+                    assert!(grads.get(p).is_some(), "{router:?}: no gradient for {}", p.name());
+                }
+                let kept = out.plan.num_kept();
+                assert_eq!(out.stats.tokens_per_expert.iter().sum::<usize>(), kept);
+                assert!(out.flops >= layer.experts().forward_flops(kept));
+            }
+        }
+    }
+
+    #[test]
+    fn empty_batch_and_bad_input() {
+        let mut store = ParamStore::new();
+        let mut rng = Rng::seed(2);
+        let layer =
+            MoeLayer::new(&mut store.scope("moe"), config(RouterKind::Switch, Capacity::Dropless), &mut rng).unwrap();
+        let out = layer.forward(&Var::constant(Tensor::zeros(&[0, 8]))).unwrap();
+        assert_eq!(out.output.shape(), &[0, 8]);
+        let err = layer.forward(&Var::constant(Tensor::zeros(&[3, 7]))).err().unwrap().to_string();
+        assert!(err.contains("[3, 7]"), "{err}");
+        let nan = Tensor::from_vec(vec![f32::NAN; 8], &[1, 8]).unwrap();
+        let err = layer.forward(&Var::constant(nan)).err().unwrap().to_string();
+        assert!(err.starts_with("router: NaN or infinite logit in row 0"), "{err}");
+        let bad = MoeConfig {
+            router: RouterKind::TopK { k: 5, renormalize: true, noisy: false },
+            ..config(RouterKind::Switch, Capacity::Dropless)
+        };
+        let err = MoeLayer::new(&mut store.scope("moe2"), bad, &mut rng).err().unwrap().to_string();
+        assert_eq!(err, "top_k: k = 5 must be in 1..=4 experts");
+        let bad = MoeConfig { capacity: Capacity::Factor(0.0), ..config(RouterKind::Switch, Capacity::Dropless) };
+        assert!(MoeLayer::new(&mut store.scope("moe3"), bad, &mut rng).is_err());
+    }
+}
