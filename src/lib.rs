@@ -4,7 +4,8 @@
 //! This facade re-exports the layers, lowest first: [`kernels`] (slice-level compute: the
 //! gathered/scattered GEMM, elementwise ops, reductions, softmax, norms, top-k, gather/scatter,
 //! run-time CPU dispatch), [`tensor`] (the `Tensor` type with views, broadcasting and forward
-//! ops) and [`autodiff`] (`Var`, backward rules, parameters, optimizers, checkpoints). The `elide` binary in this package runs the benchmarks (`elide bench gemm`).
+//! ops), [`autodiff`] (`Var`, backward rules, parameters, optimizers, checkpoints) and [`cond`]
+//! (routers, dispatch plans, the mixture-of-experts layer on the grouped gathered GEMM). The `elide` binary in this package runs the benchmarks (`elide bench gemm`).
 //!
 //! ```
 //! use elide::kernels::gemm::{Gemm, MatMut, MatRef};
@@ -16,6 +17,7 @@
 //! ```
 
 pub use elide_autodiff as autodiff;
+pub use elide_cond as cond;
 pub use elide_kernels as kernels;
 pub use elide_tensor as tensor;
 

@@ -39,9 +39,29 @@ enum Area {
     Peak,
     /// Recording overhead with gradients off; backward over forward for a matmul.
     Autodiff,
+    /// Mixture-of-experts against its dense twins (configs A-D of the MoE issue).
+    Moe,
+}
+
+/// Keeps freed tensor buffers in the process instead of handing them back to the OS.
+///
+/// glibc serves allocations above 128 KiB (soon 32 MiB, adaptively) with fresh `mmap`s and
+/// trims freed heap memory eagerly, so a layer that allocates its activations on every call pays
+/// page faults and TLB shootdowns proportional to the bytes it touches — measured at 30–40 % of a
+/// mixture-of-experts forward pass on this kind of machine, and as much on its dense twin. The
+/// benchmarks measure the kernels, not the kernel's page zeroing: they raise both thresholds, as
+/// any long-running program using elide should (or use a caching allocator such as mimalloc).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench { area, json, quick } => {
@@ -50,6 +70,7 @@ fn main() {
                 Area::Gemm => bench::gemm::bench_gemm(plan),
                 Area::Peak => bench::gemm::bench_peak(plan),
                 Area::Autodiff => bench::autodiff::bench_autodiff(plan),
+                Area::Moe => bench::moe::bench_moe(plan),
             };
             if json {
                 println!("{}", report.to_json());

@@ -148,16 +148,19 @@ fn apply(shape: Shape, x: &Var, slot_gates: &Var, weight_vars: &[Var], plan: &Ar
     let mut parents: Vec<&Var> = vec![x, slot_gates];
     parents.extend(weight_vars.iter());
     let training = Var::records(&parents);
-    let xs = x.value().contiguous().to_vec();
+    let xs = x.value().contiguous();
+    let x_data = xs.as_slice().expect("contiguous");
     let gates = slot_gates.value().to_vec();
-    let fwd = forward_pass(shape, &xs, &weights, plan, training)?;
+    let fwd = forward_pass(shape, x_data, &weights, plan, training)?;
     let out = Tensor::from_vec(combine_scaled(&fwd.y, &gates, plan, d), &[t, d])?;
     if !training {
         return Ok(Var::constant(out));
     }
     let plan = plan.clone();
     Ok(Var::from_op("experts", out, &parents, move |dout| {
-        backward_pass(shape, &xs, &gates, &weights, &plan, &fwd, &dout.contiguous().to_vec())
+        let dout = dout.contiguous();
+        let x_data = xs.as_slice().expect("contiguous");
+        backward_pass(shape, x_data, &gates, &weights, &plan, &fwd, dout.as_slice().expect("contiguous"))
     }))
 }
 

@@ -16,7 +16,7 @@
 //! weight that scales its output is differentiable, and that is how the router learns.
 
 use crate::aux_loss::{load_balancing_loss, z_loss, ExpertStats};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::expert::{ExpertKind, Experts};
 use crate::plan::{Capacity, DispatchPlan};
 use crate::router::{Router, RouterKind};
@@ -91,8 +91,13 @@ impl MoeLayer {
     /// For a router setting that does not fit `num_experts` (k = 0 or > E, a bad capacity
     /// factor), a size of 0, or a name already registered.
     pub fn new(scope: &mut Scope<'_>, config: MoeConfig, rng: &mut Rng) -> Result<MoeLayer> {
-        let router = Router::new(scope, config.d_model, config.num_experts, config.router, rng)?;
+        // Check everything before registering anything, so a refused layer leaves no names behind.
+        if config.d_model == 0 || config.hidden == 0 || config.num_experts == 0 {
+            return Err(Error::argument("MoeLayer::new", format!("{config:?}: every size must be > 0")));
+        }
+        config.router.validate(config.num_experts)?;
         config.capacity.slots(1, config.num_experts)?;
+        let router = Router::new(scope, config.d_model, config.num_experts, config.router, rng)?;
         let experts = Experts::new(
             &mut scope.scope("experts"),
             config.expert,

@@ -18,7 +18,7 @@ use crate::Isa;
 use rayon::prelude::*;
 
 /// Columns of `y` per work item (a 2 KiB chunk of `y` stays in L1 while B streams past).
-const CHUNK: usize = 512;
+pub(crate) const CHUNK: usize = 512;
 /// Below this many multiply-adds the product runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
@@ -156,6 +156,55 @@ fn rows_form<S: Simd>(s: S, x: &[f32], b: &MatRef<'_>, j0: usize, y: &mut [f32])
         for j in full..len {
             for g in 0..group {
                 y[j] = xs[g].mul_add(rows[g][j], y[j]);
+            }
+        }
+        p += group;
+    }
+}
+
+/// Most rows the skinny (few-row) form takes: `m` rows of `y` share each load of B.
+pub(crate) const SKINNY_MAX_ROWS: usize = 8;
+
+/// `y_i = x_i · B[:, j0..j0+len]` for `m ≤ SKINNY_MAX_ROWS` rows `x_i` (row-major `[m, k]`),
+/// B's rows contiguous: the row form with every B vector reused across the `m` rows, so B is
+/// streamed once, in row order, however many rows there are. `y` is `[m, len]`, zeroed.
+#[inline(always)]
+pub(crate) fn rows_form_multi<S: Simd>(s: S, x: &[f32], m: usize, b: &MatRef<'_>, j0: usize, y: &mut [f32]) {
+    let len = y.len() / m.max(1);
+    let k = x.len() / m.max(1);
+    let lanes = S::LANES;
+    let full = len - len % lanes;
+    let row = |p: usize| &b.data[b.row_offset(p) + j0..b.row_offset(p) + j0 + len];
+    let mut p = 0;
+    while p < k {
+        let group = 4.min(k - p);
+        let rows: [&[f32]; 4] = std::array::from_fn(|g| row(p + g.min(group - 1)));
+        let mut xv = [[s.splat(0.0); 4]; SKINNY_MAX_ROWS];
+        for (i, xi) in xv.iter_mut().enumerate().take(m) {
+            for g in 0..group {
+                xi[g] = s.splat(x[i * k + p + g]);
+            }
+        }
+        for j in (0..full).step_by(lanes) {
+            // SAFETY: j + lanes <= full <= len; every row slice has len floats and every row of
+            // y (i·len .. (i+1)·len, i < m) lies inside y.
+            unsafe {
+                let bv: [S::V; 4] = std::array::from_fn(|g| s.load(rows[g].as_ptr().add(j)));
+                for (i, xi) in xv.iter().enumerate().take(m) {
+                    let at = y.as_mut_ptr().add(i * len + j);
+                    let mut acc = s.load(at);
+                    for g in 0..group {
+                        acc = s.mul_add(xi[g], bv[g], acc);
+                    }
+                    s.store(at, acc);
+                }
+            }
+        }
+        for i in 0..m {
+            for j in full..len {
+                for g in 0..group {
+                    y[i * len + j] = x[i * k + p + g].mul_add(rows[g][j], y[i * len + j]);
+                }
             }
         }
         p += group;

@@ -7,14 +7,14 @@
 //! tiles go into one list that rayon shares out, so a thread never idles on a small expert while
 //! another works through a large one — and an expert with no rows costs nothing.
 //!
-//! Unlike the dense driver, B is packed panel by panel inside each work item (an expert's
-//! weights are used by few row blocks, so there is little to share), and a problem with at most
-//! MR rows reads B in place: packing would touch every weight twice for a single use.
+//! A work item is one problem's column slice: it packs its slice of B once per KC step and
+//! sweeps all of the problem's row blocks over it, as the dense driver does (loops 4 → 1). A
+//! problem with at most MR rows reads B in place: packing would touch every weight twice for a
+//! single use.
 
-use super::driver::{
-    column_chunks, store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_PANEL, PARALLEL_MIN_MACS,
-};
-use super::epilogue::{Accum, Activation, Epilogue};
+use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_PANEL, PARALLEL_MIN_MACS};
+use super::epilogue::{finish_row, Accum, Activation, Epilogue};
+use super::gemv::{self, SKINNY_MAX_ROWS};
 use super::microkernel::{BPanel, Blocking};
 use super::pack::{pack_a, pack_b_panel};
 use super::view::{MatMut, MatRef};
@@ -119,14 +119,15 @@ fn validate(c: &MatMut<'_>, problems: &[GroupProblem<'_>], settings: &Gemm<'_>) 
     Ok(())
 }
 
-/// One work item: rows `ic .. ic+mc` of problem `g`, NR panels `panels.0 .. panels.1`.
+/// One work item: every row of problem `g`, NR panels `panels.0 .. panels.1`.
 #[derive(Clone, Copy)]
 struct Item {
     g: usize,
-    ic: usize,
-    mc: usize,
     panels: (usize, usize),
 }
+
+/// Work items per thread to aim for: enough that uneven experts still share out evenly.
+const ITEMS_PER_THREAD: usize = 8;
 
 impl Gemm<'_> {
     /// Runs every problem into the shared output `c` (see the module docs). Results are
@@ -176,28 +177,28 @@ impl Gemm<'_> {
             _ => 1,
         };
         let n_panels = n.div_ceil(bl.nr);
-        let m_blocks: usize = problems.iter().filter(|p| p.a.cols > 0).map(|p| p.a.rows.div_ceil(bl.mc)).sum();
-        let n_chunks = if threads > 1 { column_chunks(m_blocks.max(1), threads).min(n_panels.max(1)) } else { 1 };
-        let per_chunk = n_panels.div_ceil(n_chunks.max(1)).max(1);
+        let active = problems.iter().filter(|p| p.a.cols > 0 && p.a.rows > 0).count().max(1);
+        let n_chunks =
+            if threads > 1 { (ITEMS_PER_THREAD * threads).div_ceil(active).clamp(1, n_panels.max(1)) } else { 1 };
+        let per_chunk = n_panels.div_ceil(n_chunks).max(1);
         let items: Vec<Item> = problems
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.a.cols > 0)
-            .flat_map(|(g, p)| {
-                (0..p.a.rows).step_by(bl.mc).flat_map(move |ic| {
-                    (0..n_chunks).filter_map(move |ch| {
-                        let (first, last) = (ch * per_chunk, ((ch + 1) * per_chunk).min(n_panels));
-                        (first < last).then_some(Item { g, ic, mc: bl.mc.min(p.a.rows - ic), panels: (first, last) })
-                    })
+            .filter(|(_, p)| p.a.cols > 0 && p.a.rows > 0)
+            .flat_map(|(g, _)| {
+                (0..n_chunks).filter_map(move |ch| {
+                    let (first, last) = (ch * per_chunk, ((ch + 1) * per_chunk).min(n_panels));
+                    (first < last).then_some(Item { g, panels: (first, last) })
                 })
             })
             .collect();
         let work = |item: &Item| {
-            let k = problems[item.g].a.cols;
-            with_buffer(&PACK_A, item.mc.div_ceil(bl.mr) * bl.mr * bl.kc.min(k), |packed_a| {
-                with_buffer(&PACK_B_PANEL, bl.kc.min(k) * bl.nr, |packed_b| {
-                    let task =
-                        GroupBlock { call: &calls[item.g], b: &problems[item.g].b, item: *item, packed_a, packed_b };
+            let p = &problems[item.g];
+            let kc = bl.kc.min(p.a.cols);
+            let mc = bl.mc.min(p.a.rows);
+            with_buffer(&PACK_A, mc.div_ceil(bl.mr) * bl.mr * kc, |packed_a| {
+                with_buffer(&PACK_B_PANEL, (item.panels.1 - item.panels.0) * kc * bl.nr, |packed_b| {
+                    let task = GroupBlock { call: &calls[item.g], b: &p.b, item: *item, packed_a, packed_b };
                     with_simd(isa, task)
                 })
             })
@@ -229,7 +230,65 @@ fn empty_rows(call: &Call<'_>, m: usize, accum: Accum) {
     }
 }
 
-/// LOOPs 4 → 1 for one work item: K slices outside, then B panels, then MR tiles.
+/// A problem of at most [`SKINNY_MAX_ROWS`] rows, columns `j_start..j_end`: B streamed once in
+/// row order (`gemv.rs`), each chunk of rows finished through the epilogue and stored.
+#[inline(always)]
+fn skinny<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, j_start: usize, j_end: usize) {
+    let (m, k) = (call.a.rows, call.a.cols);
+    let mut x = [0.0f32; SKINNY_MAX_ROWS * 4096];
+    let x = if m * k <= x.len() { &mut x[..m * k] } else { return skinny_large(s, call, b, j_start, j_end) };
+    for i in 0..m {
+        for (p, v) in x[i * k..(i + 1) * k].iter_mut().enumerate() {
+            *v = call.a.get(i, p);
+        }
+    }
+    skinny_rows(s, call, b, x, j_start, j_end);
+}
+
+/// [`skinny`] for a long K: the rows go to the heap.
+#[inline(never)]
+fn skinny_large<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, j_start: usize, j_end: usize) {
+    let (m, k) = (call.a.rows, call.a.cols);
+    let x: Vec<f32> = (0..m * k).map(|i| call.a.get(i / k, i % k)).collect();
+    skinny_rows(s, call, b, &x, j_start, j_end);
+}
+
+#[inline(always)]
+fn skinny_rows<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, x: &[f32], j_start: usize, j_end: usize) {
+    let m = call.a.rows;
+    let epi = &call.epilogue;
+    let mut y = [0.0f32; SKINNY_MAX_ROWS * gemv::CHUNK];
+    for j0 in (j_start..j_end).step_by(gemv::CHUNK) {
+        let len = gemv::CHUNK.min(j_end - j0);
+        let y = &mut y[..m * len];
+        y.fill(0.0);
+        gemv::rows_form_multi(s, x, m, b, j0, y);
+        for (i, row) in y.chunks_mut(len).enumerate() {
+            if call.alpha != 1.0 {
+                row.iter_mut().for_each(|v| *v *= call.alpha);
+            }
+            if !epi.is_identity() {
+                let bias = epi.bias.map(|bias| bias[j0..j0 + len].as_ptr());
+                let scale = epi.row_scale.map(|sc| sc[i]);
+                // SAFETY: row has len floats; bias[j0..j0+len] was sliced above.
+                unsafe { finish_row(s, row.as_mut_ptr(), len, bias, epi.activation, scale) };
+            }
+            let r = match call.c_rows {
+                CRows::Offset(start) => start + i,
+                CRows::Index(index) => index[i] as usize,
+            };
+            for (j, &v) in row.iter().enumerate() {
+                // SAFETY: `validate` checked row r < c.rows; j0 + j < n = c.cols; this item
+                // owns these columns of the problem's rows.
+                let dst = unsafe { &mut *call.c.0.add(r * call.c_row_stride + (j0 + j) * call.c_col_stride) };
+                *dst = if call.mode == StoreMode::Replace { v } else { *dst + v };
+            }
+        }
+    }
+}
+
+/// LOOPs 4 → 1 for one work item: K slices, then row blocks over the packed B slice, then
+/// NR panels, then MR tiles.
 struct GroupBlock<'a, 'c> {
     call: &'a Call<'c>,
     b: &'a MatRef<'c>,
@@ -244,23 +303,35 @@ impl SimdTask for GroupBlock<'_, '_> {
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let GroupBlock { call, b, item, packed_a, packed_b } = self;
-        let (mr, nr, k) = (call.bl.mr, call.bl.nr, call.a.cols);
+        let (mr, nr, m, k) = (call.bl.mr, call.bl.nr, call.a.rows, call.a.cols);
+        let (q0, q1) = item.panels;
+        if m <= SKINNY_MAX_ROWS && gemv::form_of(b) == Some(gemv::GemvForm::Rows) {
+            skinny(s, call, b, q0 * nr, (q1 * nr).min(call.n));
+            return;
+        }
+        // One row tile uses each panel once: read B where it lives instead of packing it.
+        let direct = m <= mr && (q0..q1).all(|q| BPanel::direct(b, 0, k, q * nr, nr).is_some());
         for pc in (0..k).step_by(call.bl.kc) {
             let kc = call.bl.kc.min(k - pc);
-            pack_a(packed_a, &call.a, item.ic, item.mc, pc, kc, mr);
             let (first, last) = (pc == 0, pc + kc == k);
-            for q in item.panels.0..item.panels.1 {
-                let j0 = q * nr;
-                // One row tile uses the panel once: read B where it lives instead of packing it.
-                let direct = if item.mc <= mr { BPanel::direct(b, pc, kc, j0, nr) } else { None };
-                let panel = direct.unwrap_or_else(|| {
-                    pack_b_panel(packed_b, b, pc, kc, j0, nr);
-                    BPanel::packed(packed_b, kc, nr)
-                });
-                for ir in (0..item.mc).step_by(mr) {
-                    let a_panel = &packed_a[(ir / mr) * kc * mr..(ir / mr + 1) * kc * mr];
-                    let tile = Tile { i0: item.ic + ir, j0, rows: mr.min(item.mc - ir), first, last };
-                    store_tile(s, call, tile, kc, a_panel, panel);
+            if !direct {
+                for (q, dst) in (q0..q1).zip(packed_b.chunks_mut(kc * nr)) {
+                    pack_b_panel(dst, b, pc, kc, q * nr, nr);
+                }
+            }
+            for ic in (0..m).step_by(call.bl.mc) {
+                let mc = call.bl.mc.min(m - ic);
+                pack_a(packed_a, &call.a, ic, mc, pc, kc, mr);
+                for q in q0..q1 {
+                    let panel = match BPanel::direct(b, pc, kc, q * nr, nr).filter(|_| direct) {
+                        Some(panel) => panel,
+                        None => BPanel::packed(&packed_b[(q - q0) * kc * nr..(q - q0 + 1) * kc * nr], kc, nr),
+                    };
+                    for ir in (0..mc).step_by(mr) {
+                        let a_panel = &packed_a[(ir / mr) * kc * mr..(ir / mr + 1) * kc * mr];
+                        let tile = Tile { i0: ic + ir, j0: q * nr, rows: mr.min(mc - ir), first, last };
+                        store_tile(s, call, tile, kc, a_panel, panel);
+                    }
                 }
             }
         }

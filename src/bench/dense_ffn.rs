@@ -1,0 +1,114 @@
+//! The dense twin every mixture-of-experts figure is measured against: a GELU feed-forward
+//! layer `gelu(x·W1 + b1)·W2 + b2`, forward and backward, written directly on the same GEMM
+//! (bias and GELU fused into the store at inference), so the comparison is kernel against
+//! kernel with no routing machinery on the dense side.
+
+use elide::kernels::gemm::{Activation, Epilogue, Gemm, MatMut, MatRef};
+use elide::kernels::{activation_backward, unary, Isa, UnaryOp};
+
+/// A dense FFN of width `d` and hidden size `h`, weights `[in, out]`.
+pub struct DenseFfn {
+    d: usize,
+    h: usize,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+fn mat(data: &[f32], rows: usize, cols: usize) -> MatRef<'_> {
+    MatRef::row_major(data, rows, cols).expect("bench shapes are consistent")
+}
+
+fn out(data: &mut [f32], rows: usize, cols: usize) -> MatMut<'_> {
+    MatMut::row_major(data, rows, cols).expect("bench shapes are consistent")
+}
+
+/// `C = A·B` (+ epilogue) with default settings.
+fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, epilogue: Epilogue<'_>) {
+    Gemm { epilogue, ..Gemm::default() }.run(c, a, b).expect("bench shapes are consistent");
+}
+
+/// Column sums of a `[rows, cols]` matrix (a bias gradient).
+fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+    let mut s = vec![0.0f32; cols];
+    for row in m.chunks(cols) {
+        s.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+    }
+    s
+}
+
+impl DenseFfn {
+    /// Weights from `fill(len, seed)`.
+    pub fn new(d: usize, h: usize, fill: impl Fn(usize, u64) -> Vec<f32>) -> DenseFfn {
+        let scale = |v: Vec<f32>, s: f32| v.into_iter().map(|x| x * s).collect();
+        DenseFfn {
+            d,
+            h,
+            w1: scale(fill(d * h, 11), (1.0 / d as f32).sqrt()),
+            b1: vec![0.0; h],
+            w2: scale(fill(h * d, 12), (1.0 / h as f32).sqrt()),
+            b2: vec![0.0; d],
+        }
+    }
+
+    /// Multiply-adds ×2 of a forward pass over `t` rows.
+    pub fn forward_flops(&self, t: usize) -> f64 {
+        4.0 * (t * self.d * self.h) as f64
+    }
+
+    /// Inference: bias and GELU fused into the first GEMM's store.
+    pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let (d, h) = (self.d, self.h);
+        let mut hidden = vec![0.0f32; t * h];
+        let epi = Epilogue { bias: Some(&self.b1), activation: Activation::Gelu, row_scale: None };
+        gemm(out(&mut hidden, t, h), mat(x, t, d), mat(&self.w1, d, h), epi);
+        let mut y = vec![0.0f32; t * d];
+        gemm(
+            out(&mut y, t, d),
+            mat(&hidden, t, h),
+            mat(&self.w2, h, d),
+            Epilogue { bias: Some(&self.b2), ..Epilogue::default() },
+        );
+        y
+    }
+
+    /// Training step: forward keeping `Z` and `H`, then every gradient for `dy`. Returns `dx`
+    /// (the other gradients are computed and dropped, as an optimizer would consume them).
+    pub fn forward_backward(&self, x: &[f32], t: usize, dy: &[f32]) -> Vec<f32> {
+        let (d, h) = (self.d, self.h);
+        let isa = Isa::active();
+        let mut z = vec![0.0f32; t * h];
+        gemm(
+            out(&mut z, t, h),
+            mat(x, t, d),
+            mat(&self.w1, d, h),
+            Epilogue { bias: Some(&self.b1), ..Epilogue::default() },
+        );
+        let mut hidden = vec![0.0f32; t * h];
+        unary(isa, UnaryOp::Gelu, &z, &mut hidden).expect("lengths match");
+        let mut y = vec![0.0f32; t * d];
+        gemm(
+            out(&mut y, t, d),
+            mat(&hidden, t, h),
+            mat(&self.w2, h, d),
+            Epilogue { bias: Some(&self.b2), ..Epilogue::default() },
+        );
+        std::hint::black_box(&y);
+        // Backward: dW2 = Hᵀ·dY, db2, dH = dY·W2ᵀ, dZ = dH ⊙ gelu'(Z), dW1 = Xᵀ·dZ, db1, dX = dZ·W1ᵀ.
+        let mut dw2 = vec![0.0f32; h * d];
+        gemm(out(&mut dw2, h, d), mat(&hidden, t, h).t(), mat(dy, t, d), Epilogue::default());
+        let db2 = column_sums(dy, d);
+        let mut dh = vec![0.0f32; t * h];
+        gemm(out(&mut dh, t, h), mat(dy, t, d), mat(&self.w2, h, d).t(), Epilogue::default());
+        let mut dz = vec![0.0f32; t * h];
+        activation_backward(isa, Activation::Gelu, &z, &dh, &mut dz).expect("lengths match");
+        let mut dw1 = vec![0.0f32; d * h];
+        gemm(out(&mut dw1, d, h), mat(x, t, d).t(), mat(&dz, t, h), Epilogue::default());
+        let db1 = column_sums(&dz, h);
+        let mut dx = vec![0.0f32; t * d];
+        gemm(out(&mut dx, t, d), mat(&dz, t, h), mat(&self.w1, d, h).t(), Epilogue::default());
+        std::hint::black_box((&dw1, &db1, &dw2, &db2));
+        dx
+    }
+}

@@ -1,0 +1,222 @@
+//! `elide bench moe`: the mixture-of-experts layer against its dense twins (equal active
+//! FLOPs, equal parameters), forward and forward+backward, across expert counts, and at decode
+//! batch sizes. Every ratio is measured interleaved in one run.
+
+use super::dense_ffn::DenseFfn;
+use super::report::Report;
+use super::timing::{interleaved, Plan};
+use elide::autodiff::{no_grad, ParamStore, Var};
+use elide::cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+use elide::kernels::gemm::Activation;
+use elide::tensor::{Rng, Tensor};
+
+/// Deterministic fill in [-1, 1).
+fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::seed(seed);
+    (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+}
+
+/// A GELU-expert, top-2, dropless layer of the given sizes.
+fn layer(d: usize, hidden: usize, experts: usize) -> MoeLayer {
+    let mut store = ParamStore::new();
+    let config = MoeConfig {
+        d_model: d,
+        hidden,
+        num_experts: experts,
+        router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
+        expert: ExpertKind::Mlp(Activation::Gelu),
+        capacity: Capacity::Dropless,
+        balance_coef: 0.01,
+        z_loss_coef: 1e-3,
+    };
+    MoeLayer::new(&mut store.scope("moe"), config, &mut Rng::seed(7)).expect("valid config")
+}
+
+/// Inputs for `t` tokens of width `d`, and an output gradient.
+fn inputs(t: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    (fill(t * d, 1), fill(t * d, 2))
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.2}", s * 1e3)
+}
+
+/// What [`measure`] found: ratios to the dense twins and the MoE's median times.
+struct Measured {
+    fwd_vs_active: f64,
+    fwdbwd_vs_active: f64,
+    params_over_moe: Option<f64>,
+    fwd_s: f64,
+    fwdbwd_s: f64,
+}
+
+/// One measured configuration: `t` tokens of width `d` through `e` experts of hidden size
+/// `hidden`, against the equal-active dense FFN (and the equal-parameter one if asked).
+#[derive(Clone, Copy)]
+struct Case<'a> {
+    name: &'a str,
+    t: usize,
+    d: usize,
+    hidden: usize,
+    e: usize,
+    with_params: bool,
+    backward: bool,
+}
+
+fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
+    let Case { name, t, d, hidden, e, with_params, backward } = case;
+    let moe = layer(d, hidden, e);
+    let active = DenseFfn::new(d, 2 * hidden, fill);
+    let params = with_params.then(|| DenseFfn::new(d, e * hidden, fill));
+    let (x, dy) = inputs(t, d);
+    let xt = Tensor::from_vec(x.clone(), &[t, d]).expect("shape");
+    let dyt = Tensor::from_vec(dy.clone(), &[t, d]).expect("shape");
+    let xc = Var::constant(xt.clone());
+    let mut moe_fwd = || {
+        no_grad(|| std::hint::black_box(moe.forward(&xc).expect("forward")));
+    };
+    let mut dense_fwd = || {
+        std::hint::black_box(active.forward(&x, t));
+    };
+    let mut params_fwd = || {
+        if let Some(p) = &params {
+            std::hint::black_box(p.forward(&x, t));
+        }
+    };
+    let res = if with_params {
+        interleaved(plan, &mut [&mut moe_fwd, &mut dense_fwd, &mut params_fwd])
+    } else {
+        interleaved(plan, &mut [&mut moe_fwd, &mut dense_fwd])
+    };
+    let out = no_grad(|| moe.forward(&xc).expect("forward"));
+    let moe_gflops = out.flops / res.medians[0] / 1e9;
+    let dense_gflops = active.forward_flops(t) / res.medians[1] / 1e9;
+    let fwd_vs_active = 1.0 / res.ratios_to_first[1];
+    let params_over_moe = with_params.then(|| res.ratios_to_first[2]);
+    r.row(vec![
+        format!("{name} fwd"),
+        format!("T={t} E={e} h={hidden}"),
+        ms(res.medians[0]),
+        ms(res.medians[1]),
+        format!("{fwd_vs_active:.3}"),
+        format!("{moe_gflops:.1} / {dense_gflops:.1}"),
+        format!(
+            "route {} plan {} experts {}",
+            ms(out.phases.routing.as_secs_f64()),
+            ms(out.phases.plan.as_secs_f64()),
+            ms(out.phases.experts.as_secs_f64())
+        ),
+    ]);
+    if let Some(p) = params_over_moe {
+        r.row(vec![
+            format!("{name} dense equal-params fwd"),
+            format!("h={}", e * hidden),
+            ms(res.medians[2]),
+            "".into(),
+            format!("{p:.2}× the MoE"),
+            "".into(),
+            "".into(),
+        ]);
+    }
+    let (mut fwdbwd_vs_active, mut fwdbwd_s) = (f64::NAN, f64::NAN);
+    if backward {
+        let xl = Var::leaf(xt.clone());
+        let mut moe_train = || {
+            let out = moe.forward(&xl).expect("forward");
+            std::hint::black_box(out.output.backward_with(&dyt).expect("backward"));
+        };
+        let mut dense_train = || {
+            std::hint::black_box(active.forward_backward(&x, t, &dy));
+        };
+        let res = interleaved(plan, &mut [&mut moe_train, &mut dense_train]);
+        fwdbwd_vs_active = 1.0 / res.ratios_to_first[1];
+        fwdbwd_s = res.medians[0];
+        let moe_gflops = 3.0 * out.flops / res.medians[0] / 1e9;
+        let dense_gflops = 3.0 * active.forward_flops(t) / res.medians[1] / 1e9;
+        r.row(vec![
+            format!("{name} fwd+bwd"),
+            format!("T={t} E={e} h={hidden}"),
+            ms(res.medians[0]),
+            ms(res.medians[1]),
+            format!("{fwdbwd_vs_active:.3}"),
+            format!("{moe_gflops:.1} / {dense_gflops:.1}"),
+            "".into(),
+        ]);
+    }
+    Measured { fwd_vs_active, fwdbwd_vs_active, params_over_moe, fwd_s: res.medians[0], fwdbwd_s }
+}
+
+/// `elide bench moe`.
+pub fn bench_moe(plan: Plan) -> Report {
+    let mut r = Report::new(
+        "mixture-of-experts vs dense twins (top-2, GELU experts, dropless; interleaved medians)",
+        &[
+            "measurement",
+            "shape",
+            "MoE ms",
+            "dense ms",
+            "MoE/dense",
+            "GFLOP/s active MoE / dense",
+            "MoE time split (ms)",
+        ],
+    );
+    let (t, d) = (4096, 512);
+    // Config A: E=8, expert hidden 1024; dense twins: hidden 2048 (equal active), 8192 (equal params).
+    let a = measure(plan, &mut r, Case { name: "A", t, d, hidden: 1024, e: 8, with_params: true, backward: true });
+    r.figure("moe_a_fwd_vs_dense_active", a.fwd_vs_active);
+    r.figure("moe_a_fwdbwd_vs_dense_active", a.fwdbwd_vs_active);
+    r.figure("moe_a_dense_params_over_moe", a.params_over_moe.unwrap_or(f64::NAN));
+    r.figure("moe_a_fwd_ms", a.fwd_s * 1e3);
+    r.figure("moe_a_fwdbwd_ms", a.fwdbwd_s * 1e3);
+    // Config B, fine-grained: E=64, expert hidden 256; dense twin hidden 512.
+    let b = measure(plan, &mut r, Case { name: "B", t, d, hidden: 256, e: 64, with_params: false, backward: true });
+    r.figure("moe_b_fwd_vs_dense_active", b.fwd_vs_active);
+    r.figure("moe_b_fwdbwd_vs_dense_active", b.fwdbwd_vs_active);
+    r.figure("moe_b_fwd_ms", b.fwd_s * 1e3);
+    r.figure("moe_b_fwdbwd_ms", b.fwdbwd_s * 1e3);
+    // Config C: skipped experts cost nothing — forward time across E at fixed T and top-2.
+    let layers: Vec<(usize, MoeLayer)> = [8, 16, 32, 64].into_iter().map(|e| (e, layer(d, 1024, e))).collect();
+    let xc = Var::constant(Tensor::from_vec(fill(t * d, 1), &[t, d]).expect("shape"));
+    let mut sides: Vec<Box<dyn FnMut()>> = layers
+        .iter()
+        .map(|(_, l)| {
+            let xc = xc.clone();
+            Box::new(move || {
+                no_grad(|| std::hint::black_box(l.forward(&xc).expect("forward")));
+            }) as Box<dyn FnMut()>
+        })
+        .collect();
+    let mut refs: Vec<&mut dyn FnMut()> = sides.iter_mut().map(|b| b.as_mut() as &mut dyn FnMut()).collect();
+    let res = interleaved(plan, &mut refs);
+    for (i, (e, _)) in layers.iter().enumerate() {
+        r.row(vec![
+            format!("C fwd E={e}"),
+            format!("T={t} h=1024"),
+            ms(res.medians[i]),
+            "".into(),
+            format!("{:.3} of E=8", res.ratios_to_first[i]),
+            "".into(),
+            "".into(),
+        ]);
+    }
+    r.figure("moe_c_e64_over_e8", res.ratios_to_first[3]);
+    drop(refs);
+    drop(sides);
+    drop(layers);
+    // Config D, decode: config A's sizes at T=1 and T=8.
+    for td in [1, 8] {
+        let m = measure(
+            plan,
+            &mut r,
+            Case { name: "D", t: td, d, hidden: 1024, e: 8, with_params: false, backward: false },
+        );
+        r.figure(&format!("moe_d_t{td}_vs_dense_active"), m.fwd_vs_active);
+        if td == 1 {
+            r.figure("moe_d_t1_ms", m.fwd_s * 1e3);
+        }
+    }
+    r.note(
+        "MoE/dense: time ratio against the dense FFN with the same active FLOPs (hidden = 2 × expert hidden).".into(),
+    );
+    r
+}
