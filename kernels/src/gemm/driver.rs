@@ -14,7 +14,7 @@
 
 use super::epilogue::{finish_row, Epilogue};
 use super::microkernel::{microkernel, BPanel, Blocking, MAX_MR, MAX_NR};
-use super::pack::{pack_a, pack_b_panel};
+use super::pack::{pack_a, pack_b_block};
 use super::view::{MatMut, MatRef};
 use super::Gemm;
 use crate::simd::{with_simd, Simd, SimdTask};
@@ -145,11 +145,17 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
         for pc in (0..k).step_by(bl.kc) {
             let kc = bl.kc.min(k - pc);
             with_buffer(&PACK_B, n_panels * kc * bl.nr, |packed_b| {
-                let pack = |(q, dst): (usize, &mut [f32])| pack_b_panel(dst, &b, pc, kc, jc + q * bl.nr, bl.nr);
+                // Each thread packs a contiguous group of panels, reading B's rows contiguously.
+                let group = if threads > 1 { n_panels.div_ceil(threads) } else { n_panels };
+                let pack = |(g, dst): (usize, &mut [f32])| {
+                    let panels = dst.len() / (kc * bl.nr);
+                    pack_b_block(dst, &b, pc, kc, jc + g * group * bl.nr, panels, bl.nr)
+                };
+                let packed_b = &mut packed_b[..n_panels * kc * bl.nr];
                 if threads > 1 {
-                    packed_b.par_chunks_mut(kc * bl.nr).enumerate().for_each(pack);
+                    packed_b.par_chunks_mut(group * kc * bl.nr).enumerate().for_each(pack);
                 } else {
-                    packed_b.chunks_mut(kc * bl.nr).enumerate().for_each(pack);
+                    pack((0, packed_b));
                 }
                 let packed_b: &[f32] = packed_b;
                 let items = (0..m_blocks).flat_map(|mb| {

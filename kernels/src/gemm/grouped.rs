@@ -16,7 +16,7 @@ use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::gemv::{self, SKINNY_MAX_ROWS};
 use super::microkernel::{BPanel, Blocking};
-use super::pack::{pack_a, pack_b_panel};
+use super::pack::{pack_a, pack_b_block};
 use super::view::{MatMut, MatRef};
 use super::Gemm;
 use crate::error::{KernelError, Result};
@@ -181,13 +181,18 @@ impl Gemm<'_> {
         let n_chunks =
             if threads > 1 { (ITEMS_PER_THREAD * threads).div_ceil(active).clamp(1, n_panels.max(1)) } else { 1 };
         let per_chunk = n_panels.div_ceil(n_chunks).max(1);
+        // A skinny problem streams B; wide column slices keep those streams long.
+        let skinny_chunks = threads.div_ceil(active).clamp(1, n_panels.max(1));
+        let skinny_per_chunk = n_panels.div_ceil(skinny_chunks).max(1);
         let items: Vec<Item> = problems
             .iter()
             .enumerate()
             .filter(|(_, p)| p.a.cols > 0 && p.a.rows > 0)
-            .flat_map(|(g, _)| {
-                (0..n_chunks).filter_map(move |ch| {
-                    let (first, last) = (ch * per_chunk, ((ch + 1) * per_chunk).min(n_panels));
+            .flat_map(|(g, p)| {
+                let (chunks, per) =
+                    if is_skinny(p) { (skinny_chunks, skinny_per_chunk) } else { (n_chunks, per_chunk) };
+                (0..chunks).filter_map(move |ch| {
+                    let (first, last) = (ch * per, ((ch + 1) * per).min(n_panels));
                     (first < last).then_some(Item { g, panels: (first, last) })
                 })
             })
@@ -228,6 +233,11 @@ fn empty_rows(call: &Call<'_>, m: usize, accum: Accum) {
             *dst = if accum == Accum::Add { *dst + v } else { v };
         }
     }
+}
+
+/// Whether a problem takes the skinny form: few rows, B's rows contiguous.
+fn is_skinny(p: &GroupProblem<'_>) -> bool {
+    p.a.rows <= SKINNY_MAX_ROWS && gemv::form_of(&p.b) == Some(gemv::GemvForm::Rows)
 }
 
 /// A problem of at most [`SKINNY_MAX_ROWS`] rows, columns `j_start..j_end`: B streamed once in
@@ -315,9 +325,7 @@ impl SimdTask for GroupBlock<'_, '_> {
             let kc = call.bl.kc.min(k - pc);
             let (first, last) = (pc == 0, pc + kc == k);
             if !direct {
-                for (q, dst) in (q0..q1).zip(packed_b.chunks_mut(kc * nr)) {
-                    pack_b_panel(dst, b, pc, kc, q * nr, nr);
-                }
+                pack_b_block(packed_b, b, pc, kc, q0 * nr, q1 - q0, nr);
             }
             for ic in (0..m).step_by(call.bl.mc) {
                 let mc = call.bl.mc.min(m - ic);

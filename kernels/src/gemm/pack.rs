@@ -102,3 +102,34 @@ pub(crate) fn pack_b_panel(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usi
         }
     }
 }
+
+/// Packs `panels` consecutive NR-column panels of `b` (rows `row0..row0+kc`, columns from
+/// `col0`) into `dst`, panel `q` at `q·kc·nr`. A row-major B is read row by row, each row
+/// contiguously: panel by panel, every 64-byte read would start a new row — a new page when the
+/// row stride is 4 KiB or more — and hardware prefetchers do not cross pages (measured: a
+/// 64-expert layer spent a fifth of its time waiting on those reads).
+pub(crate) fn pack_b_block(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usize, col0: usize, panels: usize, nr: usize) {
+    debug_assert!(dst.len() >= panels * kc * nr);
+    if b.col_index.is_some() || b.col_stride != 1 {
+        for (q, panel) in dst.chunks_mut(kc * nr).take(panels).enumerate() {
+            pack_b_panel(panel, b, row0, kc, col0 + q * nr, nr);
+        }
+        return;
+    }
+    let width = (panels * nr).min(b.cols - col0);
+    for p in 0..kc {
+        let off = b.row_offset(row0 + p) + col0;
+        let src = &b.data[off..off + width];
+        for (q, seg) in src.chunks(nr).enumerate() {
+            let out = &mut dst[q * kc * nr + p * nr..q * kc * nr + (p + 1) * nr];
+            for (o, &x) in out.iter_mut().zip(seg) {
+                *o = x;
+            }
+            out[seg.len()..].fill(0.0);
+        }
+        // Panels entirely past the last column (never asked for today) stay consistent: zero.
+        for q in width.div_ceil(nr)..panels {
+            dst[q * kc * nr + p * nr..q * kc * nr + (p + 1) * nr].fill(0.0);
+        }
+    }
+}
