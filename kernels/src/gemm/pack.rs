@@ -108,7 +108,15 @@ pub(crate) fn pack_b_panel(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usi
 /// contiguously: panel by panel, every 64-byte read would start a new row — a new page when the
 /// row stride is 4 KiB or more — and hardware prefetchers do not cross pages (measured: a
 /// 64-expert layer spent a fifth of its time waiting on those reads).
-pub(crate) fn pack_b_block(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usize, col0: usize, panels: usize, nr: usize) {
+pub(crate) fn pack_b_block(
+    dst: &mut [f32],
+    b: &MatRef<'_>,
+    row0: usize,
+    kc: usize,
+    col0: usize,
+    panels: usize,
+    nr: usize,
+) {
     debug_assert!(dst.len() >= panels * kc * nr);
     if b.col_index.is_some() || b.col_stride != 1 {
         for (q, panel) in dst.chunks_mut(kc * nr).take(panels).enumerate() {

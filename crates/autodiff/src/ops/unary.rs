@@ -1,18 +1,18 @@
-//! Elementwise maps and their derivatives, written with the vectorised tensor ops.
+//! Elementwise maps and their derivatives: the smooth ones written with the vectorised tensor
+//! ops, the activations through one fused derivative kernel.
 
 use crate::error::Result;
 use crate::var::Var;
+use elide_kernels::gemm::Activation;
+use elide_kernels::{activation_backward, Isa};
 use elide_tensor::Tensor;
 
-/// `√(2/π)` and the cubic coefficient of the GELU tanh form.
-const GELU_C: f32 = 0.797_884_6;
-const GELU_A: f32 = 0.044_715;
-
-/// `g ⊙ 1[x > 0]`.
-fn relu_grad(x: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let xs = x.to_vec();
-    let gs = g.to_vec();
-    let out: Vec<f32> = xs.iter().zip(&gs).map(|(&x, &g)| if x > 0.0 { g } else { 0.0 }).collect();
+/// `g ⊙ act'(x)` through the vectorised activation-derivative kernel.
+fn activation_grad(act: Activation, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (x, g) = (x.contiguous(), g.contiguous());
+    let mut out = vec![0.0f32; x.numel()];
+    let (xs, gs) = (x.as_slice().expect("contiguous"), g.as_slice().expect("contiguous"));
+    activation_backward(Isa::active(), act, xs, gs, &mut out).map_err(elide_tensor::Error::from)?;
     Ok(Tensor::from_vec(out, x.shape())?)
 }
 
@@ -76,32 +76,18 @@ impl Var {
     /// `max(x, 0)`; the gradient at 0 is 0 (as PyTorch).
     pub fn relu(&self) -> Var {
         let x = self.value.clone();
-        self.unary("relu", self.value.relu(), move |g| relu_grad(&x, g))
+        self.unary("relu", self.value.relu(), move |g| activation_grad(Activation::Relu, &x, g))
     }
 
     /// GELU, tanh form (arXiv 1606.08415).
     pub fn gelu(&self) -> Var {
         let x = self.value.clone();
-        self.unary("gelu", self.value.gelu(), move |g| {
-            // u = c(x + a x³), t = tanh u;  d/dx = ½(1 + t) + ½x(1 − t²)·c(1 + 3a x²).
-            let x2 = x.square();
-            let u = x.mul(&x2.mul_scalar(GELU_A).add_scalar(1.0))?.mul_scalar(GELU_C);
-            let t = u.tanh();
-            let du = x2.mul_scalar(3.0 * GELU_A).add_scalar(1.0).mul_scalar(GELU_C);
-            let left = t.add_scalar(1.0).mul_scalar(0.5);
-            let right = x.mul(&t.square().neg().add_scalar(1.0))?.mul(&du)?.mul_scalar(0.5);
-            Ok(g.mul(&left.add(&right)?)?)
-        })
+        self.unary("gelu", self.value.gelu(), move |g| activation_grad(Activation::Gelu, &x, g))
     }
 
     /// SiLU `x·σ(x)` (arXiv 1702.03118).
     pub fn silu(&self) -> Var {
         let x = self.value.clone();
-        self.unary("silu", self.value.silu(), move |g| {
-            // d/dx = σ(x)(1 + x(1 − σ(x))).
-            let s = x.sigmoid();
-            let d = s.mul(&x.mul(&s.neg().add_scalar(1.0))?.add_scalar(1.0))?;
-            Ok(g.mul(&d)?)
-        })
+        self.unary("silu", self.value.silu(), move |g| activation_grad(Activation::Silu, &x, g))
     }
 }
