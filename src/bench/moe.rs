@@ -101,10 +101,11 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
         format!("{fwd_vs_active:.3}"),
         format!("{moe_gflops:.1} / {dense_gflops:.1}"),
         format!(
-            "route {} plan {} experts {}",
+            "route {} plan {} GEMMs {} combine {}",
             ms(out.phases.routing.as_secs_f64()),
             ms(out.phases.plan.as_secs_f64()),
-            ms(out.phases.experts.as_secs_f64())
+            ms(out.phases.expert_gemms.as_secs_f64()),
+            ms(out.phases.combine.as_secs_f64())
         ),
     ]);
     if let Some(p) = params_over_moe {

@@ -112,6 +112,14 @@ impl Experts {
     /// If `x` is not `[plan.num_tokens, d_model]`, the gates are not `[S_kept]`, or the plan has
     /// a different number of experts.
     pub fn forward(&self, x: &Var, slot_gates: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
+        Ok(self.forward_timed(x, slot_gates, plan)?.0)
+    }
+
+    /// [`Experts::forward`], also reporting how long the expert GEMMs and the combine took.
+    ///
+    /// # Errors
+    /// As [`Experts::forward`].
+    pub fn forward_timed(&self, x: &Var, slot_gates: &Var, plan: &Arc<DispatchPlan>) -> Result<(Var, ExpertTimes)> {
         const OP: &str = "Experts::forward";
         let (t, d) = (plan.num_tokens, self.d_model);
         if x.shape() != [t, d] {
@@ -141,8 +149,23 @@ impl Experts {
     }
 }
 
+/// Wall-clock time of the two halves of an expert forward pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExpertTimes {
+    /// The grouped GEMMs (and the activation between them).
+    pub gemms: std::time::Duration,
+    /// Summing each token's gated slot rows.
+    pub combine: std::time::Duration,
+}
+
 /// The expert op on explicit weight values (the parameters' vars, or test leaves).
-fn apply(shape: Shape, x: &Var, slot_gates: &Var, weight_vars: &[Var], plan: &Arc<DispatchPlan>) -> Result<Var> {
+fn apply(
+    shape: Shape,
+    x: &Var,
+    slot_gates: &Var,
+    weight_vars: &[Var],
+    plan: &Arc<DispatchPlan>,
+) -> Result<(Var, ExpertTimes)> {
     let (t, d) = (plan.num_tokens, shape.d);
     let weights: Vec<Tensor> = weight_vars.iter().map(|w| w.value().contiguous()).collect();
     let mut parents: Vec<&Var> = vec![x, slot_gates];
@@ -151,17 +174,21 @@ fn apply(shape: Shape, x: &Var, slot_gates: &Var, weight_vars: &[Var], plan: &Ar
     let xs = x.value().contiguous();
     let x_data = xs.as_slice().expect("contiguous");
     let gates = slot_gates.value().to_vec();
+    let start = std::time::Instant::now();
     let fwd = forward_pass(shape, x_data, &weights, plan, training)?;
+    let multiplied = std::time::Instant::now();
     let out = Tensor::from_vec(combine_scaled(&fwd.y, &gates, plan, d), &[t, d])?;
+    let times = ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() };
     if !training {
-        return Ok(Var::constant(out));
+        return Ok((Var::constant(out), times));
     }
     let plan = plan.clone();
-    Ok(Var::from_op("experts", out, &parents, move |dout| {
+    let out = Var::from_op("experts", out, &parents, move |dout| {
         let dout = dout.contiguous();
         let x_data = xs.as_slice().expect("contiguous");
         backward_pass(shape, x_data, &gates, &weights, &plan, &fwd, dout.as_slice().expect("contiguous"))
-    }))
+    });
+    Ok((out, times))
 }
 
 /// The sizes a pass needs.

@@ -59,7 +59,7 @@ mod testing;
 
 pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
 pub use error::{Error, Result};
-pub use expert::{ExpertKind, Experts};
+pub use expert::{ExpertKind, ExpertTimes, Experts};
 pub use moe::{MoeConfig, MoeLayer, MoeOutput, MoePhases};
 pub use plan::{Capacity, DispatchPlan};
 pub use router::{expert_choice_capacity, noise_std, Router, RouterKind};

@@ -53,8 +53,10 @@ pub struct MoePhases {
     pub routing: Duration,
     /// The counting sort into a dispatch plan.
     pub plan: Duration,
-    /// The expert GEMMs and the combine.
-    pub experts: Duration,
+    /// The expert GEMMs (and the activation between them).
+    pub expert_gemms: Duration,
+    /// Summing each token's gated expert outputs.
+    pub combine: Duration,
 }
 
 /// What one forward pass produced.
@@ -145,8 +147,7 @@ impl MoeLayer {
         let plan = Arc::new(DispatchPlan::from_routing(&routing, self.config.capacity)?);
         let planned = Instant::now();
         let gates = plan.slot_gates(&routing.gates)?;
-        let output = self.experts.forward(x, &gates, &plan)?;
-        let done = Instant::now();
+        let (output, times) = self.experts.forward_timed(x, &gates, &plan)?;
         let balance_loss = load_balancing_loss(&routing, &plan, 1.0)?;
         let z = z_loss(&routing.logits)?;
         let aux_loss = balance_loss.mul_scalar(self.config.balance_coef).add(&z.mul_scalar(self.config.z_loss_coef))?;
@@ -159,7 +160,12 @@ impl MoeLayer {
             z_loss: z,
             stats: ExpertStats::from_plan(&plan),
             flops: router_flops + self.experts.forward_flops(plan.num_kept()),
-            phases: MoePhases { routing: routed - start, plan: planned - routed, experts: done - planned },
+            phases: MoePhases {
+                routing: routed - start,
+                plan: planned - routed,
+                expert_gemms: times.gemms,
+                combine: times.combine,
+            },
             plan,
         })
     }

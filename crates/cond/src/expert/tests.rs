@@ -126,12 +126,14 @@ fn gradients_match_finite_differences() {
         inputs.extend(experts.params().iter().map(|p| p.value()));
         let shape = experts.shape();
         let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
-            apply(shape, &v[0], &v[1], &v[2..], &plan).map_err(|e| elide_autodiff::Error::Backward(e.to_string()))
+            apply(shape, &v[0], &v[1], &v[2..], &plan)
+                .map(|(out, _)| out)
+                .map_err(|e| elide_autodiff::Error::Backward(e.to_string()))
         };
         gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         // The idle expert's weight gradient is exactly zero.
         let leaves: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
-        let out = apply(shape, &leaves[0], &leaves[1], &leaves[2..], &plan).unwrap();
+        let (out, _) = apply(shape, &leaves[0], &leaves[1], &leaves[2..], &plan).unwrap();
         let grads = out.sum_all().backward().unwrap();
         let dw = grads.of(&leaves[2]).unwrap().to_vec();
         assert!(dw[2 * d * h..].iter().all(|&v| v == 0.0));
