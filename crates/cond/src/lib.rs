@@ -8,7 +8,40 @@
 //! expert with one counting sort (offsets, row lists, and what a [`Capacity`] dropped), which is
 //! what the gathered kernels read, so an expert computes only the rows routed to it. The
 //! auxiliary losses ([`load_balancing_loss`], [`z_loss`]) keep the router balanced and its
-//! logits small, and [`ExpertStats`] reports the load for logging.
+//! logits small, and [`ExpertStats`] reports the load for logging. [`Experts`] compute only the
+//! rows routed to them, forward and backward, on the grouped gathered GEMM, and [`MoeLayer`] puts
+//! router, plan, experts and losses together (`docs/moe.md` walks through it).
+//!
+//! A mixture-of-experts layer in a training step:
+//!
+//! ```
+//! use elide_autodiff::{ParamStore, Var};
+//! use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+//! use elide_kernels::gemm::Activation;
+//! use elide_tensor::{Rng, Tensor};
+//!
+//! let mut rng = Rng::seed(0);
+//! let mut store = ParamStore::new();
+//! let config = MoeConfig {
+//!     d_model: 16,
+//!     hidden: 32,
+//!     num_experts: 4,
+//!     router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
+//!     expert: ExpertKind::Mlp(Activation::Gelu),
+//!     capacity: Capacity::Dropless,
+//!     balance_coef: 0.01,
+//!     z_loss_coef: 1e-3,
+//! };
+//! let moe = MoeLayer::new(&mut store.scope("blocks.0.moe"), config, &mut rng)?;
+//! let x = Var::constant(Tensor::randn(&[10, 16], &mut rng));
+//! let out = moe.forward(&x)?;
+//! let y = x.add(&out.output)?; // dropped tokens ride the residual
+//! let loss = y.square().mean_all().add(&out.aux_loss)?;
+//! let grads = loss.backward()?;
+//! assert_eq!(out.stats.tokens_per_expert.iter().sum::<usize>(), 20); // 10 tokens × top-2
+//! assert!(store.iter().all(|p| grads.get(p).is_some()));
+//! # Ok::<(), elide_cond::Error>(())
+//! ```
 //!
 //! Routing a small batch with top-2 token choice and planning the dispatch:
 //!
