@@ -1,6 +1,7 @@
 //! `elide bench gemm` and `elide bench peak`: our GEMM against `matrixmultiply`, against the
 //! machine's FMA peak, on 1 and 2 threads, gathered against contiguous, and the batch-1 GEMV.
 
+use super::fill;
 use super::report::Report;
 use super::timing::{interleaved, time_once, Plan};
 use elide::kernels::gemm::{Gemm, MatMut, MatRef};
@@ -9,19 +10,6 @@ use elide::kernels::{peak, Isa, Par};
 /// A pool of exactly `n` threads (the benchmarks pin 1 and 2 threads explicitly).
 fn pool(n: usize) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a rayon pool")
-}
-
-/// Deterministic fill in [-1, 1).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// `C = A·B` with row-major A (m×k), B (k×n) through our GEMM.

@@ -6,3 +6,9 @@ pub mod gemm;
 pub mod moe;
 pub mod report;
 pub mod timing;
+
+/// `len` deterministic values in [-1, 1) from `seed` (the same on every machine).
+pub fn fill(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = elide::tensor::Rng::seed(seed);
+    (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+}

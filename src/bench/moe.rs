@@ -3,18 +3,13 @@
 //! batch sizes. Every ratio is measured interleaved in one run.
 
 use super::dense_ffn::DenseFfn;
+use super::fill;
 use super::report::Report;
 use super::timing::{interleaved, Plan};
 use elide::autodiff::{no_grad, ParamStore, Var};
 use elide::cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
 use elide::kernels::gemm::Activation;
 use elide::tensor::{Rng, Tensor};
-
-/// Deterministic fill in [-1, 1).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::seed(seed);
-    (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
-}
 
 /// A GELU-expert, top-2, dropless layer of the given sizes.
 fn layer(d: usize, hidden: usize, experts: usize) -> MoeLayer {

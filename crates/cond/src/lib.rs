@@ -36,7 +36,7 @@
 //! let x = Var::constant(Tensor::randn(&[10, 16], &mut rng));
 //! let out = moe.forward(&x)?;
 //! let y = x.add(&out.output)?; // dropped tokens ride the residual
-//! let loss = y.square().mean_all().add(&out.aux_loss)?;
+//! let loss = y.square().mean_all().add(&out.aux_loss()?)?;
 //! let grads = loss.backward()?;
 //! assert_eq!(out.stats.tokens_per_expert.iter().sum::<usize>(), 20); // 10 tokens × top-2
 //! assert!(store.iter().all(|p| grads.get(p).is_some()));

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::expert::{ExpertKind, Experts};
 use crate::plan::{Capacity, DispatchPlan};
 use crate::router::{Router, RouterKind};
+use crate::routing::Routing;
 use elide_autodiff::{Scope, Var};
 use elide_tensor::Rng;
 use std::sync::Arc;
@@ -59,16 +60,15 @@ pub struct MoePhases {
     pub combine: Duration,
 }
 
-/// What one forward pass produced.
+/// What one forward pass produced. The auxiliary losses are computed on demand (they cost a
+/// third of a batch-1 forward pass, and inference never needs them).
 pub struct MoeOutput {
     /// `[T, d]`: the experts' gated outputs (add the residual outside).
     pub output: Var,
-    /// `balance_coef · balance + z_loss_coef · z`: add it to the training loss.
-    pub aux_loss: Var,
-    /// The load-balancing loss, unweighted.
-    pub balance_loss: Var,
-    /// The router z-loss, unweighted.
-    pub z_loss: Var,
+    /// The router's decisions (logits, probabilities, assignments, gates).
+    pub routing: Routing,
+    /// `(balance_coef, z_loss_coef)` of the layer.
+    coefs: (f32, f32),
     /// Tokens per expert, drops, imbalance.
     pub stats: ExpertStats,
     /// FLOPs actually executed (router and experts; routed rows only).
@@ -77,6 +77,33 @@ pub struct MoeOutput {
     pub plan: Arc<DispatchPlan>,
     /// Where the time went.
     pub phases: MoePhases,
+}
+
+impl MoeOutput {
+    /// The load-balancing loss `E·Σ fᵢ·Pᵢ`, unweighted (differentiable in the router).
+    ///
+    /// # Errors
+    /// Only if the routing is inconsistent with the plan (never for a layer's own output).
+    pub fn balance_loss(&self) -> Result<Var> {
+        load_balancing_loss(&self.routing, &self.plan, 1.0)
+    }
+
+    /// The router z-loss `mean logsumexp²`, unweighted.
+    ///
+    /// # Errors
+    /// As [`MoeOutput::balance_loss`].
+    pub fn z_loss(&self) -> Result<Var> {
+        z_loss(&self.routing.logits)
+    }
+
+    /// `balance_coef · balance + z_loss_coef · z`: add it to the training loss.
+    ///
+    /// # Errors
+    /// As [`MoeOutput::balance_loss`].
+    pub fn aux_loss(&self) -> Result<Var> {
+        let (balance, z) = self.coefs;
+        Ok(self.balance_loss()?.mul_scalar(balance).add(&self.z_loss()?.mul_scalar(z))?)
+    }
 }
 
 /// A mixture-of-experts layer: a router and `E` experts.
@@ -148,16 +175,11 @@ impl MoeLayer {
         let planned = Instant::now();
         let gates = plan.slot_gates(&routing.gates)?;
         let (output, times) = self.experts.forward_timed(x, &gates, &plan)?;
-        let balance_loss = load_balancing_loss(&routing, &plan, 1.0)?;
-        let z = z_loss(&routing.logits)?;
-        let aux_loss = balance_loss.mul_scalar(self.config.balance_coef).add(&z.mul_scalar(self.config.z_loss_coef))?;
         let t = routing.num_tokens as f64;
         let router_flops = 2.0 * t * (self.config.d_model * self.config.num_experts) as f64;
         Ok(MoeOutput {
             output,
-            aux_loss,
-            balance_loss,
-            z_loss: z,
+            coefs: (self.config.balance_coef, self.config.z_loss_coef),
             stats: ExpertStats::from_plan(&plan),
             flops: router_flops + self.experts.forward_flops(plan.num_kept()),
             phases: MoePhases {
@@ -167,6 +189,7 @@ impl MoeLayer {
                 combine: times.combine,
             },
             plan,
+            routing,
         })
     }
 }
@@ -207,7 +230,7 @@ mod tests {
                 let x = Var::constant(Tensor::randn(&[10, 8], &mut rng));
                 let out = layer.forward_with_noise(&x, Some(&mut rng)).unwrap();
                 assert_eq!(out.output.shape(), &[10, 8]);
-                let loss = out.output.square().mean_all().add(&out.aux_loss).unwrap();
+                let loss = out.output.square().mean_all().add(&out.aux_loss().unwrap()).unwrap();
                 let grads = loss.backward().unwrap();
                 assert!(grads.get(layer.router().weight()).is_some(), "{router:?}: no router gradient");
                 for p in layer.experts().params() {

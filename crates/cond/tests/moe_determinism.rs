@@ -14,7 +14,7 @@ fn step_bits(layer: &MoeLayer, x: &Tensor, r: &Tensor, threads: usize) -> Vec<u3
         let xv = Var::leaf(x.clone());
         // A noisy router draws the same noise on every run.
         let out = layer.forward_with_noise(&xv, Some(&mut Rng::seed(5))).unwrap();
-        let loss = out.output.mul(&Var::constant(r.clone())).unwrap().sum_all().add(&out.aux_loss).unwrap();
+        let loss = out.output.mul(&Var::constant(r.clone())).unwrap().sum_all().add(&out.aux_loss().unwrap()).unwrap();
         let grads = loss.backward().unwrap();
         let mut bits: Vec<u32> = out.output.value().to_vec().iter().map(|v| v.to_bits()).collect();
         bits.push(loss.value().item().unwrap().to_bits());

@@ -63,8 +63,13 @@ fn check_forward(case: &Case, seed: u64) {
     assert_eq!(got.stats.tokens_per_expert, tokens_per_expert, "{case:?}");
     assert_eq!(got.output.shape(), &[case.t, case.d]);
     assert_close(&format!("{case:?}: output"), &got.output.value().to_vec(), &want.out, 1e-5);
-    assert_close(&format!("{case:?}: balance"), &[got.balance_loss.value().item().unwrap()], &[want.balance], 1e-5);
-    assert_close(&format!("{case:?}: z"), &[got.z_loss.value().item().unwrap()], &[want.z], 1e-5);
+    assert_close(
+        &format!("{case:?}: balance"),
+        &[got.balance_loss().unwrap().value().item().unwrap()],
+        &[want.balance],
+        1e-5,
+    );
+    assert_close(&format!("{case:?}: z"), &[got.z_loss().unwrap().value().item().unwrap()], &[want.z], 1e-5);
     // A token no expert computed gets exactly zero (it rides the residual outside the layer).
     let out = got.output.value().to_vec();
     for tok in 0..case.t as u32 {
@@ -143,7 +148,7 @@ fn gradient_data(case: &Case, n: usize) -> (ParamStore, MoeLayer, Tensor, Tensor
 /// `Σ out ⊙ r + aux_loss` through the layer.
 fn layer_loss(layer: &MoeLayer, x: &Var, r: &Tensor) -> elide_cond::Result<Var> {
     let out = layer.forward(x)?;
-    Ok(out.output.mul(&Var::constant(r.clone()))?.sum_all().add(&out.aux_loss)?)
+    Ok(out.output.mul(&Var::constant(r.clone()))?.sum_all().add(&out.aux_loss()?)?)
 }
 
 #[test]
@@ -411,10 +416,10 @@ fn an_empty_batch_gives_an_empty_output_and_zero_losses() {
                 let x = Var::leaf(Tensor::zeros(&[0, 6]));
                 let out = layer.forward(&x).unwrap();
                 assert_eq!(out.output.shape(), &[0, 6], "{case:?}");
-                assert_eq!(out.aux_loss.value().item().unwrap(), 0.0);
+                assert_eq!(out.aux_loss().unwrap().value().item().unwrap(), 0.0);
                 assert_eq!((out.stats.tokens_per_expert.clone(), out.plan.num_kept(), out.flops), (vec![0; 3], 0, 0.0));
                 // Training on an empty batch works and changes nothing.
-                let grads = out.output.sum_all().add(&out.aux_loss).unwrap().backward().unwrap();
+                let grads = out.output.sum_all().add(&out.aux_loss().unwrap()).unwrap().backward().unwrap();
                 if let Some(g) = grads.of(&x) {
                     assert_eq!(g.shape(), &[0, 6]);
                 }

@@ -4,18 +4,7 @@
 
 use super::reference::gemm_reference;
 use super::*;
-
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::testing::data;
 
 /// An MoE-shaped case: `experts` weight matrices `[k, n]`, tokens `x: [t, k]`, expert `e` gets
 /// `sizes[e]` tokens (gathered through a shuffled list), writing rows of a `[Σ sizes, n]` output
@@ -43,10 +32,10 @@ impl Case {
         }
         let rows = *offsets.last().unwrap();
         Case {
-            x: fill(t * k, 1),
-            w: fill(sizes.len() * k * n, 2),
-            bias: fill(sizes.len() * n, 3),
-            scale: fill(rows, 4),
+            x: data(t * k, 1, -1.0, 1.0),
+            w: data(sizes.len() * k * n, 2, -1.0, 1.0),
+            bias: data(sizes.len() * n, 3, -1.0, 1.0),
+            scale: data(rows, 4, -1.0, 1.0),
             tokens: (0..rows).map(|i| ((i * 7 + 2) % t) as u32).collect(),
             out_index: (0..rows as u32).rev().collect(),
             kperm: (0..k as u32).rev().collect(),
@@ -91,7 +80,7 @@ fn check(isa: Isa, sizes: &[usize], t: usize, k: usize, n: usize, accum: Accum, 
     for index_out in [false, true] {
         for gather_k in [false, true] {
             let problems = case.problems(index_out, gather_k, activation);
-            let start = fill(rows * n, 5);
+            let start = data(rows * n, 5, -1.0, 1.0);
             let mut got = start.clone();
             let settings = Gemm { alpha: 0.5, accum, isa, ..Gemm::default() };
             settings.run_grouped(MatMut::row_major(&mut got, rows, n).unwrap(), &problems).unwrap();

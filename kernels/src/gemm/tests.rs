@@ -3,19 +3,7 @@
 
 use super::reference::gemm_reference;
 use super::*;
-
-/// A deterministic pseudo-random fill in [-1, 1).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::testing::data;
 
 fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
     let tol = 1e-5 * (k as f32).sqrt().max(1.0);
@@ -64,7 +52,7 @@ impl Operand {
                 (src_cols * rows, index)
             }
         };
-        Operand { data: fill(len, seed), index, layout, rows, cols }
+        Operand { data: data(len, seed, -1.0, 1.0), index, layout, rows, cols }
     }
 
     fn view(&self) -> MatRef<'_> {
@@ -87,7 +75,7 @@ fn check_case(isa: Isa, m: usize, n: usize, k: usize, la: Layout, lb: Layout, ge
     let a = Operand::new(m, k, la, 1);
     let b = Operand::new(k, n, lb, 2);
     let c_rows = if scatter { m + 2 } else { m };
-    let c0 = fill(c_rows * n, 3);
+    let c0 = data(c_rows * n, 3, -1.0, 1.0);
     let scatter_index: Vec<u32> = (0..m as u32).rev().map(|i| i + 1).collect();
     let make_c = |data: &mut Vec<f32>| data.clone();
     let mut got = make_c(&mut c0.clone());
@@ -138,8 +126,8 @@ fn strided_transposed_gathered_and_scattered_views() {
 #[test]
 fn epilogues_and_accumulation_modes() {
     let (m, n) = (19, 37);
-    let bias = fill(n, 9);
-    let scale = fill(m, 10);
+    let bias = data(n, 9, -1.0, 1.0);
+    let scale = data(m, 10, -1.0, 1.0);
     for isa in Isa::supported() {
         for activation in [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::Silu] {
             for accum in [Accum::Replace, Accum::Add] {
@@ -163,8 +151,8 @@ fn epilogues_and_accumulation_modes() {
 #[test]
 fn agrees_with_matrixmultiply() {
     let (m, n, k) = (129, 97, 531);
-    let a = fill(m * k, 4);
-    let b = fill(k * n, 5);
+    let a = data(m * k, 4, -1.0, 1.0);
+    let b = data(k * n, 5, -1.0, 1.0);
     for isa in Isa::supported() {
         let mut ours = vec![0.0f32; m * n];
         let gemm = Gemm { isa, ..Gemm::default() };
@@ -201,9 +189,9 @@ fn agrees_with_matrixmultiply() {
 #[test]
 fn bit_identical_on_one_and_two_threads() {
     let (m, n, k) = (300, 200, 700);
-    let a = fill(m * k, 6);
-    let b = fill(k * n, 7);
-    let bias = fill(n, 8);
+    let a = data(m * k, 6, -1.0, 1.0);
+    let b = data(k * n, 7, -1.0, 1.0);
+    let bias = data(n, 8, -1.0, 1.0);
     let run = |threads: usize, isa: Isa| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let mut c = vec![0.0f32; m * n];
