@@ -74,6 +74,9 @@ pub fn scatter_add_rows(
     check_matrix(OP, "src", src.len(), index.len(), cols)?;
     check_matrix(OP, "dst", dst.len(), dst_rows, cols)?;
     check_indices(OP, index, dst_rows)?;
+    if cols == 0 || index.is_empty() {
+        return Ok(());
+    }
     if index.len() * cols < ROWWISE_PAR_MIN || cols <= SCATTER_COLS || rayon::current_num_threads() < 2 {
         with_simd(isa, ScatterTask { src, index, dst: SendPtr(dst.as_mut_ptr()), cols, col0: 0, width: cols });
         return Ok(());
@@ -206,5 +209,14 @@ mod tests {
         assert_eq!(err.to_string(), "scatter_add_rows: shape mismatch: src has 6 elements, expected [2, 2]");
         let err = scatter_add_rows(isa, &src, &[0, 1, 2], &mut out, 4, 2).unwrap_err();
         assert_eq!(err.to_string(), "scatter_add_rows: shape mismatch: dst has 6 elements, expected [4, 2]");
+    }
+
+    #[test]
+    fn zero_columns_or_no_indices_are_no_ops() {
+        let mut dst: [f32; 0] = [];
+        scatter_add_rows(Isa::active(), &[], &[0, 1], &mut dst, 2, 0).unwrap();
+        let mut dst = [1.0f32; 4];
+        scatter_add_rows(Isa::active(), &[], &[], &mut dst, 2, 2).unwrap();
+        assert_eq!(dst, [1.0; 4]);
     }
 }

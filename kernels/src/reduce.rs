@@ -79,6 +79,9 @@ pub fn reduce_axis(
     }
     // A tile is (one outer index, a range of columns): about ROWWISE_CHUNK elements of work, but
     // at least 1 KiB of each axis row (so reads stream) and at most TILE_COLS (so it stays in L1).
+    if out.is_empty() {
+        return Ok(());
+    }
     let tile_cols = (ROWWISE_CHUNK / axis).next_multiple_of(16).clamp(256, TILE_COLS);
     let tile = |o: usize, t: usize, out: &mut [f32]| {
         let x = &x[o * axis * inner..(o + 1) * axis * inner];
@@ -282,5 +285,12 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn empty_inner_and_outer_are_no_ops() {
+        let mut out: [f32; 0] = [];
+        reduce_axis(Isa::active(), ReduceOp::Sum, &[], 3, 5, 0, &mut out).unwrap();
+        reduce_axis(Isa::active(), ReduceOp::Max, &[], 0, 5, 4, &mut out).unwrap();
     }
 }

@@ -116,7 +116,7 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
     let bl = Blocking::of(isa);
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let threads = match par {
-        Par::Rayon if m * n * k >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
+        Par::Rayon if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
         _ => 1,
     };
     let call = Call {

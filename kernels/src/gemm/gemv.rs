@@ -189,7 +189,11 @@ pub(crate) fn rows_form_multi<S: Simd>(s: S, x: &[f32], m: usize, b: &MatRef<'_>
             // SAFETY: j + lanes <= full <= len; every row slice has len floats and every row of
             // y (i·len .. (i+1)·len, i < m) lies inside y.
             unsafe {
-                let bv: [S::V; 4] = std::array::from_fn(|g| s.load(rows[g].as_ptr().add(j)));
+                // A loop, not `array::from_fn`: SIMD inside a closure loses the target features.
+                let mut bv = [s.splat(0.0); 4];
+                for g in 0..4 {
+                    bv[g] = s.load(rows[g].as_ptr().add(j));
+                }
                 for (i, xi) in xv.iter().enumerate().take(m) {
                     let at = y.as_mut_ptr().add(i * len + j);
                     let mut acc = s.load(at);

@@ -171,7 +171,9 @@ impl Gemm<'_> {
                 empty_rows(call, p.a.rows, self.accum);
             }
         }
-        let macs: usize = problems.iter().map(|p| p.a.rows * p.a.cols * n).sum();
+        let macs = problems
+            .iter()
+            .fold(0usize, |acc, p| acc.saturating_add(p.a.rows.saturating_mul(p.a.cols).saturating_mul(n)));
         let threads = match self.par {
             Par::Rayon if macs >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
             _ => 1,
@@ -245,21 +247,13 @@ fn is_skinny(p: &GroupProblem<'_>) -> bool {
 #[inline(always)]
 fn skinny<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, j_start: usize, j_end: usize) {
     let (m, k) = (call.a.rows, call.a.cols);
-    let mut x = [0.0f32; SKINNY_MAX_ROWS * 4096];
-    let x = if m * k <= x.len() { &mut x[..m * k] } else { return skinny_large(s, call, b, j_start, j_end) };
+    // The few rows of A, gathered once per work item (m·k floats, m ≤ 8: small).
+    let mut x = vec![0.0f32; m * k];
     for i in 0..m {
         for (p, v) in x[i * k..(i + 1) * k].iter_mut().enumerate() {
             *v = call.a.get(i, p);
         }
     }
-    skinny_rows(s, call, b, x, j_start, j_end);
-}
-
-/// [`skinny`] for a long K: the rows go to the heap.
-#[inline(never)]
-fn skinny_large<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, j_start: usize, j_end: usize) {
-    let (m, k) = (call.a.rows, call.a.cols);
-    let x: Vec<f32> = (0..m * k).map(|i| call.a.get(i / k, i % k)).collect();
     skinny_rows(s, call, b, &x, j_start, j_end);
 }
 
