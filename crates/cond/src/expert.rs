@@ -401,38 +401,10 @@ fn backward_inner(
         }
     });
     let w2 = w_of(2);
-    // dW2[e] = H_eᵀ · dY_e  (K = the expert's rows).
-    let mut dw2 = vec![0.0f32; e_count * h * d];
-    grouped(
-        Accum::Replace,
-        &mut dw2,
-        e_count * h,
-        d,
-        active(plan).map(|(e, r)| {
-            Ok(GroupProblem {
-                a: view(&fwd.h[r.start * h..r.end * h], r.len(), h)?.t(),
-                b: view(&dy[r.start * d..r.end * d], r.len(), d)?,
-                rows: OutRows::Range(e * h),
-                epilogue: Epilogue::default(),
-            })
-        }),
-    )?;
-    // dH = dY_e · W2[e]ᵀ.
+    // dW2[e] = H_eᵀ · dY_e  (K = the expert's rows);  dH = dY_e · W2[e]ᵀ.
+    let dw2 = weight_grad(plan, e_count, h, d, |r| Ok(view(&fwd.h[r.start * h..r.end * h], r.len(), h)?.t()), &dy)?;
     let mut dh = vec![0.0f32; s * h];
-    grouped(
-        Accum::Replace,
-        &mut dh,
-        s,
-        h,
-        active(plan).map(|(e, r)| {
-            Ok(GroupProblem {
-                a: view(&dy[r.start * d..r.end * d], r.len(), d)?,
-                b: view(&w2[e * h * d..(e + 1) * h * d], h, d)?.t(),
-                rows: OutRows::Range(r.start),
-                epilogue: Epilogue::default(),
-            })
-        }),
-    )?;
+    slots_times_weight_t(Accum::Replace, &mut dh, plan, &dy, d, w2, h)?;
     // Through the activation: one or two pre-activation gradients, each with its up weight.
     let ups: Vec<(usize, Vec<f32>)> = match sh.kind {
         ExpertKind::Mlp(act) => {
@@ -457,38 +429,12 @@ fn backward_inner(
     let mut dx_slots = vec![0.0f32; s * d];
     let mut up_grads = Vec::new();
     for (n, (wi, dz)) in ups.iter().enumerate() {
-        let wd = w_of(*wi);
         // dW_up[e] = X_eᵀ · dZ_e: Xᵀ with its K dimension gathered by the plan.
-        let mut dw = vec![0.0f32; e_count * d * h];
-        grouped(
-            Accum::Replace,
-            &mut dw,
-            e_count * d,
-            h,
-            active(plan).map(|(e, r)| {
-                Ok(GroupProblem {
-                    a: xv.gather_rows(&plan.tokens[r.clone()]).map_err(kernel_err)?.t(),
-                    b: view(&dz[r.start * h..r.end * h], r.len(), h)?,
-                    rows: OutRows::Range(e * d),
-                    epilogue: Epilogue::default(),
-                })
-            }),
-        )?;
+        let x_t = |r: std::ops::Range<usize>| Ok(xv.gather_rows(&plan.tokens[r]).map_err(kernel_err)?.t());
+        let dw = weight_grad(plan, e_count, d, h, x_t, dz)?;
         // dX per slot = dZ_e · W_up[e]ᵀ (the second up projection adds to the first).
-        grouped(
-            if n == 0 { Accum::Replace } else { Accum::Add },
-            &mut dx_slots,
-            s,
-            d,
-            active(plan).map(|(e, r)| {
-                Ok(GroupProblem {
-                    a: view(&dz[r.start * h..r.end * h], r.len(), h)?,
-                    b: view(&wd[e * d * h..(e + 1) * d * h], d, h)?.t(),
-                    rows: OutRows::Range(r.start),
-                    epilogue: Epilogue::default(),
-                })
-            }),
-        )?;
+        let accum = if n == 0 { Accum::Replace } else { Accum::Add };
+        slots_times_weight_t(accum, &mut dx_slots, plan, dz, h, w_of(*wi), d)?;
         up_grads.push(Tensor::from_vec(dw, &[e_count, d, h])?);
     }
     let dx = Tensor::from_vec(combine_scaled(&dx_slots, &[], plan, d), &[t, d])?;
@@ -511,6 +457,63 @@ fn backward_inner(
         }
     }
     Ok(grads)
+}
+
+/// `dW[e] = lhs(e)ᵀ · rhs_e` for every expert (`[E·rows, cols]`, zero for idle experts): a weight
+/// gradient, with `lhs(range)` the expert's `[rows, n_e]` left operand (already transposed) and
+/// `rhs` the `[S, cols]` slot rows whose range `e` owns.
+fn weight_grad<'a>(
+    plan: &DispatchPlan,
+    e_count: usize,
+    rows: usize,
+    cols: usize,
+    lhs: impl Fn(std::ops::Range<usize>) -> Result<MatRef<'a>>,
+    rhs: &[f32],
+) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; e_count * rows * cols];
+    grouped(
+        Accum::Replace,
+        &mut out,
+        e_count * rows,
+        cols,
+        active(plan).map(|(e, r)| {
+            Ok(GroupProblem {
+                a: lhs(r.clone())?,
+                b: view(&rhs[r.start * cols..r.end * cols], r.len(), cols)?,
+                rows: OutRows::Range(e * rows),
+                epilogue: Epilogue::default(),
+            })
+        }),
+    )?;
+    Ok(out)
+}
+
+/// `out[range_e] = accum(a[range_e] · W[e]ᵀ)` for every expert: slot rows `a` (`[S, k]`) through
+/// the transpose of expert `e`'s `[n, k]` block of the stacked `w`, into `out` (`[S, n]`).
+fn slots_times_weight_t(
+    accum: Accum,
+    out: &mut [f32],
+    plan: &DispatchPlan,
+    a: &[f32],
+    k: usize,
+    w: &[f32],
+    n: usize,
+) -> Result<()> {
+    let s = plan.num_kept();
+    grouped(
+        accum,
+        out,
+        s,
+        n,
+        active(plan).map(|(e, r)| {
+            Ok(GroupProblem {
+                a: view(&a[r.start * k..r.end * k], r.len(), k)?,
+                b: view(&w[e * n * k..(e + 1) * n * k], n, k)?.t(),
+                rows: OutRows::Range(r.start),
+                epilogue: Epilogue::default(),
+            })
+        }),
+    )
 }
 
 /// Per-expert column sums of slot rows: the gradient of a per-expert bias.
