@@ -44,6 +44,33 @@ pub struct Experts {
     /// Mlp: `w1 [E,d,h]`, `b1 [E,h]`, `w2 [E,h,d]`, `b2 [E,d]`.
     /// SwiGlu: `w_gate [E,d,h]`, `w_up [E,d,h]`, `w2 [E,h,d]`.
     params: Vec<Param>,
+    /// Hidden and output buffers of earlier inference passes, reused.
+    scratch: Scratch,
+}
+
+/// Buffers an inference pass is done with, kept for the next pass: the expert GEMMs overwrite
+/// every element they use, so reuse saves the zero-fill (and, with the system allocator, the
+/// page faults) of tens of megabytes per call. Training passes keep theirs for the backward.
+#[derive(Default)]
+struct Scratch(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl Scratch {
+    /// A buffer of `len` floats with unspecified contents (the best-fitting kept one, or new).
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..kept.len()).filter(|&i| kept[i].capacity() >= len).min_by_key(|&i| kept[i].capacity());
+        let mut v = best.map(|i| kept.swap_remove(i)).unwrap_or_default();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// Keeps `v` for a later pass (at most a handful are kept).
+    fn put(&self, v: Vec<f32>) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < 4 && v.capacity() > 0 {
+            kept.push(v);
+        }
+    }
 }
 
 impl Experts {
@@ -82,7 +109,7 @@ impl Experts {
                 scope.param("w2", normal(&[e, h, d], h, rng))?,
             ],
         };
-        Ok(Experts { kind, num_experts, d_model, hidden, params })
+        Ok(Experts { kind, num_experts, d_model, hidden, params, scratch: Scratch::default() })
     }
 
     /// The parameters, in the order documented on the struct.
@@ -141,7 +168,7 @@ impl Experts {
             ));
         }
         let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
-        apply(self.shape(), x, slot_gates, &weight_vars, plan)
+        apply(self.shape(), x, slot_gates, &weight_vars, plan, Some(&self.scratch))
     }
 
     fn shape(&self) -> Shape {
@@ -165,6 +192,7 @@ fn apply(
     slot_gates: &Var,
     weight_vars: &[Var],
     plan: &Arc<DispatchPlan>,
+    scratch: Option<&Scratch>,
 ) -> Result<(Var, ExpertTimes)> {
     let (t, d) = (plan.num_tokens, shape.d);
     let weights: Vec<Tensor> = weight_vars.iter().map(|w| w.value().contiguous()).collect();
@@ -175,11 +203,15 @@ fn apply(
     let x_data = xs.as_slice().expect("contiguous");
     let gates = slot_gates.value().to_vec();
     let start = std::time::Instant::now();
-    let fwd = forward_pass(shape, x_data, &weights, plan, training)?;
+    let scratch = scratch.filter(|_| !training);
+    let fwd = forward_pass(shape, x_data, &weights, plan, training, scratch)?;
     let multiplied = std::time::Instant::now();
     let out = Tensor::from_vec(combine_scaled(&fwd.y, &gates, plan, d), &[t, d])?;
     let times = ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() };
     if !training {
+        if let Some(scratch) = scratch {
+            [fwd.z, fwd.zu, fwd.h, fwd.y].into_iter().for_each(|v| scratch.put(v));
+        }
         return Ok((Var::constant(out), times));
     }
     let plan = plan.clone();
@@ -244,13 +276,26 @@ fn active(plan: &DispatchPlan) -> impl Iterator<Item = (usize, std::ops::Range<u
     (0..plan.num_experts).map(|e| (e, plan.expert_range(e))).filter(|(_, r)| !r.is_empty())
 }
 
-fn forward_pass(sh: Shape, x: &[f32], w: &[Tensor], plan: &DispatchPlan, training: bool) -> Result<Saved> {
+/// The forward GEMMs; `training` keeps the pre-activations. Buffers come from `scratch` when one
+/// is given (inference only: the caller returns them to it afterwards).
+fn forward_pass(
+    sh: Shape,
+    x: &[f32],
+    w: &[Tensor],
+    plan: &DispatchPlan,
+    training: bool,
+    scratch: Option<&Scratch>,
+) -> Result<Saved> {
     let (t, d, h, s) = (plan.num_tokens, sh.d, sh.h, plan.num_kept());
+    let alloc = |len: usize| match scratch {
+        Some(scratch) => scratch.take(len),
+        None => vec![0.0; len],
+    };
     let xv = view(x, t, d)?;
     let w_of = |i: usize| w[i].as_slice().expect("contiguous");
     // Up-projection(s): rows of X gathered by the plan, written to the expert's slot range.
     let up = |wi: usize, bias: Option<usize>, act: Activation, out: &mut Vec<f32>| -> Result<()> {
-        *out = vec![0.0; s * h];
+        *out = alloc(s * h);
         let (wd, bd) = (w_of(wi), bias.map(w_of));
         grouped(
             Accum::Replace,
@@ -285,9 +330,9 @@ fn forward_pass(sh: Shape, x: &[f32], w: &[Tensor], plan: &DispatchPlan, trainin
         ExpertKind::SwiGlu => {
             up(0, None, Activation::Identity, &mut saved.z)?;
             up(1, None, Activation::Identity, &mut saved.zu)?;
-            let mut gate = vec![0.0; s * h];
+            let mut gate = alloc(s * h);
             unary(isa, UnaryOp::Silu, &saved.z, &mut gate).map_err(kernel_err)?;
-            saved.h = vec![0.0; s * h];
+            saved.h = alloc(s * h);
             binary(isa, BinaryOp::Mul, &gate, &saved.zu, &mut saved.h).map_err(kernel_err)?;
             if !training {
                 (saved.z, saved.zu) = (Vec::new(), Vec::new());
@@ -299,7 +344,7 @@ fn forward_pass(sh: Shape, x: &[f32], w: &[Tensor], plan: &DispatchPlan, trainin
         ExpertKind::Mlp(_) => (w_of(2), Some(w_of(3))),
         ExpertKind::SwiGlu => (w_of(2), None),
     };
-    saved.y = vec![0.0; s * d];
+    saved.y = alloc(s * d);
     grouped(
         Accum::Replace,
         &mut saved.y,

@@ -126,14 +126,14 @@ fn gradients_match_finite_differences() {
         inputs.extend(experts.params().iter().map(|p| p.value()));
         let shape = experts.shape();
         let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
-            apply(shape, &v[0], &v[1], &v[2..], &plan)
+            apply(shape, &v[0], &v[1], &v[2..], &plan, None)
                 .map(|(out, _)| out)
                 .map_err(|e| elide_autodiff::Error::Backward(e.to_string()))
         };
         gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         // The idle expert's weight gradient is exactly zero.
         let leaves: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
-        let (out, _) = apply(shape, &leaves[0], &leaves[1], &leaves[2..], &plan).unwrap();
+        let (out, _) = apply(shape, &leaves[0], &leaves[1], &leaves[2..], &plan, None).unwrap();
         let grads = out.sum_all().backward().unwrap();
         let dw = grads.of(&leaves[2]).unwrap().to_vec();
         assert!(dw[2 * d * h..].iter().all(|&v| v == 0.0));
@@ -166,4 +166,25 @@ fn bit_identical_on_one_and_two_threads() {
         })
     };
     assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn reused_inference_buffers_give_the_same_bits() {
+    let (t, e, k, d, h) = (50, 4, 2, 16, 24);
+    for kind in [ExpertKind::Mlp(Activation::Gelu), ExpertKind::SwiGlu] {
+        let (_, experts) = build(kind, e, d, h, 31);
+        let (tokens, ex, g) = routing(t, e, k, 37);
+        let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
+        let gates = Var::constant(
+            Tensor::from_vec(plan.assignment.iter().map(|&a| g[a as usize]).collect(), &[plan.num_kept()]).unwrap(),
+        );
+        let x = Var::constant(Tensor::randn(&[t, d], &mut Rng::seed(41)));
+        let run = || experts.forward(&x, &gates, &plan).unwrap().value().to_vec();
+        let first = run();
+        // A smaller pass in between leaves garbage of another shape in the kept buffers.
+        let small = Arc::new(DispatchPlan::new(&tokens[..6], &ex[..6], t, e, Capacity::Dropless).unwrap());
+        let small_gates = Var::constant(Tensor::ones(&[small.num_kept()]));
+        experts.forward(&x, &small_gates, &small).unwrap();
+        assert_eq!(first, run(), "{kind:?}");
+    }
 }
