@@ -113,8 +113,8 @@ impl Gemm<'_> {
             && c.row_index.is_none()
             && mode_allows_grouped(self.accum, epi, k, isa)
         {
-            // A few rows: one row tile uses each B panel once, so read B in place (grouped.rs)
-            // rather than packing all of it.
+            // A few rows: each weight is used once per row, so stream B in place (the skinny
+            // form in grouped.rs) rather than packing all of it.
             let settings = Gemm { isa, epilogue: Epilogue::default(), ..*self };
             let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi };
             return settings.run_grouped(c, &[problem]);
