@@ -277,4 +277,27 @@ mod tests {
         let err = load(&path, &shaped, None).unwrap_err().to_string();
         assert!(err.ends_with("parameter layer.w has shape [5, 3] in the file, [3, 5] in the model"), "{err}");
     }
+
+    #[test]
+    fn a_tensor_of_another_dtype_is_named() {
+        // A well-formed file (valid checksum and metadata) whose parameter is stored as f64.
+        let values = [1.0f64, 2.0];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let name = "param.w";
+        let view = TensorView::new(Dtype::F64, vec![2], &bytes).unwrap();
+        let info = HashMap::from([
+            ("elide.format".to_string(), FORMAT.to_string()),
+            ("elide.metadata".to_string(), "{}".to_string()),
+            ("elide.optimizer_steps".to_string(), "0".to_string()),
+            ("elide.checksum".to_string(), checksum([(name, &[2usize][..], &bytes[..])].into_iter())),
+        ]);
+        let file = safetensors::serialize(vec![(name.to_string(), view)], Some(info)).unwrap();
+        let path = dir().join("f64.safetensors");
+        std::fs::write(&path, file).unwrap();
+        let mut store = ParamStore::new();
+        store.register("w", Tensor::zeros(&[2])).unwrap();
+        let err = load(&path, &store, None).unwrap_err().to_string();
+        assert!(err.ends_with("tensor param.w has dtype F64, expected F32"), "{err}");
+        assert_eq!(store.get("w").unwrap().value().to_vec(), vec![0.0, 0.0]);
+    }
 }
