@@ -68,7 +68,7 @@ thread_local! {
     pub(crate) static PACK_A: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
     /// Per-calling-thread buffer for packed B.
     static PACK_B: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
-    /// Per-thread buffer for one packed B panel (grouped products pack B panel by panel).
+    /// Per-thread buffer for the packed B slice of a grouped work item.
     pub(crate) static PACK_B_PANEL: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 

@@ -3,14 +3,15 @@
 //! This is the mixture-of-experts kernel. Each problem `g` computes
 //! `C[rows_g] ← accum(C[rows_g], epilogue_g(alpha · A_g · B_g))`, where `A_g` may gather its rows
 //! (the tokens routed to expert `g`) or its K dimension, `B_g` is that expert's weight matrix,
-//! and `rows_g` are rows of the one shared output. Every problem's (row block × column slice)
-//! tiles go into one list that rayon shares out, so a thread never idles on a small expert while
+//! and `rows_g` are rows of the one shared output. Every problem's column slices go
+//! into one list that rayon shares out, so a thread never idles on a small expert while
 //! another works through a large one — and an expert with no rows costs nothing.
 //!
 //! A work item is one problem's column slice: it packs its slice of B once per KC step and
 //! sweeps all of the problem's row blocks over it, as the dense driver does (loops 4 → 1). A
-//! problem with at most MR rows reads B in place: packing would touch every weight twice for a
-//! single use.
+//! problem of at most eight rows whose B has contiguous rows takes the skinny form instead (B
+//! streamed once in row order, every B vector shared by the rows); one of at most MR rows with
+//! another layout reads B in place. Packing would touch every weight twice for so few uses.
 
 use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_PANEL, PARALLEL_MIN_MACS};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
