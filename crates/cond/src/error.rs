@@ -100,3 +100,14 @@ impl Error {
         Error::Argument { op, detail: detail.into() }
     }
 }
+
+/// Errors inside a backward rule of this crate travel through the autodiff graph as its error.
+impl From<Error> for elide_autodiff::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Autodiff(e) => e,
+            Error::Tensor(e) => elide_autodiff::Error::Tensor(e),
+            other => elide_autodiff::Error::Backward(other.to_string()),
+        }
+    }
+}

@@ -218,7 +218,7 @@ fn apply(
     let out = Var::from_op("experts", out, &parents, move |dout| {
         let dout = dout.contiguous();
         let x_data = xs.as_slice().expect("contiguous");
-        backward_pass(shape, x_data, &gates, &weights, &plan, &fwd, dout.as_slice().expect("contiguous"))
+        Ok(backward_pass(shape, x_data, &gates, &weights, &plan, &fwd, dout.as_slice().expect("contiguous"))?)
     });
     Ok((out, times))
 }
@@ -407,22 +407,6 @@ fn combine_scaled(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize
 }
 
 fn backward_pass(
-    sh: Shape,
-    x: &[f32],
-    gates: &[f32],
-    w: &[Tensor],
-    plan: &DispatchPlan,
-    fwd: &Saved,
-    dout: &[f32],
-) -> elide_autodiff::Result<Vec<Option<Tensor>>> {
-    backward_inner(sh, x, gates, w, plan, fwd, dout).map_err(|e| match e {
-        Error::Autodiff(e) => e,
-        Error::Tensor(e) => elide_autodiff::Error::Tensor(e),
-        other => elide_autodiff::Error::Backward(other.to_string()),
-    })
-}
-
-fn backward_inner(
     sh: Shape,
     x: &[f32],
     gates: &[f32],

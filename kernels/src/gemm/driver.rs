@@ -69,7 +69,7 @@ thread_local! {
     /// Per-calling-thread buffer for packed B.
     static PACK_B: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
     /// Per-thread buffer for the packed B slice of a grouped work item.
-    pub(crate) static PACK_B_PANEL: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    pub(crate) static PACK_B_SLICE: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// A growable f32 buffer whose usable part starts on a 64-byte boundary.

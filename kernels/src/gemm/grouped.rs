@@ -13,7 +13,7 @@
 //! streamed once in row order, every B vector shared by the rows); one of at most MR rows with
 //! another layout reads B in place. Packing would touch every weight twice for so few uses.
 
-use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_PANEL, PARALLEL_MIN_MACS};
+use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_SLICE, PARALLEL_MIN_MACS};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::gemv::{self, SKINNY_MAX_ROWS};
 use super::microkernel::{BPanel, Blocking};
@@ -205,7 +205,7 @@ impl Gemm<'_> {
             let kc = bl.kc.min(p.a.cols);
             let mc = bl.mc.min(p.a.rows);
             with_buffer(&PACK_A, mc.div_ceil(bl.mr) * bl.mr * kc, |packed_a| {
-                with_buffer(&PACK_B_PANEL, (item.panels.1 - item.panels.0) * kc * bl.nr, |packed_b| {
+                with_buffer(&PACK_B_SLICE, (item.panels.1 - item.panels.0) * kc * bl.nr, |packed_b| {
                     let task = GroupBlock { call: &calls[item.g], b: &p.b, item: *item, packed_a, packed_b };
                     with_simd(isa, task)
                 })
