@@ -27,15 +27,15 @@ use elide_tensor::Tensor;
 pub fn load_balancing_loss(r: &Routing, plan: &DispatchPlan, alpha: f32) -> Result<Var> {
     const OP: &str = "load_balancing_loss";
     let (t, e) = (r.num_tokens, r.num_experts);
-    let plan_assignments = plan.num_kept() + plan.dropped.len();
-    if plan.num_tokens != t || plan.num_experts != e || plan_assignments != r.len() {
+    let plan_assignments = plan.num_kept() + plan.dropped().len();
+    if plan.num_tokens() != t || plan.num_experts() != e || plan_assignments != r.len() {
         return Err(Error::shape(
             OP,
             format!(
                 "the plan ({} tokens, {} experts, {plan_assignments} assignments) was not built from this routing \
                  ({t} tokens, {e} experts, {} assignments)",
-                plan.num_tokens,
-                plan.num_experts,
+                plan.num_tokens(),
+                plan.num_experts(),
                 r.len()
             ),
         ));
@@ -95,10 +95,10 @@ impl ExpertStats {
         let tokens_per_expert = plan.tokens_per_expert();
         let kept = plan.num_kept();
         let max = tokens_per_expert.iter().copied().max().unwrap_or(0);
-        let max_load_over_mean = if kept == 0 { 0.0 } else { (max * plan.num_experts) as f32 / kept as f32 };
+        let max_load_over_mean = if kept == 0 { 0.0 } else { (max * plan.num_experts()) as f32 / kept as f32 };
         ExpertStats {
             tokens_per_expert,
-            dropped_assignments: plan.dropped.len(),
+            dropped_assignments: plan.dropped().len(),
             dropped_tokens: plan.dropped_tokens().len(),
             max_load_over_mean,
         }
@@ -121,7 +121,7 @@ mod tests {
         let probs = r.probs.value().to_vec();
         (0..e)
             .map(|i| {
-                let f = plan.assignment.iter().filter(|&&a| r.experts[a as usize] == i as u32).count() as f64
+                let f = plan.assignment().iter().filter(|&&a| r.experts[a as usize] == i as u32).count() as f64
                     / plan.num_kept() as f64;
                 let p = (0..t).map(|row| probs[row * e + i] as f64).sum::<f64>() / t as f64;
                 f * p

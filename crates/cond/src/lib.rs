@@ -62,11 +62,11 @@
 //! assert!((gates[0] + gates[1] - 1.0).abs() < 1e-6); // renormalised, as Mixtral
 //!
 //! let plan = DispatchPlan::from_routing(&routing, Capacity::Dropless)?;
-//! assert_eq!(plan.offsets.len(), 5);
+//! assert_eq!(plan.offsets().len(), 5);
 //! for e in 0..4 {
 //!     for slot in plan.expert_range(e) {
-//!         let assignment = plan.assignment[slot] as usize;
-//!         assert_eq!((routing.tokens[assignment], routing.experts[assignment]), (plan.tokens[slot], e as u32));
+//!         let assignment = plan.assignment()[slot] as usize;
+//!         assert_eq!((routing.tokens[assignment], routing.experts[assignment]), (plan.tokens()[slot], e as u32));
 //!     }
 //! }
 //! assert_eq!(ExpertStats::from_plan(&plan).tokens_per_expert.iter().sum::<usize>(), 12);
@@ -83,6 +83,7 @@
 mod aux_loss;
 mod error;
 mod expert;
+pub mod gathered;
 mod moe;
 mod plan;
 mod router;
@@ -95,5 +96,5 @@ pub use error::{Error, Result};
 pub use expert::{ExpertKind, ExpertTimes, Experts};
 pub use moe::{MoeConfig, MoeLayer, MoeOutput, MoePhases};
 pub use plan::{Capacity, DispatchPlan};
-pub use router::{expert_choice_capacity, noise_std, Router, RouterKind};
+pub use router::{expert_choice_capacity, noise_std, Router, RouterKind, ScoreFn, Selection};
 pub use routing::Routing;

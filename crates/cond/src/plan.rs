@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::routing::Routing;
 use elide_autodiff::Var;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 /// How many assignments an expert may take.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -47,27 +48,33 @@ impl Capacity {
     }
 }
 
-/// Router decisions sorted by expert: offsets, row (token) lists, and what was dropped.
-#[derive(Clone, Debug, PartialEq)]
+/// Router decisions sorted by destination (expert): offsets, row (token) lists, and what was
+/// dropped.
+///
+/// Built only by [`DispatchPlan::new`] (or [`DispatchPlan::from_routing`]), which checks every
+/// index, so the gathered ops can trust it; its parts are read through accessors.
+#[derive(Clone, Debug)]
 pub struct DispatchPlan {
-    /// Number of tokens `T`.
-    pub num_tokens: usize,
-    /// Number of experts `E`.
-    pub num_experts: usize,
-    /// `[E + 1]`: expert `e`'s slots are the sorted positions `offsets[e]..offsets[e+1]`.
-    pub offsets: Vec<usize>,
-    /// `[S_kept]` the token of each sorted slot. Stable: within an expert, slots follow
-    /// assignment order.
-    pub tokens: Vec<u32>,
-    /// `[S_kept]` the assignment (index into `Routing::tokens`/`gates`) of each sorted slot.
-    pub assignment: Vec<u32>,
-    /// Assignment indices dropped for capacity, ascending. Within an expert the later
-    /// assignments drop first, as in Switch.
-    pub dropped: Vec<u32>,
-    /// `[dropped.len()]` the token of each dropped assignment.
-    pub dropped_token: Vec<u32>,
-    /// The per-expert capacity, `None` when dropless.
-    pub capacity: Option<usize>,
+    num_tokens: usize,
+    num_experts: usize,
+    offsets: Vec<usize>,
+    tokens: Vec<u32>,
+    assignment: Vec<u32>,
+    dropped: Vec<u32>,
+    dropped_token: Vec<u32>,
+    capacity: Option<usize>,
+    /// Each token's slots, ascending (a CSR: `start [T + 1]`, `slots [S_kept]`), built on first use.
+    by_token: OnceLock<(Vec<usize>, Vec<u32>)>,
+}
+
+impl PartialEq for DispatchPlan {
+    fn eq(&self, other: &DispatchPlan) -> bool {
+        // `by_token` is derived from the rest.
+        (self.num_tokens, self.num_experts, &self.offsets, &self.tokens, &self.assignment)
+            == (other.num_tokens, other.num_experts, &other.offsets, &other.tokens, &other.assignment)
+            && (&self.dropped, &self.dropped_token, self.capacity)
+                == (&other.dropped, &other.dropped_token, other.capacity)
+    }
 }
 
 impl DispatchPlan {
@@ -173,6 +180,7 @@ impl DispatchPlan {
             dropped,
             dropped_token,
             capacity: cap,
+            by_token: OnceLock::new(),
         })
     }
 
@@ -182,6 +190,71 @@ impl DispatchPlan {
     /// As [`DispatchPlan::new`].
     pub fn from_routing(r: &Routing, capacity: Capacity) -> Result<DispatchPlan> {
         DispatchPlan::new(&r.tokens, &r.experts, r.num_tokens, r.num_experts, capacity)
+    }
+
+    /// Number of tokens (source rows) `T`.
+    pub fn num_tokens(&self) -> usize {
+        self.num_tokens
+    }
+
+    /// Number of experts (destinations) `E`.
+    pub fn num_experts(&self) -> usize {
+        self.num_experts
+    }
+
+    /// `[E + 1]`: expert `e`'s slots are the sorted positions `offsets[e]..offsets[e+1]`.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// `[S_kept]` the token of each sorted slot. Stable: within an expert, slots follow
+    /// assignment order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// `[S_kept]` the assignment (index into `Routing::tokens`/`gates`) of each sorted slot.
+    pub fn assignment(&self) -> &[u32] {
+        &self.assignment
+    }
+
+    /// Assignment indices dropped for capacity, ascending. Within an expert the later
+    /// assignments drop first, as in Switch.
+    pub fn dropped(&self) -> &[u32] {
+        &self.dropped
+    }
+
+    /// `[dropped().len()]` the token of each dropped assignment.
+    pub fn dropped_token(&self) -> &[u32] {
+        &self.dropped_token
+    }
+
+    /// The per-expert capacity, `None` when dropless.
+    pub fn capacity(&self) -> Option<usize> {
+        self.capacity
+    }
+
+    /// Each token's slots in increasing order, as a CSR `(start [T + 1], slots [S_kept])`:
+    /// token `t`'s slots are `slots[start[t]..start[t + 1]]`. Built by one counting pass on
+    /// first use and kept.
+    pub fn slots_by_token(&self) -> (&[usize], &[u32]) {
+        let (start, slots) = self.by_token.get_or_init(|| {
+            let mut start = vec![0usize; self.num_tokens + 1];
+            for &t in &self.tokens {
+                start[t as usize + 1] += 1;
+            }
+            for i in 0..self.num_tokens {
+                start[i + 1] += start[i];
+            }
+            let mut fill = start.clone();
+            let mut slots = vec![0u32; self.tokens.len()];
+            for (s, &t) in self.tokens.iter().enumerate() {
+                slots[fill[t as usize]] = s as u32;
+                fill[t as usize] += 1;
+            }
+            (start, slots)
+        });
+        (start, slots)
     }
 
     /// Expert `e`'s sorted slots.

@@ -1,16 +1,75 @@
-//! Routers: a linear map of each token to one logit per expert, a softmax, and a discrete
-//! selection rule that turns the probabilities into a [`Routing`].
+//! Routers: a linear map of each token to one logit per destination, a **score function**
+//! ([`ScoreFn`]: softmax over destinations, per-destination sigmoid, or the raw logit) and a
+//! **selection rule** ([`Selection`]: top-k per token, top-C per destination, or a threshold)
+//! that turns the scores into a [`Routing`].
 //!
-//! The matmul and the softmax are `Var` ops in f32, and every gate is *selected out of* the
-//! probabilities (top-k values, or a gather), never recomputed from indices, so the gradient of
-//! anything computed from the gates flows back through the softmax to the logits and the router
-//! weight: the softmax-gate estimator of Shazeer et al. (arXiv 1701.06538) and Switch (arXiv
-//! 2101.03961). The selection itself is piecewise constant and takes no gradient.
+//! The matmul and the score function are `Var` ops in f32, and every gate is *selected out of*
+//! the scores (top-k values, or a gather), never recomputed from indices, so the gradient of
+//! anything computed from the gates flows back through the score function to the logits and the
+//! router weight: the softmax-gate estimator of Shazeer et al. (arXiv 1701.06538) and Switch
+//! (arXiv 2101.03961). The selection itself is piecewise constant and takes no gradient. A
+//! one-destination router (a mixture-of-depths block, a skip gate, an exit decision) uses a
+//! sigmoid or raw score, whose gate has a real gradient — a softmax over one destination is the
+//! constant 1.
 
 use crate::error::{Error, Result};
 use crate::routing::Routing;
 use elide_autodiff::{Param, Scope, Var};
 use elide_tensor::{Rng, Tensor};
+
+/// How a router turns its `[T, E]` logits into scores: the values the selection ranks and the
+/// gates are taken from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoreFn {
+    /// Softmax over the destinations of each token (probabilities summing to 1 per token).
+    Softmax,
+    /// `sigmoid(logit)` per (token, destination): independent probabilities in `(0, 1)`.
+    Sigmoid,
+    /// The logit itself (mixture-of-depths scales the block output by the raw router weight,
+    /// arXiv 2404.02258).
+    Raw,
+}
+
+impl ScoreFn {
+    /// The scores of `logits`, differentiable.
+    ///
+    /// # Errors
+    /// Only for a tensor error (never for `[T, E]` logits).
+    pub fn apply(self, logits: &Var) -> Result<Var> {
+        Ok(match self {
+            ScoreFn::Softmax => logits.softmax()?,
+            ScoreFn::Sigmoid => logits.sigmoid(),
+            ScoreFn::Raw => logits.clone(),
+        })
+    }
+}
+
+/// Which (token, destination) pairs a router keeps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Selection {
+    /// Token choice: each token keeps its `k` highest-scoring destinations (ties to the lower
+    /// index); `renormalize` divides a token's `k` gates by their sum. Token-major order.
+    TopK {
+        /// Destinations per token, in `1..=E`.
+        k: usize,
+        /// Whether a token's `k` gates are divided by their sum.
+        renormalize: bool,
+    },
+    /// Destination choice: each destination keeps its `C` highest-scoring tokens, `C =`
+    /// [`expert_choice_capacity`]`(T, E, capacity_factor)` (expert choice, arXiv 2202.09368;
+    /// with one destination, the top `ceil(capacity_factor·T)` tokens, as mixture-of-depths).
+    /// Destination-major order.
+    TopC {
+        /// Average number of destinations per token; finite and `> 0`.
+        capacity_factor: f32,
+    },
+    /// Every (token, destination) whose score is at least `threshold` (SkipNet-style gating,
+    /// arXiv 1711.09485). Token-major order. A token may get no destination.
+    Threshold {
+        /// In `[0, 1]` for softmax and sigmoid scores; any finite value for raw ones.
+        threshold: f32,
+    },
+}
 
 /// How a router turns its probabilities into assignments.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,6 +107,15 @@ pub enum RouterKind {
         /// Average number of experts per token; finite and `> 0`.
         capacity_factor: f32,
     },
+    /// Any score function with any selection rule. The kinds above are the common pairings
+    /// with a softmax score: `TopK` is `(Softmax, TopK)`, `Switch` is `(Softmax, TopK { k: 1,
+    /// renormalize: false })`, `ExpertChoice` is `(Softmax, TopC)`.
+    Scored {
+        /// How logits become scores.
+        score: ScoreFn,
+        /// Which pairs are kept.
+        selection: Selection,
+    },
 }
 
 /// The standard deviation of the routing noise of a noisy top-k router over `num_experts`
@@ -69,24 +137,44 @@ pub fn expert_choice_capacity(num_tokens: usize, num_experts: usize, capacity_fa
 }
 
 impl RouterKind {
+    /// The score function and selection rule this kind stands for.
+    pub fn parts(&self) -> (ScoreFn, Selection) {
+        match *self {
+            RouterKind::TopK { k, renormalize, .. } => (ScoreFn::Softmax, Selection::TopK { k, renormalize }),
+            RouterKind::Switch => (ScoreFn::Softmax, Selection::TopK { k: 1, renormalize: false }),
+            RouterKind::ExpertChoice { capacity_factor } => (ScoreFn::Softmax, Selection::TopC { capacity_factor }),
+            RouterKind::Scored { score, selection } => (score, selection),
+        }
+    }
+
     /// Checks the kind's settings against the number of experts.
     ///
     /// # Errors
-    /// [`Error::TopK`] for `k = 0` or `k > E`; [`Error::CapacityFactor`] for an expert-choice
-    /// factor that is not finite or not positive.
+    /// [`Error::TopK`] for `k = 0` or `k > E`; [`Error::CapacityFactor`] for a top-C factor that
+    /// is not finite or not positive; [`Error::Argument`] for a threshold that is not finite, or
+    /// outside `[0, 1]` for softmax or sigmoid scores.
     pub fn validate(&self, num_experts: usize) -> Result<()> {
-        match *self {
-            RouterKind::TopK { k, .. } if k == 0 || k > num_experts => Err(Error::TopK { k, num_experts }),
-            RouterKind::ExpertChoice { capacity_factor } if !(capacity_factor.is_finite() && capacity_factor > 0.0) => {
+        let (score, selection) = self.parts();
+        match selection {
+            Selection::TopK { k, .. } if k == 0 || k > num_experts => Err(Error::TopK { k, num_experts }),
+            Selection::TopC { capacity_factor } if !(capacity_factor.is_finite() && capacity_factor > 0.0) => {
                 Err(Error::CapacityFactor { op: "ExpertChoice", factor: capacity_factor })
+            }
+            Selection::Threshold { threshold }
+                if !threshold.is_finite() || (score != ScoreFn::Raw && !(0.0..=1.0).contains(&threshold)) =>
+            {
+                Err(Error::argument(
+                    "router",
+                    format!("threshold {threshold} must be finite, and in [0, 1] for {score:?} scores"),
+                ))
             }
             _ => Ok(()),
         }
     }
 
-    /// Routes tokens given their `[T, E]` router logits: softmax over the experts, then this
-    /// kind's selection. The gates are differentiable with respect to `logits`. For `T = 0`
-    /// the result is an empty routing (no assignments).
+    /// Routes tokens given their `[T, E]` router logits: this kind's score function, then its
+    /// selection. The gates are differentiable with respect to `logits`. For `T = 0` the result
+    /// is an empty routing (no assignments).
     ///
     /// # Errors
     /// [`Error::Shape`] if `logits` is not `[T, E]` with `E ≥ 1`; the errors of
@@ -103,13 +191,14 @@ impl RouterKind {
         if t == 0 {
             return Ok(Routing { logits: logits.clone(), ..Routing::empty(e) });
         }
-        let probs = logits.softmax()?;
-        match *self {
-            RouterKind::TopK { k, renormalize, .. } => token_choice(logits, probs, k, renormalize),
-            RouterKind::Switch => token_choice(logits, probs, 1, false),
-            RouterKind::ExpertChoice { capacity_factor } => {
-                expert_choice(logits, probs, expert_choice_capacity(t, e, capacity_factor))
+        let (score, selection) = self.parts();
+        let scores = score.apply(logits)?;
+        match selection {
+            Selection::TopK { k, renormalize } => token_choice(logits, scores, k, renormalize),
+            Selection::TopC { capacity_factor } => {
+                expert_choice(logits, scores, expert_choice_capacity(t, e, capacity_factor))
             }
+            Selection::Threshold { threshold } => above_threshold(logits, scores, threshold),
         }
     }
 }
@@ -123,7 +212,7 @@ fn check_finite(logits: &Tensor, num_experts: usize) -> Result<()> {
     }
 }
 
-/// Token choice: the top `k` of each row of `probs` `[T, E]`, token-major.
+/// Token choice: the top `k` of each row of the scores `probs` `[T, E]`, token-major.
 fn token_choice(logits: &Var, probs: Var, k: usize, renormalize: bool) -> Result<Routing> {
     let (t, e) = (probs.shape()[0], probs.shape()[1]);
     let (top, positions) = probs.topk(k)?; // [T, k], best first
@@ -139,7 +228,7 @@ fn token_choice(logits: &Var, probs: Var, k: usize, renormalize: bool) -> Result
     })
 }
 
-/// Expert choice: the top `c` of each column of `probs` `[T, E]`, expert-major.
+/// Expert choice: the top `c` of each column of the scores `probs` `[T, E]`, expert-major.
 fn expert_choice(logits: &Var, probs: Var, c: usize) -> Result<Routing> {
     let (t, e) = (probs.shape()[0], probs.shape()[1]);
     // Top-k over tokens is top-k along the last dim of the transposed view.
@@ -152,6 +241,22 @@ fn expert_choice(logits: &Var, probs: Var, c: usize) -> Result<Routing> {
         gates: top.reshape(&[e * c])?,
         logits: logits.clone(),
         probs,
+    })
+}
+
+/// Threshold selection: every (token, expert) whose score is at least `threshold`, token-major.
+fn above_threshold(logits: &Var, scores: Var, threshold: f32) -> Result<Routing> {
+    let (t, e) = (scores.shape()[0], scores.shape()[1]);
+    let values = scores.value().to_vec();
+    let positions: Vec<u32> = (0..(t * e) as u32).filter(|&i| values[i as usize] >= threshold).collect();
+    Ok(Routing {
+        num_tokens: t,
+        num_experts: e,
+        tokens: positions.iter().map(|&i| i / e as u32).collect(),
+        experts: positions.iter().map(|&i| i % e as u32).collect(),
+        gates: scores.reshape(&[t * e])?.index_select(0, &positions)?,
+        logits: logits.clone(),
+        probs: scores,
     })
 }
 
@@ -345,12 +450,109 @@ mod tests {
                     RouterKind::ExpertChoice { capacity_factor } => {
                         naive_expert_choice(&probs, t, e, expert_choice_capacity(t, e, capacity_factor))
                     }
+                    RouterKind::Scored { .. } => unreachable!("only the softmax kinds are listed"),
                 };
                 assert_eq!((&r.tokens, &r.experts), (&tokens, &experts), "{kind:?}, T = {t}, E = {e}");
                 assert_close(&r.gate_values(), &gates);
                 assert_eq!((r.num_tokens, r.num_experts, r.logits.shape()), (t, e, &[t, e][..]));
             }
         }
+    }
+
+    /// Reference scores, and the pairs `selection` keeps, one token and one destination at a time.
+    fn naive_scored(logits: &[f32], t: usize, e: usize, kind: RouterKind) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+        let (score, selection) = kind.parts();
+        let scores: Vec<f32> = match score {
+            ScoreFn::Softmax => logits
+                .chunks(e)
+                .flat_map(|row| {
+                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+                    let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+                    row.iter().map(move |&v| ((v as f64 - m).exp() / z) as f32).collect::<Vec<_>>()
+                })
+                .collect(),
+            ScoreFn::Sigmoid => logits.iter().map(|&v| (1.0 / (1.0 + (-(v as f64)).exp())) as f32).collect(),
+            ScoreFn::Raw => logits.to_vec(),
+        };
+        match selection {
+            Selection::TopK { k, renormalize } => naive_token_choice(&scores, e, k, renormalize),
+            Selection::TopC { capacity_factor } => {
+                naive_expert_choice(&scores, t, e, expert_choice_capacity(t, e, capacity_factor))
+            }
+            Selection::Threshold { threshold } => {
+                let (mut tokens, mut experts, mut gates) = (Vec::new(), Vec::new(), Vec::new());
+                for (i, &score) in scores.iter().enumerate().filter(|(_, &v)| v >= threshold) {
+                    tokens.push((i / e) as u32);
+                    experts.push((i % e) as u32);
+                    gates.push(score);
+                }
+                (tokens, experts, gates)
+            }
+        }
+    }
+
+    fn scored_kinds(e: usize) -> Vec<RouterKind> {
+        let mut kinds = Vec::new();
+        for score in [ScoreFn::Softmax, ScoreFn::Sigmoid, ScoreFn::Raw] {
+            let threshold = if score == ScoreFn::Raw { 0.1 } else { 0.3 };
+            let selections = [
+                Selection::TopK { k: e.min(2), renormalize: false },
+                Selection::TopK { k: 1, renormalize: true },
+                Selection::TopC { capacity_factor: 0.125 },
+                Selection::TopC { capacity_factor: 1.5 },
+                Selection::Threshold { threshold },
+            ];
+            kinds.extend(selections.into_iter().map(|selection| RouterKind::Scored { score, selection }));
+        }
+        kinds
+    }
+
+    #[test]
+    fn every_score_and_selection_matches_the_naive_reference() {
+        for (t, e) in [(1, 1), (7, 1), (33, 3), (100, 8)] {
+            let logits = Tensor::randn(&[t, e], &mut Rng::seed(t as u64 + 3));
+            for kind in scored_kinds(e) {
+                let r = kind.route_logits(&Var::constant(logits.clone())).unwrap();
+                let (tokens, experts, gates) = naive_scored(&logits.to_vec(), t, e, kind);
+                assert_eq!((&r.tokens, &r.experts), (&tokens, &experts), "{kind:?}, T = {t}, E = {e}");
+                assert_close(&r.gate_values(), &gates);
+            }
+        }
+    }
+
+    #[test]
+    fn a_one_destination_gate_has_a_real_gradient() {
+        // Softmax over one destination is the constant 1; sigmoid and raw scores are not.
+        let logits = separated_logits(8, 1, 4);
+        for score in [ScoreFn::Sigmoid, ScoreFn::Raw] {
+            for selection in [Selection::TopC { capacity_factor: 0.25 }, Selection::TopK { k: 1, renormalize: false }] {
+                let kind = RouterKind::Scored { score, selection };
+                check_grad(|l| Ok(kind.route_logits(l)?.gates), &logits);
+                let leaf = Var::leaf(logits.clone());
+                let grads = kind.route_logits(&leaf).unwrap().gates.sum_all().backward().unwrap();
+                assert!(grads.of(&leaf).unwrap().to_vec().iter().any(|&g| g != 0.0), "{kind:?}");
+            }
+        }
+        let softmax =
+            RouterKind::Scored { score: ScoreFn::Softmax, selection: Selection::TopK { k: 1, renormalize: false } };
+        assert!(softmax.route_logits(&Var::constant(logits)).unwrap().gate_values().iter().all(|&g| g == 1.0));
+    }
+
+    #[test]
+    fn thresholds_are_checked_against_the_score_range() {
+        let kind = |score, threshold| RouterKind::Scored { score, selection: Selection::Threshold { threshold } };
+        assert_eq!(
+            kind(ScoreFn::Sigmoid, 1.5).validate(4).unwrap_err().to_string(),
+            "router: threshold 1.5 must be finite, and in [0, 1] for Sigmoid scores"
+        );
+        assert!(kind(ScoreFn::Softmax, -0.1).validate(4).is_err());
+        assert!(kind(ScoreFn::Raw, f32::NAN).validate(4).is_err());
+        assert!(kind(ScoreFn::Raw, -3.0).validate(4).is_ok());
+        let top_c = RouterKind::Scored { score: ScoreFn::Raw, selection: Selection::TopC { capacity_factor: 0.0 } };
+        assert_eq!(
+            top_c.validate(1).unwrap_err().to_string(),
+            "ExpertChoice: capacity factor 0 must be finite and > 0"
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub struct Routing {
     /// `[T, E]` router logits, in f32. For noisy gating in training these are the logits with
     /// the noise added (the ones `probs` and the selection were computed from).
     pub logits: Var,
-    /// `[T, E]` softmax of `logits` over the experts, in f32.
+    /// `[T, E]` the scores the selection ranked and the gates were taken from, in f32: the
+    /// softmax of `logits` over the experts for the softmax kinds, else the sigmoid or the raw
+    /// logits ([`crate::ScoreFn`]).
     pub probs: Var,
 }
 

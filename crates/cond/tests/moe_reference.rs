@@ -28,7 +28,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) {
 
 /// Per expert, the tokens the plan computed, in slot order.
 fn plan_kept(plan: &DispatchPlan) -> Vec<Vec<u32>> {
-    (0..plan.num_experts).map(|e| plan.tokens[plan.expert_range(e)].to_vec()).collect()
+    (0..plan.num_experts()).map(|e| plan.tokens()[plan.expert_range(e)].to_vec()).collect()
 }
 
 /// A layer and an input `[T, d]` whose routing sits clear of ties: the first of the seeds
@@ -280,13 +280,13 @@ fn all_tokens_to_one_expert() {
             match capacity {
                 Capacity::Dropless => {
                     assert_eq!(out.stats.tokens_per_expert, vec![0, 10, 0, 0]);
-                    assert_eq!(out.plan.tokens, all);
-                    assert!(out.plan.dropped.is_empty());
+                    assert_eq!(out.plan.tokens(), all);
+                    assert!(out.plan.dropped().is_empty());
                 }
                 Capacity::Factor(_) => {
                     // ceil(1.0·10/4) = 3 slots: the first three tokens stay, the others drop
                     // and get a zero output (their residual carries them).
-                    assert_eq!(out.plan.capacity, Some(3));
+                    assert_eq!(out.plan.capacity(), Some(3));
                     assert_eq!(out.stats.tokens_per_expert, vec![0, 3, 0, 0]);
                     assert_eq!(out.plan.dropped_tokens(), all[3..].to_vec());
                     assert_eq!((out.stats.dropped_assignments, out.stats.dropped_tokens), (7, 7));
@@ -442,7 +442,7 @@ fn a_capacity_that_computes_to_zero_slots_keeps_one() {
         let (store, layer) = build(&case, 11);
         let x = Tensor::randn(&[7, 6], &mut Rng::seed(12));
         let out = layer.forward(&Var::constant(x.clone())).unwrap();
-        assert_eq!(out.plan.capacity, Some(1), "{router:?}");
+        assert_eq!(out.plan.capacity(), Some(1), "{router:?}");
         assert_eq!(out.stats.tokens_per_expert.iter().sum::<usize>(), out.plan.num_kept());
         assert!(out.stats.tokens_per_expert.iter().all(|&n| n <= 1));
         let want = reference(&case, &f64s(&x), &weights(&store));

@@ -163,6 +163,7 @@ pub fn reference(case: &Case, x: &[f64], w: &HashMap<String, Vec<f64>>) -> Refer
                 assignments.extend(order[..c].iter().map(|&tok| (tok, j, probs[tok * e + j])));
             }
         }
+        RouterKind::Scored { .. } => panic!("this reference covers the softmax kinds (router.rs tests the others)"),
     }
 
     // Capacity: per expert, the first `cap` assignments in assignment order are kept.

@@ -1,0 +1,500 @@
+//! The gathered ops: the one differentiable conditional computation every layer here is built
+//! from.
+//!
+//! A [`DispatchPlan`] sorts rows by destination (an expert, a sparse-FF unit, a branch of a
+//! hierarchical classifier, the one block of a mixture-of-depths layer): destination `g` owns
+//! the slots `offsets[g]..offsets[g+1]`, and slot `s` holds source row `tokens[s]`. Three ops run
+//! on that plan, each forward and backward, each touching only the planned rows:
+//!
+//! ```text
+//! grouped_linear  Y[s] = act(A[s] · W[g] + b[g])       A[s] = X[token(s)] (Gathered) or H[s] (Slots)
+//! combine         out[t] = Σ_{s: token(s)=t} g_s · Y[s]  in slot order: fixed, no atomics
+//! gather          Y[s] = X[token(s)]                     for a block that is not a linear map
+//! ```
+//!
+//! `grouped_linear` is one grouped GEMM over every destination at once (the gather happens
+//! inside packing, the bias and activation in the store); a destination with no rows costs
+//! nothing. Its backward is conditional too (ScatterMoE, arXiv 2403.08245, has the same shape):
+//! `dZ = dY ⊙ act'(Z)`, `dW[g] = A_gᵀ·dZ_g` (Aᵀ with its K dimension gathered), `db[g] = Σ dZ_g`,
+//! `dA[s] = dZ[s]·W[g]ᵀ`, and for a gathered input each source row sums its slots in slot order.
+//! A gradient is computed only for the inputs that take one.
+//!
+//! Stacked weights are `[G, in, out]` ([`WeightLayout::InOut`], `x·W`) or `[G, out, in]`
+//! ([`WeightLayout::OutIn`]: one row per output unit — PyTorch's `Linear` layout, and the
+//! unit-major layout of a sparse feed-forward layer, where picking units reads whole rows).
+
+use crate::error::{Error, Result};
+use crate::plan::DispatchPlan;
+use elide_autodiff::Var;
+use elide_kernels::gemm::{Accum, Activation, Epilogue, Gemm, GroupProblem, MatMut, MatRef, OutRows};
+use elide_kernels::{activation_backward, unary, Isa, UnaryOp};
+use elide_tensor::Tensor;
+use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Where each slot's input row comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowSource {
+    /// Slot `s` reads row `plan.tokens()[s]` of a `[T, in]` input, gathered inside the GEMM's
+    /// packing (no copy).
+    Gathered,
+    /// Slot `s` reads row `s` of a `[S, in]` input already in slot order (the output of an
+    /// earlier gathered op).
+    Slots,
+}
+
+/// How a stacked weight stores each destination's block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightLayout {
+    /// `[G, in, out]`: block `g` is the `in × out` matrix of `x·W`.
+    #[default]
+    InOut,
+    /// `[G, out, in]`: block `g` holds one row per output unit, read transposed (PyTorch's
+    /// `Linear` layout; the unit-major layout of a sparse feed-forward layer).
+    OutIn,
+}
+
+impl WeightLayout {
+    /// The `[G, ·, ·]` shape of a stacked weight of `g` blocks mapping `fan_in` to `fan_out`.
+    pub fn shape(self, g: usize, fan_in: usize, fan_out: usize) -> [usize; 3] {
+        match self {
+            WeightLayout::InOut => [g, fan_in, fan_out],
+            WeightLayout::OutIn => [g, fan_out, fan_in],
+        }
+    }
+
+    /// `(fan_in, fan_out)` of a stacked weight of this layout and shape `[G, a, b]`.
+    pub fn fans(self, shape: &[usize]) -> (usize, usize) {
+        match self {
+            WeightLayout::InOut => (shape[1], shape[2]),
+            WeightLayout::OutIn => (shape[2], shape[1]),
+        }
+    }
+
+    /// Block `g` of `w` as the `fan_in × fan_out` right operand of `x·W` (a view, no copy).
+    fn block<'a>(self, w: &'a [f32], g: usize, fan_in: usize, fan_out: usize) -> Result<MatRef<'a>> {
+        let size = fan_in * fan_out;
+        let block = &w[g * size..(g + 1) * size];
+        match self {
+            WeightLayout::InOut => view(block, fan_in, fan_out),
+            WeightLayout::OutIn => Ok(view(block, fan_out, fan_in)?.t()),
+        }
+    }
+}
+
+/// A stacked weight of `G` blocks, with an optional `[G, out]` bias.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupedWeight<'a> {
+    /// `[G, in, out]` or `[G, out, in]`, as `layout` says.
+    pub weight: &'a Var,
+    /// `[G, out]`, or none.
+    pub bias: Option<&'a Var>,
+    /// How `weight` stores each block.
+    pub layout: WeightLayout,
+}
+
+impl<'a> GroupedWeight<'a> {
+    /// `weight` in `layout`, without a bias.
+    pub fn new(weight: &'a Var, layout: WeightLayout) -> GroupedWeight<'a> {
+        GroupedWeight { weight, bias: None, layout }
+    }
+
+    /// The same weight with a `[G, out]` bias.
+    pub fn with_bias(self, bias: &'a Var) -> GroupedWeight<'a> {
+        GroupedWeight { bias: Some(bias), ..self }
+    }
+}
+
+fn kernel_err(e: elide_kernels::KernelError) -> Error {
+    Error::Tensor(e.into())
+}
+
+/// `[rows, cols]` row-major view of `data`.
+pub(crate) fn view(data: &[f32], rows: usize, cols: usize) -> Result<MatRef<'_>> {
+    MatRef::row_major(data, rows, cols).map_err(kernel_err)
+}
+
+/// Destinations that received rows, with their slot ranges.
+pub(crate) fn active(plan: &DispatchPlan) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
+    (0..plan.num_experts()).map(|g| (g, plan.expert_range(g))).filter(|(_, r)| !r.is_empty())
+}
+
+/// Runs one grouped product per problem into `out` (`[out_rows, cols]` row-major).
+fn grouped<'a>(
+    accum: Accum,
+    out: &mut [f32],
+    out_rows: usize,
+    cols: usize,
+    problems: impl Iterator<Item = Result<GroupProblem<'a>>>,
+) -> Result<()> {
+    let problems = problems.collect::<Result<Vec<_>>>()?;
+    Gemm { accum, ..Gemm::default() }
+        .run_grouped(MatMut::row_major(out, out_rows, cols).map_err(kernel_err)?, &problems)
+        .map_err(kernel_err)
+}
+
+/// The contiguous data of a tensor (a copy only if it is a strided view).
+fn dense(t: &Tensor) -> Tensor {
+    t.contiguous()
+}
+
+fn data(t: &Tensor) -> &[f32] {
+    t.as_slice().expect("made contiguous by `dense`")
+}
+
+/// The shapes [`grouped_linear`] checked, and what it saves for the backward pass.
+#[derive(Clone, Copy)]
+struct LinearShape {
+    source: RowSource,
+    layout: WeightLayout,
+    activation: Activation,
+    fan_in: usize,
+    fan_out: usize,
+}
+
+/// `Y[s] = act(A[s]·W[g(s)] + b[g(s)])` for every planned slot: one grouped GEMM over all
+/// destinations, `[S, out]` slot rows out. `x` is `[T, in]` for [`RowSource::Gathered`]
+/// (`T = plan.num_tokens()`) or `[S, in]` for [`RowSource::Slots`] (`S = plan.num_kept()`).
+///
+/// At inference the activation is fused into the GEMM's store; while recording, the
+/// pre-activation is kept for the backward pass. Differentiable in `x`, the weight and the bias.
+///
+/// # Errors
+/// [`Error::Shape`] naming the shapes if `x`, the weight (`[G, in, out]` or `[G, out, in]` with
+/// `G = plan.num_experts()`) or the bias (`[G, out]`) do not fit the plan and each other.
+pub fn grouped_linear(
+    x: &Var,
+    source: RowSource,
+    plan: &Arc<DispatchPlan>,
+    w: GroupedWeight<'_>,
+    activation: Activation,
+) -> Result<Var> {
+    const OP: &str = "grouped_linear";
+    let (g, s) = (plan.num_experts(), plan.num_kept());
+    let ws = w.weight.shape();
+    if ws.len() != 3 || ws[0] != g {
+        return Err(Error::shape(
+            OP,
+            format!("the weight must be [{g}, ·, ·] (one block per destination of the plan), got {ws:?}"),
+        ));
+    }
+    let (fan_in, fan_out) = w.layout.fans(ws);
+    let rows = match source {
+        RowSource::Gathered => plan.num_tokens(),
+        RowSource::Slots => s,
+    };
+    if x.shape() != [rows, fan_in] {
+        let what = match source {
+            RowSource::Gathered => "tokens of the plan",
+            RowSource::Slots => "slots of the plan",
+        };
+        return Err(Error::shape(
+            OP,
+            format!("x must be [{rows}, {fan_in}] ({what}, the weight's input width), got {:?}", x.shape()),
+        ));
+    }
+    if let Some(b) = w.bias.filter(|b| b.shape() != [g, fan_out]) {
+        return Err(Error::shape(OP, format!("the bias must be [{g}, {fan_out}], got {:?}", b.shape())));
+    }
+    let shape = LinearShape { source, layout: w.layout, activation, fan_in, fan_out };
+    let mut parents = vec![x, w.weight];
+    parents.extend(w.bias);
+    let training = Var::records(&parents);
+    let (xv, wv) = (dense(x.value()), dense(w.weight.value()));
+    let bv = w.bias.map(|b| dense(b.value()));
+    // While recording, the GEMM stores the pre-activation and the activation runs after it.
+    let store_act = if training { Activation::Identity } else { activation };
+    let mut z = vec![0.0f32; s * fan_out];
+    linear_forward(&shape, data(&xv), data(&wv), bv.as_ref().map(data), plan, store_act, &mut z)?;
+    let (out, saved_z) = match (training, unary_of(activation)) {
+        (true, Some(op)) => {
+            let mut h = vec![0.0f32; s * fan_out];
+            unary(Isa::active(), op, &z, &mut h).map_err(kernel_err)?;
+            (h, Some(z))
+        }
+        _ => (z, None),
+    };
+    let out = Tensor::from_vec(out, &[s, fan_out])?;
+    if !training {
+        return Ok(Var::constant(out));
+    }
+    let wants = (Var::records(&[x]), Var::records(&[w.weight]), w.bias.is_some_and(|b| Var::records(&[b])));
+    let has_bias = w.bias.is_some();
+    let plan = plan.clone();
+    Ok(Var::from_op(OP, out, &parents, move |dy| {
+        let dy = dense(dy);
+        let through_act = match &saved_z {
+            Some(z) => {
+                let mut dz = vec![0.0f32; z.len()];
+                activation_backward(Isa::active(), shape.activation, z, data(&dy), &mut dz).map_err(kernel_err)?;
+                Some(dz)
+            }
+            None => None,
+        };
+        let dz = through_act.as_deref().unwrap_or(data(&dy));
+        let grads = linear_backward(&shape, data(&xv), data(&wv), &plan, dz, wants)?;
+        let mut out = vec![grads.dx, grads.dw];
+        if has_bias {
+            out.push(grads.db);
+        }
+        Ok(out)
+    }))
+}
+
+/// The forward grouped GEMM of [`grouped_linear`] into `out` (`[S, out]`).
+fn linear_forward(
+    sh: &LinearShape,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    plan: &DispatchPlan,
+    act: Activation,
+    out: &mut [f32],
+) -> Result<()> {
+    let (fi, fo) = (sh.fan_in, sh.fan_out);
+    grouped(
+        Accum::Replace,
+        out,
+        plan.num_kept(),
+        fo,
+        active(plan).map(|(g, r)| {
+            Ok(GroupProblem {
+                a: source_rows(sh.source, x, fi, plan, r.clone())?,
+                b: sh.layout.block(w, g, fi, fo)?,
+                rows: OutRows::Range(r.start),
+                epilogue: Epilogue { bias: b.map(|b| &b[g * fo..(g + 1) * fo]), activation: act, row_scale: None },
+            })
+        }),
+    )
+}
+
+/// The rows of the slots `r` as a left operand `[r.len(), width]`: rows of `x` gathered by the
+/// plan (inside packing), or the slot range of `x` itself.
+fn source_rows<'a>(
+    source: RowSource,
+    x: &'a [f32],
+    width: usize,
+    plan: &'a DispatchPlan,
+    r: Range<usize>,
+) -> Result<MatRef<'a>> {
+    match source {
+        RowSource::Gathered => view(x, plan.num_tokens(), width)?.gather_rows(&plan.tokens()[r]).map_err(kernel_err),
+        RowSource::Slots => view(&x[r.start * width..r.end * width], r.len(), width),
+    }
+}
+
+/// The gradients of [`grouped_linear`] (each `None` when not asked for).
+struct LinearGrads {
+    dx: Option<Tensor>,
+    dw: Option<Tensor>,
+    db: Option<Tensor>,
+}
+
+/// `dW[g] = A_gᵀ·dZ_g`, `db[g] = Σ dZ_g`, `dA[s] = dZ[s]·W[g]ᵀ` (summed per source row for a
+/// gathered input), for the inputs `wants = (x, w, b)` that take a gradient.
+fn linear_backward(
+    sh: &LinearShape,
+    x: &[f32],
+    w: &[f32],
+    plan: &DispatchPlan,
+    dz: &[f32],
+    wants: (bool, bool, bool),
+) -> Result<LinearGrads> {
+    let (g_count, s, fi, fo) = (plan.num_experts(), plan.num_kept(), sh.fan_in, sh.fan_out);
+    let dz_of = |r: Range<usize>| view(&dz[r.start * fo..r.end * fo], r.len(), fo);
+    let mut grads = LinearGrads { dx: None, dw: None, db: None };
+    if wants.1 {
+        let mut dw = vec![0.0f32; g_count * fi * fo];
+        match sh.layout {
+            // [G, in, out]: dW[g] = A_gᵀ · dZ_g, written to rows g·in.. of a [G·in, out] buffer.
+            WeightLayout::InOut => grouped(
+                Accum::Replace,
+                &mut dw,
+                g_count * fi,
+                fo,
+                active(plan).map(|(g, r)| {
+                    Ok(GroupProblem {
+                        a: source_rows(sh.source, x, fi, plan, r.clone())?.t(),
+                        b: dz_of(r)?,
+                        rows: OutRows::Range(g * fi),
+                        epilogue: Epilogue::default(),
+                    })
+                }),
+            )?,
+            // [G, out, in]: dW[g] = dZ_gᵀ · A_g, rows g·out.. of a [G·out, in] buffer.
+            WeightLayout::OutIn => grouped(
+                Accum::Replace,
+                &mut dw,
+                g_count * fo,
+                fi,
+                active(plan).map(|(g, r)| {
+                    Ok(GroupProblem {
+                        a: dz_of(r.clone())?.t(),
+                        b: source_rows(sh.source, x, fi, plan, r)?,
+                        rows: OutRows::Range(g * fo),
+                        epilogue: Epilogue::default(),
+                    })
+                }),
+            )?,
+        }
+        let shape = sh.layout.shape(g_count, fi, fo);
+        grads.dw = Some(Tensor::from_vec(dw, &shape)?);
+    }
+    if wants.2 {
+        grads.db = Some(Tensor::from_vec(bias_grad(dz, plan, fo), &[g_count, fo])?);
+    }
+    if wants.0 {
+        // dA[s] = dZ[s] · W[g]ᵀ: W's block read transposed, whatever its layout.
+        let mut da = vec![0.0f32; s * fi];
+        grouped(
+            Accum::Replace,
+            &mut da,
+            s,
+            fi,
+            active(plan).map(|(g, r)| {
+                Ok(GroupProblem {
+                    a: dz_of(r.clone())?,
+                    b: sh.layout.block(w, g, fi, fo)?.t(),
+                    rows: OutRows::Range(r.start),
+                    epilogue: Epilogue::default(),
+                })
+            }),
+        )?;
+        grads.dx = Some(match sh.source {
+            RowSource::Gathered => Tensor::from_vec(combine_rows(&da, &[], plan, fi), &[plan.num_tokens(), fi])?,
+            RowSource::Slots => Tensor::from_vec(da, &[s, fi])?,
+        });
+    }
+    Ok(grads)
+}
+
+/// The elementwise op of an activation (`None` for the identity).
+fn unary_of(act: Activation) -> Option<UnaryOp> {
+    match act {
+        Activation::Relu => Some(UnaryOp::Relu),
+        Activation::Gelu => Some(UnaryOp::Gelu),
+        Activation::Silu => Some(UnaryOp::Silu),
+        Activation::Identity => None,
+    }
+}
+
+/// Per-destination column sums of slot rows: the gradient of a per-destination bias.
+fn bias_grad(rows: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; plan.num_experts() * width];
+    out.par_chunks_mut(width.max(1)).enumerate().for_each(|(g, acc)| {
+        for s in plan.expert_range(g) {
+            for (a, &v) in acc.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
+                *a += v;
+            }
+        }
+    });
+    out
+}
+
+/// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`.
+fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
+    let (start, slots) = plan.slots_by_token();
+    let mut out = vec![0.0f32; plan.num_tokens() * width];
+    out.par_chunks_mut(width.max(1)).enumerate().with_min_len(64).for_each(|(t, row)| {
+        for &s in &slots[start[t]..start[t + 1]] {
+            let s = s as usize;
+            let g = scale.get(s).copied().unwrap_or(1.0);
+            for (o, &y) in row.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
+                *o += g * y;
+            }
+        }
+    });
+    out
+}
+
+/// `out[t] = Σ_{s: token(s)=t} g_s · rows[s]`, summed in slot order (fixed, so bit-identical for
+/// any thread count): `rows` `[S, d]` in slot order, `gates` `[S]` (or none: all 1), `[T, d]`
+/// out; a token with no slots gets a zero row. Differentiable in `rows` and the gates
+/// (`d rows[s] = g_s · dOut[token(s)]`, `d g_s = ⟨dOut[token(s)], rows[s]⟩`).
+///
+/// # Errors
+/// [`Error::Shape`] if `rows` is not `[S, d]` or the gates are not `[S]` (`S = plan.num_kept()`).
+pub fn combine(rows: &Var, gates: Option<&Var>, plan: &Arc<DispatchPlan>) -> Result<Var> {
+    const OP: &str = "combine";
+    let (t, s) = (plan.num_tokens(), plan.num_kept());
+    let shape = rows.shape();
+    if shape.len() != 2 || shape[0] != s {
+        return Err(Error::shape(OP, format!("rows must be [{s}, d] (one per slot of the plan), got {shape:?}")));
+    }
+    if let Some(g) = gates.filter(|g| g.shape() != [s]) {
+        return Err(Error::shape(OP, format!("gates must be [{s}] (one per slot of the plan), got {:?}", g.shape())));
+    }
+    let d = shape[1];
+    let rv = dense(rows.value());
+    let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
+    let out = Tensor::from_vec(combine_rows(data(&rv), &gv, plan, d), &[t, d])?;
+    let mut parents = vec![rows];
+    parents.extend(gates);
+    if !Var::records(&parents) {
+        return Ok(Var::constant(out));
+    }
+    let has_gates = gates.is_some();
+    let plan = plan.clone();
+    Ok(Var::from_op(OP, out, &parents, move |dout| {
+        let dout = dense(dout);
+        let dout = data(&dout);
+        let tokens = plan.tokens();
+        let mut drows = vec![0.0f32; s * d];
+        let mut dgate = vec![0.0f32; if has_gates { s } else { 0 }];
+        let fill = |slot: usize, row: &mut [f32]| {
+            let src = &dout[tokens[slot] as usize * d..][..d];
+            let g = gv.get(slot).copied().unwrap_or(1.0);
+            row.iter_mut().zip(src).for_each(|(o, &v)| *o = g * v);
+        };
+        if has_gates {
+            let y = data(&rv);
+            drows.par_chunks_mut(d.max(1)).zip(dgate.par_iter_mut()).enumerate().with_min_len(64).for_each(
+                |(slot, (row, dg))| {
+                    fill(slot, row);
+                    let src = &dout[tokens[slot] as usize * d..][..d];
+                    *dg = src.iter().zip(&y[slot * d..(slot + 1) * d]).map(|(a, b)| a * b).sum();
+                },
+            );
+        } else {
+            drows.par_chunks_mut(d.max(1)).enumerate().with_min_len(64).for_each(|(slot, row)| fill(slot, row));
+        }
+        let mut grads = vec![Some(Tensor::from_vec(drows, &[s, d])?)];
+        if has_gates {
+            grads.push(Some(Tensor::from_vec(dgate, &[s])?));
+        }
+        Ok(grads)
+    }))
+}
+
+/// `Y[s] = x[token(s)]`: the planned rows of `x` `[T, d]` in slot order, `[S, d]`, for a block
+/// that is not a linear map (a mixture-of-depths block runs on them). Differentiable in `x`
+/// (each token sums the gradients of its slots, in slot order).
+///
+/// # Errors
+/// [`Error::Shape`] if `x` is not `[T, d]` with `T = plan.num_tokens()`.
+pub fn gather(x: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
+    const OP: &str = "gather";
+    let (t, s) = (plan.num_tokens(), plan.num_kept());
+    let shape = x.shape();
+    if shape.len() != 2 || shape[0] != t {
+        return Err(Error::shape(OP, format!("x must be [{t}, d] (tokens of the plan), got {shape:?}")));
+    }
+    let d = shape[1];
+    let xv = dense(x.value());
+    let src = data(&xv);
+    let mut out = vec![0.0f32; s * d];
+    let tokens = plan.tokens();
+    out.par_chunks_mut(d.max(1)).enumerate().with_min_len(64).for_each(|(slot, row)| {
+        row.copy_from_slice(&src[tokens[slot] as usize * d..][..d]);
+    });
+    let out = Tensor::from_vec(out, &[s, d])?;
+    let plan = plan.clone();
+    Ok(Var::from_op(OP, out, &[x], move |dy| {
+        let dy = dense(dy);
+        Ok(vec![Some(Tensor::from_vec(combine_rows(data(&dy), &[], &plan, d), &[t, d])?)])
+    }))
+}
+
+#[cfg(test)]
+mod tests;
