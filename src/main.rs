@@ -41,6 +41,8 @@ enum Area {
     Autodiff,
     /// Mixture-of-experts against its dense twins (configs A-D of the MoE issue).
     Moe,
+    /// Hierarchical classifier: the predicted branch only against every branch.
+    Hier,
 }
 
 /// Keeps freed tensor buffers in the process instead of handing them back to the OS.
@@ -71,6 +73,7 @@ fn main() {
                 Area::Peak => bench::gemm::bench_peak(plan),
                 Area::Autodiff => bench::autodiff::bench_autodiff(plan),
                 Area::Moe => bench::moe::bench_moe(plan),
+                Area::Hier => bench::hier::bench_hier(plan),
             };
             if json {
                 println!("{}", report.to_json());

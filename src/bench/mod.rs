@@ -3,6 +3,7 @@
 pub mod autodiff;
 pub mod dense_ffn;
 pub mod gemm;
+pub mod hier;
 pub mod moe;
 pub mod report;
 pub mod timing;

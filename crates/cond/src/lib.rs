@@ -84,6 +84,7 @@ mod aux_loss;
 mod error;
 mod expert;
 pub mod gathered;
+mod hierarchical;
 mod moe;
 mod plan;
 mod router;
@@ -94,6 +95,9 @@ mod testing;
 pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
 pub use error::{Error, Result};
 pub use expert::{ExpertKind, ExpertTimes, Experts};
+pub use hierarchical::{
+    HierarchicalClassifier, HierarchicalConfig, HierarchicalLoss, HierarchicalPrediction, TrainRoute,
+};
 pub use moe::{MoeConfig, MoeLayer, MoeOutput, MoePhases};
 pub use plan::{Capacity, DispatchPlan};
 pub use router::{expert_choice_capacity, noise_std, Router, RouterKind, ScoreFn, Selection};
