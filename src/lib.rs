@@ -19,6 +19,7 @@
 pub use elide_autodiff as autodiff;
 pub use elide_cond as cond;
 pub use elide_kernels as kernels;
+pub use elide_models as models;
 pub use elide_tensor as tensor;
 
 /// The README's library example, compiled and run as a doc-test.

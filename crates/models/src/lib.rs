@@ -1,0 +1,60 @@
+//! Models for elide: layers behind one [`Module`] trait, so a model is built the way it is in
+//! PyTorch's `nn` or candle-nn — [`Linear`], [`Embedding`], [`RmsNorm`], [`LayerNorm`], the
+//! dense [`Ffn`] and the mixture-of-experts [`MoeFfn`] — each registering named parameters under
+//! a scope and running its forward pass on [`Var`](elide_autodiff::Var)s in a [`Ctx`] that
+//! carries the mode (train or eval), the noise source and what layers report back (auxiliary
+//! losses, executed FLOPs).
+//!
+//! A two-layer model with a mixture-of-experts feed-forward layer, one training step:
+//!
+//! ```
+//! use elide_autodiff::optim::{AdamW, Optimizer};
+//! use elide_autodiff::{ParamStore, Var};
+//! use elide_cond::{Capacity, ExpertKind, MoeConfig, RouterKind};
+//! use elide_kernels::gemm::Activation;
+//! use elide_models::{Ctx, Linear, Module, MoeFfn, RmsNorm};
+//! use elide_cond::gathered::WeightLayout;
+//! use elide_tensor::{Rng, Tensor};
+//!
+//! let mut rng = Rng::seed(0);
+//! let mut store = ParamStore::new();
+//! let norm = RmsNorm::new(&mut store.scope("norm"), 16, 1e-5)?;
+//! let moe = MoeFfn::new(&mut store.scope("moe"), MoeConfig {
+//!     d_model: 16,
+//!     hidden: 32,
+//!     num_experts: 4,
+//!     router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
+//!     expert: ExpertKind::Mlp(Activation::Gelu),
+//!     capacity: Capacity::Dropless,
+//!     balance_coef: 0.01,
+//!     z_loss_coef: 1e-3,
+//! }, &mut rng)?;
+//! let head = Linear::new(&mut store.scope("head"), 16, 3, true, WeightLayout::InOut, &mut rng)?;
+//!
+//! let x = Var::constant(Tensor::randn(&[2, 5, 16], &mut rng)); // [batch, seq, d]
+//! let mut noise = Rng::seed(1);
+//! let mut ctx = Ctx::train(&mut noise);
+//! let h = x.add(&moe.forward(&norm.forward(&x, &mut ctx)?, &mut ctx)?)?;
+//! let logits = head.forward(&h, &mut ctx)?.reshape(&[10, 3])?;
+//! let loss = logits.cross_entropy(&[0, 1, 2, 0, 1, 2, 0, 1, 2, 0])?.add(&ctx.aux_loss()?)?;
+//! let grads = loss.backward()?;
+//! AdamW::new(1e-3).step(&store, &grads)?;
+//! assert!(ctx.flops > 0.0);
+//! # Ok::<(), elide_models::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod error;
+mod ffn;
+mod linear;
+mod module;
+mod norm;
+#[cfg(test)]
+mod testing;
+
+pub use error::{Error, Result};
+pub use ffn::{Ffn, FfnKind, MoeFfn};
+pub use linear::{Embedding, Linear};
+pub use module::{Ctx, Mode, Module};
+pub use norm::{LayerNorm, RmsNorm};
