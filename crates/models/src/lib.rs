@@ -45,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+mod data;
 mod error;
 mod ffn;
 mod linear;
@@ -53,6 +54,7 @@ mod norm;
 #[cfg(test)]
 mod testing;
 
+pub use data::{random_windows, Batch, ByteText, Split, TokenSource};
 pub use error::{Error, Result};
 pub use ffn::{Ffn, FfnKind, MoeFfn};
 pub use linear::{Embedding, Linear};
