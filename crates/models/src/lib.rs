@@ -53,6 +53,7 @@ mod module;
 mod norm;
 #[cfg(test)]
 mod testing;
+mod train;
 
 pub use data::{random_windows, Batch, ByteText, Split, TokenSource};
 pub use error::{Error, Result};
@@ -60,3 +61,4 @@ pub use ffn::{Ffn, FfnKind, MoeFfn};
 pub use linear::{Embedding, Linear};
 pub use module::{Ctx, Mode, Module};
 pub use norm::{LayerNorm, RmsNorm};
+pub use train::{Event, LossModel, StepReport, TrainConfig, TrainSummary, Trainer, CHECKPOINT_FILE, METRICS_FILE};
