@@ -65,19 +65,17 @@ impl Experts {
             ));
         }
         let (e, d, h) = (num_experts, d_model, hidden);
-        let normal =
-            |shape: &[usize], fan_in: usize, rng: &mut Rng| init::normal(shape, (1.0 / fan_in as f32).sqrt(), rng);
         let params = match kind {
             ExpertKind::Mlp(_) => vec![
-                scope.param("w1", normal(&[e, d, h], d, rng))?,
+                scope.param("w1", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng))?,
                 scope.param("b1", Tensor::zeros(&[e, h]))?,
-                scope.param("w2", normal(&[e, h, d], h, rng))?,
+                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng))?,
                 scope.param("b2", Tensor::zeros(&[e, d]))?,
             ],
             ExpertKind::SwiGlu => vec![
-                scope.param("w_gate", normal(&[e, d, h], d, rng))?,
-                scope.param("w_up", normal(&[e, d, h], d, rng))?,
-                scope.param("w2", normal(&[e, h, d], h, rng))?,
+                scope.param("w_gate", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng))?,
+                scope.param("w_up", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng))?,
+                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng))?,
             ],
         };
         Ok(Experts { kind, num_experts, d_model, hidden, params })

@@ -44,42 +44,16 @@ pub enum RowSource {
     Slots,
 }
 
-/// How a stacked weight stores each destination's block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum WeightLayout {
-    /// `[G, in, out]`: block `g` is the `in × out` matrix of `x·W`.
-    #[default]
-    InOut,
-    /// `[G, out, in]`: block `g` holds one row per output unit, read transposed (PyTorch's
-    /// `Linear` layout; the unit-major layout of a sparse feed-forward layer).
-    OutIn,
-}
+pub use elide_autodiff::init::WeightLayout;
 
-impl WeightLayout {
-    /// The `[G, ·, ·]` shape of a stacked weight of `g` blocks mapping `fan_in` to `fan_out`.
-    pub fn shape(self, g: usize, fan_in: usize, fan_out: usize) -> [usize; 3] {
-        match self {
-            WeightLayout::InOut => [g, fan_in, fan_out],
-            WeightLayout::OutIn => [g, fan_out, fan_in],
-        }
-    }
-
-    /// `(fan_in, fan_out)` of a stacked weight of this layout and shape `[G, a, b]`.
-    pub fn fans(self, shape: &[usize]) -> (usize, usize) {
-        match self {
-            WeightLayout::InOut => (shape[1], shape[2]),
-            WeightLayout::OutIn => (shape[2], shape[1]),
-        }
-    }
-
-    /// Block `g` of `w` as the `fan_in × fan_out` right operand of `x·W` (a view, no copy).
-    fn block<'a>(self, w: &'a [f32], g: usize, fan_in: usize, fan_out: usize) -> Result<MatRef<'a>> {
-        let size = fan_in * fan_out;
-        let block = &w[g * size..(g + 1) * size];
-        match self {
-            WeightLayout::InOut => view(block, fan_in, fan_out),
-            WeightLayout::OutIn => Ok(view(block, fan_out, fan_in)?.t()),
-        }
+/// Block `g` of the stacked weight `w` as the `fan_in × fan_out` right operand of `x·W` (a
+/// view, no copy).
+fn block(layout: WeightLayout, w: &[f32], g: usize, fan_in: usize, fan_out: usize) -> Result<MatRef<'_>> {
+    let size = fan_in * fan_out;
+    let data = &w[g * size..(g + 1) * size];
+    match layout {
+        WeightLayout::InOut => view(data, fan_in, fan_out),
+        WeightLayout::OutIn => Ok(view(data, fan_out, fan_in)?.t()),
     }
 }
 
@@ -261,7 +235,7 @@ fn linear_forward(
         active(plan).map(|(g, r)| {
             Ok(GroupProblem {
                 a: source_rows(sh.source, x, fi, plan, r.clone())?,
-                b: sh.layout.block(w, g, fi, fo)?,
+                b: block(sh.layout, w, g, fi, fo)?,
                 rows: OutRows::Range(r.start),
                 epilogue: Epilogue { bias: b.map(|b| &b[g * fo..(g + 1) * fo]), activation: act, row_scale: None },
             })
@@ -355,7 +329,7 @@ fn linear_backward(
             active(plan).map(|(g, r)| {
                 Ok(GroupProblem {
                     a: dz_of(r.clone())?,
-                    b: sh.layout.block(w, g, fi, fo)?.t(),
+                    b: block(sh.layout, w, g, fi, fo)?.t(),
                     rows: OutRows::Range(r.start),
                     epilogue: Epilogue::default(),
                 })

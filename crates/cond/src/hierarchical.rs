@@ -132,18 +132,16 @@ impl HierarchicalClassifier {
                 format!("second-branch threshold {t} must be in [0, 1]"),
             ));
         }
-        let normal =
-            |shape: &[usize], fan_in: usize, rng: &mut Rng| init::normal(shape, (1.0 / fan_in as f32).sqrt(), rng);
         let (cc, m, h, dt) = (c.num_coarse, c.num_fine, c.branch_hidden, c.d_trunk);
         Ok(HierarchicalClassifier {
             config,
-            trunk_w: scope.param("trunk.w", normal(&[c.d_in, dt], c.d_in, rng))?,
+            trunk_w: scope.param("trunk.w", init::lecun_normal(&[c.d_in, dt], WeightLayout::InOut, rng))?,
             trunk_b: scope.param("trunk.b", Tensor::zeros(&[dt]))?,
-            coarse_w: scope.param("coarse.w", normal(&[dt, cc], dt, rng))?,
+            coarse_w: scope.param("coarse.w", init::lecun_normal(&[dt, cc], WeightLayout::InOut, rng))?,
             coarse_b: scope.param("coarse.b", Tensor::zeros(&[cc]))?,
-            w1: scope.param("branches.w1", normal(&[cc, dt, h], dt, rng))?,
+            w1: scope.param("branches.w1", init::lecun_normal(&[cc, dt, h], WeightLayout::InOut, rng))?,
             b1: scope.param("branches.b1", Tensor::zeros(&[cc, h]))?,
-            w2: scope.param("branches.w2", normal(&[cc, h, m], h, rng))?,
+            w2: scope.param("branches.w2", init::lecun_normal(&[cc, h, m], WeightLayout::InOut, rng))?,
             b2: scope.param("branches.b2", Tensor::zeros(&[cc, m]))?,
         })
     }

@@ -38,7 +38,7 @@ impl Linear {
             return Err(Error::config("Linear::new", format!("sizes must be > 0, got {fan_in} -> {fan_out}")));
         }
         let [_, a, b] = layout.shape(1, fan_in, fan_out);
-        let weight = scope.param("weight", init::normal(&[a, b], (1.0 / fan_in as f32).sqrt(), rng))?;
+        let weight = scope.param("weight", init::lecun_normal(&[a, b], layout, rng))?;
         let bias = if bias { Some(scope.param("bias", Tensor::zeros(&[fan_out]))?) } else { None };
         Ok(Linear { weight, bias, layout, fan_in, fan_out })
     }
