@@ -264,7 +264,8 @@ mod tests {
 
     /// Three Gumbel then three logistic samples of seed 42, as f32 bits, computed by an
     /// independent Python implementation of xoshiro256** with the platform's `math.log`.
-    const GOLDEN_GUMBEL_LOGISTIC_42: [u32; 6] = [3211288029, 1022835550, 1064563986, 1075872060, 1083799490, 1067088321];
+    const GOLDEN_GUMBEL_LOGISTIC_42: [u32; 6] =
+        [3211288029, 1022835550, 1064563986, 1075872060, 1083799490, 1067088321];
 
     #[test]
     fn uniform_rejects_bad_bounds() {
