@@ -124,6 +124,8 @@ impl GumbelSoftmax {
                 format!("logits must be [rows, d] with d a multiple of the block size {block_size}, got {shape:?}"),
             ));
         }
+        // Checked here too so that an error names the row and column of `[rows, d]`.
+        finite_values(OP, "logit", logits.value())?;
         let (rows, d) = (shape[0], shape[1]);
         let blocks = logits.reshape(&[rows, d / block_size, block_size])?;
         let choice = self.sample(&blocks, rng)?;

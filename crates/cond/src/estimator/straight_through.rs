@@ -76,8 +76,9 @@ pub fn straight_through_threshold(x: &Var, threshold: f32, grad: StraightThrough
 /// Backward: [`StraightThroughGrad::Identity`] gives `da = g` (the paper's estimator);
 /// [`StraightThroughGrad::Soft`] gives `da = g ⊙ σ(a)(1 − σ(a))` (sigmoid-adjusted). For a loss
 /// `f(h)` the soft variant's expectation is `σ'(a)·E[f'(h)]` while the exact gradient of
-/// `E[f(h)]` is `σ'(a)·(f(1) − f(0))`: equal when `f` is linear in `h`, otherwise biased by a
-/// term proportional to the gate's variance `σ(a)(1 − σ(a))`.
+/// `E[f(h)]` is `σ'(a)·(f(1) − f(0))`: equal when `f` is linear in `h`, otherwise biased by
+/// `σ'(a)·(E[f'(h)] − f(1) + f(0))`, whose factor `σ'(a) = σ(a)(1 − σ(a))` is the gate's
+/// variance (so the bias vanishes as the gate concentrates, and so does the exact gradient).
 ///
 /// # Errors
 /// [`Error::Argument`] for a NaN or infinite logit (naming its row and column).
