@@ -48,7 +48,7 @@ pub use straight_through::{
 
 use crate::error::{Error, Result};
 use elide_autodiff::Var;
-use elide_tensor::{IndexTensor, Tensor};
+use elide_tensor::{IndexTensor, Rng, Tensor};
 
 /// A discrete choice per row: the forward value an estimator returns and the position chosen
 /// in each row.
@@ -87,6 +87,12 @@ fn finite_values(op: &'static str, what: &str, t: &Tensor) -> Result<Vec<f32>> {
             format!("{what} {} at row {}, column {} (shape {:?}) is not finite", values[i], i / n, i % n, t.shape()),
         )),
     }
+}
+
+/// Bernoulli(`σ(ℓ)`) draws, one per logit in order, as `1[ℓ + s > 0]` with `s` a logistic
+/// sample: `P(ℓ + s > 0) = σ(ℓ)`.
+fn sample_bernoulli(logits: &[f32], rng: &mut Rng) -> Vec<f32> {
+    logits.iter().map(|&l| if l + rng.logistic() > 0.0 { 1.0 } else { 0.0 }).collect()
 }
 
 /// One-hot rows of length `n` with a 1 at each `index`, in `shape`.

@@ -12,14 +12,10 @@
 //! the surrogate `(f(z) − b)·log p(z)`, with `f(z) − b` held constant, follows an unbiased
 //! estimate of the gradient of the expected cost; a baseline near `E[f]` lowers its variance.
 
+use super::sample_bernoulli;
 use crate::error::{Error, Result};
 use elide_autodiff::Var;
 use elide_tensor::{Rng, Tensor};
-
-/// Bernoulli(`σ(ℓ)`) draws, one per logit in order: `1[ℓ + s > 0]` with `s` logistic.
-pub(super) fn sample_bernoulli(logits: &[f32], rng: &mut Rng) -> Vec<f32> {
-    logits.iter().map(|&l| if l + rng.logistic() > 0.0 { 1.0 } else { 0.0 }).collect()
-}
 
 /// `σ(x)` in f64.
 fn sigmoid(x: f64) -> f64 {

@@ -9,7 +9,7 @@
 //! ("straight-through softmax"). Both are biased: the loss is evaluated at a corner of the
 //! hypercube (or simplex) but differentiated as if it were linear in between.
 
-use super::{finite_values, last_axis, one_hot, softmax_vjp, DiscreteChoice};
+use super::{finite_values, last_axis, one_hot, sample_bernoulli, softmax_vjp, DiscreteChoice};
 use crate::error::{Error, Result};
 use elide_autodiff::Var;
 use elide_tensor::{Rng, Tensor};
@@ -85,7 +85,7 @@ pub fn straight_through_threshold(x: &Var, threshold: f32, grad: StraightThrough
 pub fn bernoulli_straight_through(logits: &Var, grad: StraightThroughGrad, rng: &mut Rng) -> Result<Var> {
     const OP: &str = "bernoulli_straight_through";
     let values = finite_values(OP, "logit", logits.value())?;
-    let gates = Tensor::from_vec(super::reinforce::sample_bernoulli(&values, rng), logits.shape())?;
+    let gates = Tensor::from_vec(sample_bernoulli(&values, rng), logits.shape())?;
     if !Var::records(&[logits]) {
         return Ok(Var::constant(gates));
     }
