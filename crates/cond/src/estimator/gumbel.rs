@@ -8,9 +8,10 @@
 //! ```
 //!
 //! a point of the simplex that tends to the one-hot sample as `τ → 0` (the relaxation's bias
-//! vanishes) while the gradient's variance grows like `1/τ`. The hard form ("straight-through
-//! Gumbel", Section 2.2 of the paper) returns the exact sample `one_hot(argmax(ℓ + g))` forward
-//! and back-propagates through `y`.
+//! vanishes) while the gradient's variance grows: the gradient is of order `1/τ` on the draws
+//! whose two largest noisy scores are within about `τ` of each other, and near zero elsewhere.
+//! The hard form ("straight-through Gumbel-Softmax" in the paper) returns the exact sample
+//! `one_hot(argmax(ℓ + g))` forward and back-propagates through `y`.
 
 use super::{finite_values, last_axis, one_hot, softmax_vjp, DiscreteChoice};
 use crate::error::{Error, Result};

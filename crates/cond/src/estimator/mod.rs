@@ -12,14 +12,14 @@
 //!   ([`StraightThroughGrad::Soft`]: the sigmoid, or the softmax — "straight-through softmax").
 //!   Cheap, low variance, **biased**: for a stochastic gate `h ~ Bernoulli(σ(a))` the soft
 //!   variant's mean is `σ'(a)·E[f'(h)]` where the true gradient is `σ'(a)·(f(1) − f(0))`, equal
-//!   for `f` linear, and the gap shrinks with the gate's variance `σ(a)(1 − σ(a))` as the gate
-//!   concentrates on one value.
+//!   for `f` linear; the gap carries the factor `σ'(a) = σ(a)(1 − σ(a))`, the gate's variance,
+//!   so it shrinks as the gate concentrates on one value (as does the true gradient).
 //! - **Gumbel-softmax** (Jang, Gu, Poole, arXiv 1611.01144; also Maddison et al.'s Concrete,
 //!   arXiv 1611.00712; [`GumbelSoftmax`]): `y = softmax((ℓ + g)/τ)` with Gumbel noise `g`, a
 //!   differentiable relaxation of the exact categorical sample `one_hot(argmax(ℓ + g))`; the
 //!   hard form returns that one-hot and back-propagates through `y`. Biased for `τ > 0`, the
 //!   bias vanishing as `τ → 0` while the variance grows.
-//! - **REINFORCE** (Williams 1992; the score-function estimator of arXiv 1308.3432, Section 3;
+//! - **REINFORCE** (Williams 1992; the score-function estimator of arXiv 1308.3432;
 //!   [`BernoulliGates`], [`MovingAverageBaseline`]): sample `z`, and descend the surrogate
 //!   `(f(z) − b)·log p(z)`, whose gradient `(f(z) − b)·∇ log p(z)` is an **unbiased** estimate
 //!   of `∇ E[f(z)]` for any baseline `b` that does not depend on the sample. High variance; the

@@ -1,5 +1,5 @@
 //! REINFORCE for stochastic binary gates (Williams 1992; the unbiased estimator of Bengio,
-//! Léonard, Courville, arXiv 1308.3432, Section 3), with a moving-average baseline.
+//! Léonard, Courville, arXiv 1308.3432), with a moving-average baseline.
 //!
 //! Gates `z_i ~ Bernoulli(σ(ℓ_i))`, independent, and a cost `f(z)` that need not be
 //! differentiable (or even computable as a tensor op). The score-function identity

@@ -1,4 +1,4 @@
-//! Straight-through estimators (Bengio, Léonard, Courville 2013, arXiv 1308.3432, Section 4):
+//! Straight-through estimators (Bengio, Léonard, Courville 2013, arXiv 1308.3432):
 //! a hard decision forward, a made-up derivative backward.
 //!
 //! The paper's estimator "copies the gradient with respect to the stochastic output directly
