@@ -83,7 +83,8 @@ impl GumbelSoftmax {
         const OP: &str = "gumbel_softmax";
         last_axis(OP, logits.shape())?;
         let values = finite_values(OP, "logit", logits.value())?;
-        let noise = (0..values.len()).map(|_| rng.gumbel()).collect();
+        let mut noise = vec![0.0f32; values.len()];
+        rng.fill_gumbel(&mut noise);
         self.relax(OP, logits, values, noise)
     }
 

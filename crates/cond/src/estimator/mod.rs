@@ -92,7 +92,9 @@ fn finite_values(op: &'static str, what: &str, t: &Tensor) -> Result<Vec<f32>> {
 /// Bernoulli(`σ(ℓ)`) draws, one per logit in order, as `1[ℓ + s > 0]` with `s` a logistic
 /// sample: `P(ℓ + s > 0) = σ(ℓ)`.
 fn sample_bernoulli(logits: &[f32], rng: &mut Rng) -> Vec<f32> {
-    logits.iter().map(|&l| if l + rng.logistic() > 0.0 { 1.0 } else { 0.0 }).collect()
+    let mut noise = vec![0.0f32; logits.len()];
+    rng.fill_logistic(&mut noise);
+    logits.iter().zip(&noise).map(|(&l, &s)| if l + s > 0.0 { 1.0 } else { 0.0 }).collect()
 }
 
 /// One-hot rows of length `n` with a 1 at each `index`, in `shape`.
