@@ -82,6 +82,7 @@
 
 mod aux_loss;
 mod error;
+mod estimator;
 mod expert;
 pub mod gathered;
 mod hierarchical;
@@ -94,6 +95,10 @@ mod testing;
 
 pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
 pub use error::{Error, Result};
+pub use estimator::{
+    bernoulli_straight_through, straight_through_one_hot, straight_through_threshold, BernoulliGates, DiscreteChoice,
+    GumbelOutput, GumbelSoftmax, MovingAverageBaseline, StraightThroughGrad,
+};
 pub use expert::{ExpertKind, ExpertTimes, Experts};
 pub use hierarchical::{
     HierarchicalClassifier, HierarchicalConfig, HierarchicalLoss, HierarchicalPrediction, TrainRoute,
