@@ -205,7 +205,8 @@ impl RouterKind {
 
 /// The first non-finite logit, as an error naming its row.
 fn check_finite(logits: &Tensor, num_experts: usize) -> Result<()> {
-    let values = logits.to_vec();
+    let logits = logits.contiguous();
+    let values = logits.as_slice().expect("contiguous");
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(i) => Err(Error::NonFiniteLogit { row: i / num_experts, expert: i % num_experts, value: values[i] }),
@@ -215,17 +216,63 @@ fn check_finite(logits: &Tensor, num_experts: usize) -> Result<()> {
 /// Token choice: the top `k` of each row of the scores `probs` `[T, E]`, token-major.
 fn token_choice(logits: &Var, probs: Var, k: usize, renormalize: bool) -> Result<Routing> {
     let (t, e) = (probs.shape()[0], probs.shape()[1]);
-    let (top, positions) = probs.topk(k)?; // [T, k], best first
-    let top = if renormalize { top.div(&top.sum(1, true)?)? } else { top };
+    let (gates, experts) = select_top_k(&probs, k, renormalize)?;
     Ok(Routing {
         num_tokens: t,
         num_experts: e,
         tokens: (0..t as u32).flat_map(|token| std::iter::repeat_n(token, k)).collect(),
-        experts: positions.into_vec(),
-        gates: top.reshape(&[t * k])?,
+        experts,
+        gates,
         logits: logits.clone(),
         probs,
     })
+}
+
+/// The `k` best scores of each row of `scores` `[T, E]` as `[T·k]` gates (best first, ties to
+/// the lower index), divided by their row sum when `renormalize`, and their columns: one pass
+/// per row instead of a top-k, a sum and a division, each with its own buffers.
+///
+/// Backward, per row with `S = Σ_selected p`: without renormalisation `dp_j = dg_j`; with it
+/// `g_j = p_j/S`, so `dp_j = (dg_j − Σ_i dg_i·g_i)/S`; unselected scores get 0.
+fn select_top_k(scores: &Var, k: usize, renormalize: bool) -> Result<(Var, Vec<u32>)> {
+    let (t, e) = (scores.shape()[0], scores.shape()[1]);
+    let (top, positions) = scores.value().topk(k)?;
+    let mut gates = top.to_vec();
+    let sums: Vec<f32> = if renormalize {
+        gates
+            .chunks_mut(k)
+            .map(|row| {
+                let sum: f32 = row.iter().sum();
+                row.iter_mut().for_each(|g| *g /= sum);
+                sum
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let columns = positions.into_vec();
+    let value = Tensor::from_vec(gates.clone(), &[t * k])?;
+    let cols = columns.clone();
+    let var = Var::from_op("select_top_k", value, &[scores], move |dg| {
+        let dg = dg.to_vec();
+        let mut dp = vec![0.0f32; t * e];
+        for (row, out) in dp.chunks_mut(e.max(1)).enumerate() {
+            let span = row * k..(row + 1) * k;
+            let (g, d, c) = (&gates[span.clone()], &dg[span.clone()], &cols[span]);
+            if renormalize {
+                let dot: f32 = g.iter().zip(d).map(|(g, d)| g * d).sum();
+                for j in 0..k {
+                    out[c[j] as usize] = (d[j] - dot) / sums[row];
+                }
+            } else {
+                for j in 0..k {
+                    out[c[j] as usize] = d[j];
+                }
+            }
+        }
+        Ok(vec![Some(Tensor::from_vec(dp, &[t, e])?)])
+    });
+    Ok((var, columns))
 }
 
 /// Expert choice: the top `c` of each column of the scores `probs` `[T, E]`, expert-major.
