@@ -36,20 +36,22 @@ pub trait TokenSource: Send + Sync {
     /// The vocabulary size (every id is below it).
     fn vocab(&self) -> usize;
 
-    /// The tokens of a split, in order.
-    fn tokens(&self, split: Split) -> &[u32];
-
-    /// `batch` windows of `seq + 1` tokens from `split`, at positions drawn from `Rng::seed`
-    /// of a value mixing `seed` and `index`: batch `index` is the same whenever it is drawn.
+    /// Batch `index` of `split`: `batch` sequences of `seq` inputs and their next tokens, a
+    /// function of `(seed, index)` only — the same whenever it is drawn.
     ///
     /// # Errors
-    /// [`Error::Config`] if the split is shorter than one window, or `batch` or `seq` is 0.
-    fn batch(&self, split: Split, seed: u64, index: u64, batch: usize, seq: usize) -> Result<Batch> {
-        random_windows(self.tokens(split), seed, index, batch, seq)
-    }
+    /// [`Error::Config`] if `batch` or `seq` is 0 or the source cannot make such sequences.
+    fn batch(&self, split: Split, seed: u64, index: u64, batch: usize, seq: usize) -> Result<Batch>;
 }
 
-/// `batch` random windows of `seq + 1` tokens of `tokens` (see [`TokenSource::batch`]).
+/// The generator of batch `index` under `seed`: SplitMix-style mixing, so nearby `(seed,
+/// index)` pairs give unrelated streams.
+pub fn batch_rng(seed: u64, index: u64) -> Rng {
+    Rng::seed(seed ^ index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// `batch` windows of `seq + 1` tokens of `tokens` at positions drawn from
+/// [`batch_rng`]`(seed, index)`.
 ///
 /// # Errors
 /// As [`TokenSource::batch`].
@@ -63,8 +65,7 @@ pub fn random_windows(tokens: &[u32], seed: u64, index: u64, batch: usize, seq: 
             format!("the data has {} tokens, fewer than one sequence of {seq} plus its next token", tokens.len()),
         ));
     }
-    // SplitMix-style mixing, so nearby (seed, index) pairs give unrelated streams.
-    let mut rng = Rng::seed(seed ^ index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = batch_rng(seed, index);
     let starts = (tokens.len() - seq) as u64;
     let (mut inputs, mut targets) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
     for _ in 0..batch {
@@ -121,16 +122,24 @@ impl ByteText {
     }
 }
 
+impl ByteText {
+    /// The bytes of a split, in order.
+    pub fn tokens(&self, split: Split) -> &[u32] {
+        match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.validation,
+        }
+    }
+}
+
 impl TokenSource for ByteText {
     fn vocab(&self) -> usize {
         256
     }
 
-    fn tokens(&self, split: Split) -> &[u32] {
-        match split {
-            Split::Train => &self.train,
-            Split::Validation => &self.validation,
-        }
+    /// Random windows of the split ([`random_windows`]).
+    fn batch(&self, split: Split, seed: u64, index: u64, batch: usize, seq: usize) -> Result<Batch> {
+        random_windows(self.tokens(split), seed, index, batch, seq)
     }
 }
 

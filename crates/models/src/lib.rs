@@ -51,11 +51,12 @@ mod ffn;
 mod linear;
 mod module;
 mod norm;
+pub mod tasks;
 #[cfg(test)]
 mod testing;
 mod train;
 
-pub use data::{random_windows, Batch, ByteText, Split, TokenSource};
+pub use data::{batch_rng, random_windows, Batch, ByteText, Split, TokenSource};
 pub use error::{Error, Result};
 pub use ffn::{Ffn, FfnKind, MoeFfn};
 pub use linear::{Embedding, Linear};
