@@ -2,6 +2,7 @@
 //! active FLOPs, as readable tables or one flat JSON object per area.
 
 mod bench;
+mod compare;
 
 use bench::report::Report;
 use bench::timing::Plan;
@@ -26,6 +27,20 @@ enum Command {
         /// Fewer, shorter rounds: a smoke run, not a measurement.
         #[arg(long)]
         quick: bool,
+    },
+    /// Train dense and conditional models on generated tasks with a known optimum and compare
+    /// quality at equal compute and speed at equal quality.
+    Compare {
+        /// Print one flat JSON object of the named figures instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// A smoke run of under a minute instead of the full comparison.
+        #[arg(long)]
+        quick: bool,
+        /// Write SVG charts (quality against training FLOPs and time, speed against quality)
+        /// into this directory.
+        #[arg(long, value_name = "DIR")]
+        plot: Option<std::path::PathBuf>,
     },
     /// Print the CPU path the kernels use and the thread count.
     Info,
@@ -75,6 +90,21 @@ fn main() {
                 Area::Moe => bench::moe::bench_moe(plan),
                 Area::Hier => bench::hier::bench_hier(plan),
             };
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+        }
+        Command::Compare { json, quick, plot } => {
+            let outcome = compare::compare(compare::Plan { quick });
+            if let Some(dir) = plot {
+                if let Err(e) = compare::plot(&outcome, &dir) {
+                    eprintln!("elide compare: cannot write the charts: {e}");
+                    std::process::exit(1);
+                }
+            }
+            let report = compare::report(&outcome);
             if json {
                 println!("{}", report.to_json());
             } else {
