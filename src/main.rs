@@ -58,6 +58,10 @@ enum Area {
     Moe,
     /// Hierarchical classifier: the predicted branch only against every branch.
     Hier,
+    /// Row skip (mixture-of-depths) around an MLP block against the block on every row.
+    Skip,
+    /// Early exit from a 12-block stack against running every block.
+    Exit,
 }
 
 /// Keeps freed tensor buffers in the process instead of handing them back to the OS.
@@ -89,6 +93,8 @@ fn main() {
                 Area::Autodiff => bench::autodiff::bench_autodiff(plan),
                 Area::Moe => bench::moe::bench_moe(plan),
                 Area::Hier => bench::hier::bench_hier(plan),
+                Area::Skip => bench::skip::bench_skip(plan),
+                Area::Exit => bench::exit::bench_exit(plan),
             };
             if json {
                 println!("{}", report.to_json());

@@ -2,10 +2,12 @@
 
 pub mod autodiff;
 pub mod dense_ffn;
+pub mod exit;
 pub mod gemm;
 pub mod hier;
 pub mod moe;
 pub mod report;
+pub mod skip;
 pub mod timing;
 
 /// `len` deterministic values in [-1, 1) from `seed` (the same on every machine).

@@ -81,11 +81,14 @@
 #![warn(missing_docs)]
 
 mod aux_loss;
+mod block;
+mod early_exit;
 mod error;
 mod estimator;
 mod expert;
 pub mod gathered;
 mod hierarchical;
+mod mixture_of_depths;
 mod moe;
 mod plan;
 mod router;
@@ -94,6 +97,8 @@ mod routing;
 mod testing;
 
 pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
+pub use block::{Block, MlpBlock, Residual};
+pub use early_exit::{Calibration, Confidence, EarlyExit, ExitInference, ExitLoss, ExitRule};
 pub use error::{Error, Result};
 pub use estimator::{
     bernoulli_straight_through, straight_through_one_hot, straight_through_threshold, BernoulliGates, DiscreteChoice,
@@ -102,6 +107,9 @@ pub use estimator::{
 pub use expert::{ExpertKind, ExpertTimes, Experts};
 pub use hierarchical::{
     HierarchicalClassifier, HierarchicalConfig, HierarchicalLoss, HierarchicalPrediction, TrainRoute,
+};
+pub use mixture_of_depths::{
+    capacity_rows, Causal, MixtureOfDepths, MixtureOfDepthsConfig, MixtureOfDepthsOutput, RowSelection,
 };
 pub use moe::{MoeConfig, MoeLayer, MoeOutput, MoePhases};
 pub use plan::{Capacity, DispatchPlan};

@@ -1,0 +1,432 @@
+//! [`MixtureOfDepths`]: a one-destination router picks which rows enter a block; the block runs
+//! on those rows only and the others ride the residual (Raposo et al., arXiv 2404.02258; the
+//! threshold rule is SkipNet's gate, arXiv 1711.09485).
+//!
+//! ```text
+//! x [T, d] ──router──▶ r = x·w_r [T]            one logit per row
+//!          ──select──▶ chosen rows, ascending   top-C per sequence, or sigmoid(r) ≥ τ
+//!          ──gather──▶ x_c [n, d] ──block──▶ f(x_c)      the block sees n rows, not T
+//!          ──combine─▶ y = x + g ⊙ f(x)  on chosen rows, y = x elsewhere
+//! ```
+//!
+//! The gate `g_i` is the router's score of row `i` (the raw logit `r_i`, as in the paper, or
+//! `sigmoid(r_i)`), so the loss reaches the router through the block output it scales: that is
+//! the estimator (the selection itself is piecewise constant). Top-C over a sequence sees the
+//! future, so for decoding the layer carries the paper's two causal substitutes: a BCE loss on
+//! the router logits against top-C membership ([`MixtureOfDepthsOutput::router_aux_loss`]; the
+//! router then decides by `r ≥ 0`), and a small MLP predictor on a stop-gradient copy of the
+//! input trained with BCE against the same membership ([`MixtureOfDepths::predictor_loss`]),
+//! which decides at decode time ([`Causal::Predictor`]).
+//!
+//! The work skipped is real in both directions: the block's forward and backward run on the
+//! compact `[n, d]` batch, and the gather, combine and residual add are the gathered ops of
+//! [`crate::gathered`], whose backward touches only the chosen rows (plus the identity of the
+//! residual).
+
+use crate::block::Block;
+use crate::error::{Error, Result};
+use crate::gathered::{combine, gather};
+use crate::plan::{Capacity, DispatchPlan};
+use crate::router::{Router, RouterKind, ScoreFn, Selection};
+use elide_autodiff::{init, Param, Scope, Var};
+use elide_tensor::{Rng, Tensor};
+use std::sync::Arc;
+
+/// Which rows enter the block during training (and non-causal inference).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowSelection {
+    /// The `C = `[`capacity_rows`]`(seq_len, capacity)` highest-logit rows of each sequence:
+    /// the input is `[B·seq_len, d]`, sequence `b` being rows `b·seq_len..(b+1)·seq_len`
+    /// (mixture-of-depths).
+    TopC {
+        /// Fraction of each sequence that enters the block, in `(0, 1]` (the paper's best is
+        /// 0.125).
+        capacity: f32,
+        /// Rows per sequence, `≥ 1`.
+        seq_len: usize,
+    },
+    /// Every row with `sigmoid(r) ≥ threshold` (SkipNet's hard gate); the number of rows varies.
+    Threshold {
+        /// In `[0, 1]`.
+        threshold: f32,
+    },
+}
+
+/// Who decides at decode time, where top-C over the sequence is not available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Causal {
+    /// The router itself: a row enters when `r ≥ 0` (`sigmoid(r) ≥ ½`); train it with
+    /// [`MixtureOfDepthsOutput::router_aux_loss`].
+    Router,
+    /// The auxiliary predictor: a row enters when its predictor logit is `≥ 0`; train it with
+    /// [`MixtureOfDepths::predictor_loss`].
+    Predictor,
+}
+
+/// The shape and behaviour of a [`MixtureOfDepths`] layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MixtureOfDepthsConfig {
+    /// Row width `d` (the block's).
+    pub d_model: usize,
+    /// How rows are chosen in [`MixtureOfDepths::forward`].
+    pub selection: RowSelection,
+    /// How the router logit becomes the gate that scales the block output: [`ScoreFn::Raw`]
+    /// (the paper) or [`ScoreFn::Sigmoid`]. A softmax over one destination is the constant 1
+    /// and is refused.
+    pub gate: ScoreFn,
+    /// Hidden width of the causal predictor (`d → h → 1`, GELU), or `None` for no predictor.
+    pub predictor_hidden: Option<usize>,
+    /// Weight of the router's BCE loss against top-C membership in
+    /// [`MixtureOfDepthsOutput::aux_loss`] (0 to train without it).
+    pub router_aux_coef: f32,
+}
+
+/// The rows per sequence that enter the block under top-C: `floor(capacity · seq_len)`, at least
+/// 1 (so a short sequence still feeds its block one row), and 0 for an empty sequence. Floor is
+/// the common convention of reimplementations; the paper does not state one.
+pub fn capacity_rows(seq_len: usize, capacity: f32) -> usize {
+    if seq_len == 0 {
+        return 0;
+    }
+    // `as` maps NaN to 0 and saturates; the clamp does the rest.
+    ((capacity as f64 * seq_len as f64).floor() as usize).clamp(1, seq_len)
+}
+
+impl MixtureOfDepthsConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] for `d_model = 0`, a capacity outside `(0, 1]`, `seq_len = 0`, a
+    /// threshold outside `[0, 1]`, a softmax gate, a predictor of hidden width 0, or a router
+    /// aux coefficient that is negative or not finite.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "MixtureOfDepths";
+        let bad = |detail: String| Err(Error::argument(OP, detail));
+        if self.d_model == 0 {
+            return bad("d_model must be > 0".into());
+        }
+        match self.selection {
+            RowSelection::TopC { capacity, .. } if !(capacity > 0.0 && capacity <= 1.0) => {
+                return bad(format!("capacity {capacity} must be in (0, 1]"));
+            }
+            RowSelection::TopC { seq_len: 0, .. } => return bad("seq_len must be > 0".into()),
+            RowSelection::Threshold { threshold } if !(0.0..=1.0).contains(&threshold) => {
+                return bad(format!("threshold {threshold} must be in [0, 1]"));
+            }
+            _ => {}
+        }
+        if self.gate == ScoreFn::Softmax {
+            return bad("a softmax over one destination is the constant 1: use a Raw or Sigmoid gate".into());
+        }
+        if self.predictor_hidden == Some(0) {
+            return bad("the predictor's hidden width must be > 0".into());
+        }
+        if !(self.router_aux_coef.is_finite() && self.router_aux_coef >= 0.0) {
+            return bad(format!("router_aux_coef {} must be finite and >= 0", self.router_aux_coef));
+        }
+        Ok(())
+    }
+}
+
+/// The causal predictor: `gelu(x·W1 + b1)·w2 + b2`, one logit per row.
+struct Predictor {
+    w1: Param,
+    b1: Param,
+    w2: Param,
+    b2: Param,
+}
+
+impl Predictor {
+    fn new(scope: &mut Scope<'_>, d: usize, h: usize, rng: &mut Rng) -> Result<Predictor> {
+        Ok(Predictor {
+            w1: scope.param("w1", init::normal(&[d, h], (1.0 / d as f32).sqrt(), rng))?,
+            b1: scope.param("b1", Tensor::zeros(&[h]))?,
+            w2: scope.param("w2", init::normal(&[h, 1], (1.0 / h as f32).sqrt(), rng))?,
+            b2: scope.param("b2", Tensor::zeros(&[1]))?,
+        })
+    }
+
+    /// `[T]` logits of `x` `[T, d]`.
+    fn logits(&self, x: &Var) -> Result<Var> {
+        let h = x.matmul(&self.w1.var())?.add(&self.b1.var())?.gelu();
+        let t = x.shape()[0];
+        Ok(h.matmul(&self.w2.var())?.add(&self.b2.var())?.reshape(&[t])?)
+    }
+
+    fn flops(&self, rows: usize) -> f64 {
+        let (d, h) = (self.w1.shape()[0], self.w1.shape()[1]);
+        2.0 * (rows * (d * h + h)) as f64
+    }
+}
+
+/// A block wrapped so that only the rows a router picks run through it.
+pub struct MixtureOfDepths<B> {
+    config: MixtureOfDepthsConfig,
+    router: Router,
+    predictor: Option<Predictor>,
+    block: B,
+}
+
+/// What one pass produced.
+pub struct MixtureOfDepthsOutput {
+    /// `[T, d]`: `x + g ⊙ f(x)` on the chosen rows, `x` on the others.
+    pub output: Var,
+    /// `[T]` router logits `r = x·w_r`.
+    pub router_logits: Var,
+    /// The rows that entered the block, ascending (so each sequence's chosen rows stay in order
+    /// for a block that reads them as a sequence).
+    pub chosen: Vec<u32>,
+    /// `[T]` 1 for a chosen row, 0 for the others: the BCE target of the causal losses.
+    pub membership: Vec<f32>,
+    /// The one-destination plan the block ran on (slot `s` is row `chosen[s]`).
+    pub plan: Arc<DispatchPlan>,
+    /// FLOPs run: the router, the predictor if it decided, and the block on the chosen rows.
+    pub flops: f64,
+    /// The layer's router aux coefficient.
+    router_aux_coef: f32,
+}
+
+impl MixtureOfDepthsOutput {
+    /// Mean BCE of `sigmoid(r)` against top-C membership, unweighted: trains the router to make
+    /// the top-C decision on its own, so `r ≥ 0` can decide causally.
+    ///
+    /// # Errors
+    /// Only on an internal shape mismatch (never for a layer's own output).
+    pub fn router_aux_loss(&self) -> Result<Var> {
+        bce_with_logits(&self.router_logits, &self.membership)
+    }
+
+    /// `router_aux_coef · router_aux_loss` (a constant 0 when the coefficient is 0): add it to
+    /// the training loss.
+    ///
+    /// # Errors
+    /// As [`MixtureOfDepthsOutput::router_aux_loss`].
+    pub fn aux_loss(&self) -> Result<Var> {
+        if self.router_aux_coef == 0.0 {
+            return Ok(Var::constant(Tensor::scalar(0.0)));
+        }
+        Ok(self.router_aux_loss()?.mul_scalar(self.router_aux_coef))
+    }
+}
+
+impl<B: Block> MixtureOfDepths<B> {
+    /// Wraps `block`, registering the router (`<scope>.router`, `[d, 1]`, `N(0, 0.02²)`) and,
+    /// if configured, the predictor (`<scope>.predictor.{w1,b1,w2,b2}`).
+    ///
+    /// # Errors
+    /// The errors of [`MixtureOfDepthsConfig::validate`]; [`Error::Shape`] if the block's width
+    /// is not `d_model`; a registration error if a name is taken.
+    pub fn new(
+        scope: &mut Scope<'_>,
+        config: MixtureOfDepthsConfig,
+        block: B,
+        rng: &mut Rng,
+    ) -> Result<MixtureOfDepths<B>> {
+        config.validate()?;
+        if block.d_model() != config.d_model {
+            return Err(Error::shape(
+                "MixtureOfDepths",
+                format!("the block's width {} differs from d_model = {}", block.d_model(), config.d_model),
+            ));
+        }
+        // The router's own selection is not used (top-C here is per sequence); the kind records
+        // the score function.
+        let kind = RouterKind::Scored { score: config.gate, selection: Selection::TopK { k: 1, renormalize: false } };
+        let router = Router::new(scope, config.d_model, 1, kind, rng)?;
+        let predictor = match config.predictor_hidden {
+            Some(h) => Some(Predictor::new(&mut scope.scope("predictor"), config.d_model, h, rng)?),
+            None => None,
+        };
+        Ok(MixtureOfDepths { config, router, predictor, block })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MixtureOfDepthsConfig {
+        &self.config
+    }
+
+    /// The router (weight `[d, 1]`).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The wrapped block.
+    pub fn block(&self) -> &B {
+        &self.block
+    }
+
+    /// The predictor's parameters `w1 [d, h]`, `b1 [h]`, `w2 [h, 1]`, `b2 [1]`, if it has one.
+    pub fn predictor_params(&self) -> Option<[&Param; 4]> {
+        self.predictor.as_ref().map(|p| [&p.w1, &p.b1, &p.w2, &p.b2])
+    }
+
+    /// `x: [T, d]` through the layer, rows chosen by the configured [`RowSelection`].
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `x` is not `[T, d_model]` or, under top-C, `T` is not a multiple of
+    /// `seq_len`; [`Error::NonFiniteLogit`] naming the first row whose router logit is NaN or
+    /// infinite; the block's errors.
+    pub fn forward(&self, x: &Var) -> Result<MixtureOfDepthsOutput> {
+        let logits = self.logits(x)?;
+        let r = logits.value().to_vec();
+        let chosen = match self.config.selection {
+            RowSelection::TopC { capacity, seq_len } => {
+                let t = r.len();
+                if t % seq_len != 0 {
+                    return Err(Error::shape(
+                        "MixtureOfDepths",
+                        format!("{t} rows are not a whole number of sequences of length {seq_len}"),
+                    ));
+                }
+                top_c_per_sequence(&r, seq_len, capacity_rows(seq_len, capacity))
+            }
+            RowSelection::Threshold { threshold } => {
+                (0..r.len() as u32).filter(|&i| sigmoid(r[i as usize]) >= threshold).collect()
+            }
+        };
+        self.run(x, logits, chosen, 0.0)
+    }
+
+    /// `x: [T, d]` at decode time: each row decides alone (no look at other rows), by the
+    /// router's sign or the predictor's ([`Causal`]).
+    ///
+    /// # Errors
+    /// As [`MixtureOfDepths::forward`] (no sequence-length check); [`Error::Argument`] for
+    /// [`Causal::Predictor`] on a layer without one.
+    pub fn forward_causal(&self, x: &Var, rule: Causal) -> Result<MixtureOfDepthsOutput> {
+        let logits = self.logits(x)?;
+        let (decider, extra_flops) = match rule {
+            Causal::Router => (logits.value().to_vec(), 0.0),
+            Causal::Predictor => {
+                let p = self.predictor.as_ref().ok_or_else(|| {
+                    Error::argument(
+                        "MixtureOfDepths::forward_causal",
+                        "Causal::Predictor on a layer without a predictor",
+                    )
+                })?;
+                let t = x.shape()[0];
+                (check_finite_rows(p.logits(&x.detach())?.value())?, p.flops(t))
+            }
+        };
+        let chosen = (0..decider.len() as u32).filter(|&i| decider[i as usize] >= 0.0).collect();
+        self.run(x, logits, chosen, extra_flops)
+    }
+
+    /// Mean BCE of the predictor on a stop-gradient copy of `x` against `out`'s membership
+    /// (the top-C decision of [`MixtureOfDepths::forward`] on the same `x`). Its gradient
+    /// reaches the predictor only.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] on a layer without a predictor; [`Error::Shape`] if `x` does not
+    /// match `out`.
+    pub fn predictor_loss(&self, x: &Var, out: &MixtureOfDepthsOutput) -> Result<Var> {
+        let p = self
+            .predictor
+            .as_ref()
+            .ok_or_else(|| Error::argument("MixtureOfDepths::predictor_loss", "the layer has no predictor"))?;
+        let d = self.config.d_model;
+        if x.shape() != [out.membership.len(), d] {
+            return Err(Error::shape(
+                "MixtureOfDepths::predictor_loss",
+                format!("x must be [{}, {d}] (the rows of the output), got {:?}", out.membership.len(), x.shape()),
+            ));
+        }
+        bce_with_logits(&p.logits(&x.detach())?, &out.membership)
+    }
+
+    /// `[T]` router logits of `x`, after checking `x`'s shape and the logits' finiteness.
+    fn logits(&self, x: &Var) -> Result<Var> {
+        let t = x.shape().first().copied().unwrap_or(0);
+        let logits = self.router.logits(x)?.reshape(&[t])?;
+        check_finite_rows(logits.value())?;
+        Ok(logits)
+    }
+
+    /// Runs the block on `chosen` (ascending) and puts the gated results back on the residual.
+    fn run(&self, x: &Var, logits: Var, chosen: Vec<u32>, extra_flops: f64) -> Result<MixtureOfDepthsOutput> {
+        let (t, d) = (x.shape()[0], self.config.d_model);
+        let plan = Arc::new(DispatchPlan::new(&chosen, &vec![0; chosen.len()], t, 1, Capacity::Dropless)?);
+        let gates = self.config.gate.apply(&logits)?.index_select(0, &chosen)?;
+        let inside = self.block.forward(&gather(x, &plan)?)?;
+        if inside.shape() != [chosen.len(), d] {
+            return Err(Error::shape(
+                "MixtureOfDepths",
+                format!("the block returned {:?} for [{}, {d}] rows", inside.shape(), chosen.len()),
+            ));
+        }
+        let output = x.add(&combine(&inside, Some(&gates), &plan)?)?;
+        let mut membership = vec![0.0f32; t];
+        chosen.iter().for_each(|&i| membership[i as usize] = 1.0);
+        let flops = 2.0 * (t * d) as f64 + extra_flops + self.block.forward_flops(chosen.len());
+        Ok(MixtureOfDepthsOutput {
+            output,
+            router_logits: logits,
+            chosen,
+            membership,
+            plan,
+            flops,
+            router_aux_coef: self.config.router_aux_coef,
+        })
+    }
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// The values of `[T]` logits, or an error naming the first non-finite one.
+fn check_finite_rows(logits: &Tensor) -> Result<Vec<f32>> {
+    let r = logits.to_vec();
+    match r.iter().position(|v| !v.is_finite()) {
+        Some(row) => Err(Error::NonFiniteLogit { row, expert: 0, value: r[row] }),
+        None => Ok(r),
+    }
+}
+
+/// The `c` highest of each run of `seq_len` logits (ties to the earlier row), as ascending row
+/// indices: `O(T)` selection per sequence, then a sort of the `c` chosen.
+pub(crate) fn top_c_per_sequence(logits: &[f32], seq_len: usize, c: usize) -> Vec<u32> {
+    let mut chosen = Vec::with_capacity(logits.len() / seq_len.max(1) * c);
+    let mut order: Vec<u32> = Vec::with_capacity(seq_len);
+    for (b, seq) in logits.chunks(seq_len).enumerate() {
+        order.clear();
+        order.extend(0..seq.len() as u32);
+        // A total order (value descending, then index), so the selection is deterministic.
+        let by_rank = |a: &u32, b: &u32| seq[*b as usize].total_cmp(&seq[*a as usize]).then(a.cmp(b));
+        if c < seq.len() {
+            order.select_nth_unstable_by(c, by_rank);
+        }
+        let first = chosen.len();
+        chosen.extend(order[..c.min(seq.len())].iter().map(|&i| (b * seq_len) as u32 + i));
+        chosen[first..].sort_unstable();
+    }
+    chosen
+}
+
+/// Mean binary cross-entropy of `sigmoid(z)` against `targets` in `[0, 1]`, fused and stable:
+/// `mean(max(z, 0) − z·y + log(1 + e^{−|z|}))`; backward `(sigmoid(z) − y)/n`.
+pub(crate) fn bce_with_logits(logits: &Var, targets: &[f32]) -> Result<Var> {
+    let n = targets.len();
+    if logits.shape() != [n] {
+        return Err(Error::shape("bce_with_logits", format!("logits must be [{n}], got {:?}", logits.shape())));
+    }
+    let z = logits.value().to_vec();
+    let sum: f64 = z
+        .iter()
+        .zip(targets)
+        .map(|(&z, &y)| {
+            let z = z as f64;
+            z.max(0.0) - z * y as f64 + (-z.abs()).exp().ln_1p()
+        })
+        .sum();
+    let loss = Tensor::scalar((sum / n.max(1) as f64) as f32);
+    let targets = targets.to_vec();
+    Ok(Var::from_op("bce_with_logits", loss, &[logits], move |g| {
+        let scale = g.item()? / n.max(1) as f32;
+        let grad = z.iter().zip(&targets).map(|(&z, &y)| (sigmoid(z) - y) * scale).collect();
+        Ok(vec![Some(Tensor::from_vec(grad, &[n])?)])
+    }))
+}
+
+#[cfg(test)]
+mod tests;
