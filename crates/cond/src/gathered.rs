@@ -103,9 +103,16 @@ fn grouped<'a>(
     problems: impl Iterator<Item = Result<GroupProblem<'a>>>,
 ) -> Result<()> {
     let problems = problems.collect::<Result<Vec<_>>>()?;
-    Gemm { accum, ..Gemm::default() }
-        .run_grouped(MatMut::row_major(out, out_rows, cols).map_err(kernel_err)?, &problems)
-        .map_err(kernel_err)
+    let out = MatMut::row_major(out, out_rows, cols).map_err(kernel_err)?;
+    // One problem writing every output row in order is a dense product (a one-destination plan:
+    // a block run on all its rows, a mixture-of-depths block). The dense driver splits its rows
+    // over the threads; the grouped work list splits columns, each slice re-packing all of A.
+    if let [p] = problems[..] {
+        if matches!(p.rows, OutRows::Range(0)) && p.a.rows() == out_rows {
+            return Gemm { accum, epilogue: p.epilogue, ..Gemm::default() }.run(out, p.a, p.b).map_err(kernel_err);
+        }
+    }
+    Gemm { accum, ..Gemm::default() }.run_grouped(out, &problems).map_err(kernel_err)
 }
 
 /// The contiguous data of a tensor (a copy only if it is a strided view).
