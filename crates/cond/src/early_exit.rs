@@ -118,6 +118,32 @@ impl ExitHead {
 }
 
 /// A stack of blocks with exit heads.
+///
+/// Three residual MLP blocks with exits after the first and the last, trained on the joint
+/// loss, then run with an exit threshold calibrated for 90 % agreement with full depth:
+///
+/// ```
+/// use elide_autodiff::{ParamStore, Var};
+/// use elide_cond::{Confidence, EarlyExit, ExitRule, MlpBlock, Residual};
+/// use elide_kernels::gemm::Activation;
+/// use elide_tensor::{Rng, Tensor};
+///
+/// let mut rng = Rng::seed(0);
+/// let mut store = ParamStore::new();
+/// let blocks = (0..3)
+///     .map(|l| Ok(Residual(MlpBlock::new(&mut store.scope(&format!("b{l}")), 8, 16, Activation::Gelu, &mut rng)?)))
+///     .collect::<elide_cond::Result<Vec<_>>>()?;
+/// let stack = EarlyExit::new(&mut store.scope("exits"), blocks, &[1, 3], 4, &mut rng)?;
+/// let x = Var::constant(Tensor::randn(&[32, 8], &mut rng));
+/// let targets: Vec<u32> = (0..32).map(|i| i % 4).collect();
+/// let loss = stack.loss(&x, &targets, &[0.5, 1.0])?;
+/// assert!(loss.total.backward()?.len() > 0);
+///
+/// let calibration = stack.calibrate(&x, Confidence::MaxProb, 0.9)?;
+/// let run = stack.infer(&x, &ExitRule::new(Confidence::MaxProb, calibration.threshold))?;
+/// assert!(run.mean_depth() <= 3.0);
+/// # Ok::<(), elide_cond::Error>(())
+/// ```
 pub struct EarlyExit<B> {
     blocks: Vec<B>,
     heads: Vec<ExitHead>,

@@ -11,6 +11,10 @@
 //! logits small, and [`ExpertStats`] reports the load for logging. [`Experts`] compute only the
 //! rows routed to them, forward and backward, on the grouped gathered GEMM, and [`MoeLayer`] puts
 //! router, plan, experts and losses together (`docs/moe.md` walks through it).
+//! Around any [`Block`] (`[rows, d] → [rows, d]`), [`MixtureOfDepths`] runs the block on the
+//! rows a one-destination router picks and lets the rest ride the residual, and [`EarlyExit`]
+//! stacks blocks with classifier heads so confident rows leave the batch early
+//! (`docs/skip-depth-exit.md`).
 //!
 //! A mixture-of-experts layer in a training step:
 //!

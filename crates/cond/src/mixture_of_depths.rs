@@ -160,6 +160,34 @@ impl Predictor {
 }
 
 /// A block wrapped so that only the rows a router picks run through it.
+///
+/// Two sequences of 8 rows, a quarter of each entering an MLP block:
+///
+/// ```
+/// use elide_autodiff::{ParamStore, Var};
+/// use elide_cond::{MixtureOfDepths, MixtureOfDepthsConfig, MlpBlock, RowSelection, ScoreFn};
+/// use elide_kernels::gemm::Activation;
+/// use elide_tensor::{Rng, Tensor};
+///
+/// let mut rng = Rng::seed(0);
+/// let mut store = ParamStore::new();
+/// let block = MlpBlock::new(&mut store.scope("blocks.0.mlp"), 16, 64, Activation::Gelu, &mut rng)?;
+/// let config = MixtureOfDepthsConfig {
+///     d_model: 16,
+///     selection: RowSelection::TopC { capacity: 0.25, seq_len: 8 },
+///     gate: ScoreFn::Raw,
+///     predictor_hidden: Some(8),
+///     router_aux_coef: 0.0,
+/// };
+/// let layer = MixtureOfDepths::new(&mut store.scope("blocks.0"), config, block, &mut rng)?;
+/// let x = Var::constant(Tensor::randn(&[16, 16], &mut rng));
+/// let out = layer.forward(&x)?;
+/// assert_eq!(out.chosen.len(), 4); // 2 of 8 rows per sequence
+/// let loss = out.output.square().mean_all().add(&layer.predictor_loss(&x, &out)?)?;
+/// let grads = loss.backward()?;
+/// assert!(store.iter().all(|p| grads.get(p).is_some()));
+/// # Ok::<(), elide_cond::Error>(())
+/// ```
 pub struct MixtureOfDepths<B> {
     config: MixtureOfDepthsConfig,
     router: Router,
