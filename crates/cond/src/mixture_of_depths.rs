@@ -30,6 +30,7 @@ use crate::plan::{Capacity, DispatchPlan};
 use crate::router::{Router, RouterKind, ScoreFn, Selection};
 use elide_autodiff::{init, Param, Scope, Var};
 use elide_tensor::{Rng, Tensor};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Which rows enter the block during training (and non-causal inference).
@@ -149,8 +150,7 @@ impl Predictor {
     /// `[T]` logits of `x` `[T, d]`.
     fn logits(&self, x: &Var) -> Result<Var> {
         let h = x.matmul(&self.w1.var())?.add(&self.b1.var())?.gelu();
-        let t = x.shape()[0];
-        Ok(h.matmul(&self.w2.var())?.add(&self.b2.var())?.reshape(&[t])?)
+        Ok(row_dots(&h, &self.w2.var())?.add(&self.b2.var())?)
     }
 
     fn flops(&self, rows: usize) -> f64 {
@@ -364,8 +364,11 @@ impl<B: Block> MixtureOfDepths<B> {
 
     /// `[T]` router logits of `x`, after checking `x`'s shape and the logits' finiteness.
     fn logits(&self, x: &Var) -> Result<Var> {
-        let t = x.shape().first().copied().unwrap_or(0);
-        let logits = self.router.logits(x)?.reshape(&[t])?;
+        let d = self.config.d_model;
+        if x.shape().len() != 2 || x.shape()[1] != d {
+            return Err(Error::shape("router", format!("input must be [tokens, d_model = {d}], got {:?}", x.shape())));
+        }
+        let logits = row_dots(x, &self.router.weight().var())?;
         check_finite_rows(logits.value())?;
         Ok(logits)
     }
@@ -396,6 +399,36 @@ impl<B: Block> MixtureOfDepths<B> {
             router_aux_coef: self.config.router_aux_coef,
         })
     }
+}
+
+/// `r_i = ⟨x_i, w⟩`: `[T]` dot products of the rows of `x` `[T, k]` with `w` `[k, 1]`.
+///
+/// Forward as the one-row product `wᵀ·xᵀ`, so the GEMM's batch-1 path streams `x` once (as
+/// `x·w`, a product with one output column, it would pack all of `x` first: measured 3–5 ms
+/// against 0.3 ms at 4096 × 512). Backward `dx_i = dr_i · wᵀ`, written only for rows with
+/// `dr_i ≠ 0` (a router's gradient is non-zero only on the chosen rows), and `dw = xᵀ·dr`, again
+/// one row out.
+fn row_dots(x: &Var, w: &Var) -> Result<Var> {
+    let (t, k) = (x.shape()[0], x.shape()[1]);
+    let (xv, wv) = (x.value().clone(), w.value().clone());
+    let r = wv.transpose(0, 1)?.matmul(&xv.transpose(0, 1)?)?.reshape(&[t])?;
+    let wants = (Var::records(&[x]), Var::records(&[w]));
+    Ok(Var::from_op("row_dots", r, &[x, w], move |dr| {
+        let dx = if wants.0 {
+            let (d, wd) = (dr.to_vec(), wv.to_vec());
+            let mut dx = vec![0.0f32; t * k];
+            dx.par_chunks_mut(k.max(1)).zip(d.par_iter()).with_min_len(64).for_each(|(row, &di)| {
+                if di != 0.0 {
+                    row.iter_mut().zip(&wd).for_each(|(o, &wj)| *o = di * wj);
+                }
+            });
+            Some(Tensor::from_vec(dx, &[t, k])?)
+        } else {
+            None
+        };
+        let dw = if wants.1 { Some(dr.reshape(&[1, t])?.matmul(&xv)?.reshape(&[k, 1])?) } else { None };
+        Ok(vec![dx, dw])
+    }))
 }
 
 fn sigmoid(v: f32) -> f32 {
