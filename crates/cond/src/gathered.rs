@@ -375,8 +375,12 @@ fn bias_grad(rows: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
 
 /// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`.
 fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
+    combine_rows_onto(vec![0.0f32; plan.num_tokens() * width], rows, scale, plan, width)
+}
+
+/// [`combine_rows`] added onto `out` (`[T, width]`).
+fn combine_rows_onto(mut out: Vec<f32>, rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
     let (start, slots) = plan.slots_by_token();
-    let mut out = vec![0.0f32; plan.num_tokens() * width];
     out.par_chunks_mut(width.max(1)).enumerate().with_min_len(64).for_each(|(t, row)| {
         for &s in &slots[start[t]..start[t + 1]] {
             let s = s as usize;
@@ -397,28 +401,55 @@ fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) 
 /// # Errors
 /// [`Error::Shape`] if `rows` is not `[S, d]` or the gates are not `[S]` (`S = plan.num_kept()`).
 pub fn combine(rows: &Var, gates: Option<&Var>, plan: &Arc<DispatchPlan>) -> Result<Var> {
-    const OP: &str = "combine";
+    combine_impl("combine", None, rows, gates, plan)
+}
+
+/// `residual + combine(rows, gates, plan)` in one pass over the output (a mixture-of-depths
+/// layer's `x + g·f(x)`: unchosen rows are copied, chosen rows get their gated slot rows added).
+/// Differentiable in all three; the residual's gradient is the output's, unchanged.
+///
+/// # Errors
+/// As [`combine`], and [`Error::Shape`] if the residual is not `[T, d]`.
+pub fn combine_onto(residual: &Var, rows: &Var, gates: Option<&Var>, plan: &Arc<DispatchPlan>) -> Result<Var> {
+    combine_impl("combine_onto", Some(residual), rows, gates, plan)
+}
+
+fn combine_impl(
+    op: &'static str,
+    residual: Option<&Var>,
+    rows: &Var,
+    gates: Option<&Var>,
+    plan: &Arc<DispatchPlan>,
+) -> Result<Var> {
     let (t, s) = (plan.num_tokens(), plan.num_kept());
     let shape = rows.shape();
     if shape.len() != 2 || shape[0] != s {
-        return Err(Error::shape(OP, format!("rows must be [{s}, d] (one per slot of the plan), got {shape:?}")));
+        return Err(Error::shape(op, format!("rows must be [{s}, d] (one per slot of the plan), got {shape:?}")));
     }
     if let Some(g) = gates.filter(|g| g.shape() != [s]) {
-        return Err(Error::shape(OP, format!("gates must be [{s}] (one per slot of the plan), got {:?}", g.shape())));
+        return Err(Error::shape(op, format!("gates must be [{s}] (one per slot of the plan), got {:?}", g.shape())));
     }
     let d = shape[1];
+    if let Some(r) = residual.filter(|r| r.shape() != [t, d]) {
+        return Err(Error::shape(op, format!("the residual must be [{t}, {d}], got {:?}", r.shape())));
+    }
     let rv = dense(rows.value());
     let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
-    let out = Tensor::from_vec(combine_rows(data(&rv), &gv, plan, d), &[t, d])?;
+    let base = match residual {
+        Some(r) => r.value().to_vec(),
+        None => vec![0.0f32; t * d],
+    };
+    let out = Tensor::from_vec(combine_rows_onto(base, data(&rv), &gv, plan, d), &[t, d])?;
     let mut parents = vec![rows];
     parents.extend(gates);
+    parents.extend(residual);
     if !Var::records(&parents) {
         return Ok(Var::constant(out));
     }
-    let has_gates = gates.is_some();
+    let (has_gates, has_residual) = (gates.is_some(), residual.is_some());
     let plan = plan.clone();
-    Ok(Var::from_op(OP, out, &parents, move |dout| {
-        let dout = dense(dout);
+    Ok(Var::from_op(op, out, &parents, move |dout_view| {
+        let dout = dense(dout_view);
         let dout = data(&dout);
         let tokens = plan.tokens();
         let mut drows = vec![0.0f32; s * d];
@@ -443,6 +474,9 @@ pub fn combine(rows: &Var, gates: Option<&Var>, plan: &Arc<DispatchPlan>) -> Res
         let mut grads = vec![Some(Tensor::from_vec(drows, &[s, d])?)];
         if has_gates {
             grads.push(Some(Tensor::from_vec(dgate, &[s])?));
+        }
+        if has_residual {
+            grads.push(Some(dout_view.clone()));
         }
         Ok(grads)
     }))

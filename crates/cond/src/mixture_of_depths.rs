@@ -25,7 +25,7 @@
 
 use crate::block::Block;
 use crate::error::{Error, Result};
-use crate::gathered::{combine, gather};
+use crate::gathered::{combine_onto, gather};
 use crate::plan::{Capacity, DispatchPlan};
 use crate::router::{Router, RouterKind, ScoreFn, Selection};
 use elide_autodiff::{init, Param, Scope, Var};
@@ -385,7 +385,7 @@ impl<B: Block> MixtureOfDepths<B> {
                 format!("the block returned {:?} for [{}, {d}] rows", inside.shape(), chosen.len()),
             ));
         }
-        let output = x.add(&combine(&inside, Some(&gates), &plan)?)?;
+        let output = combine_onto(x, &inside, Some(&gates), &plan)?;
         let mut membership = vec![0.0f32; t];
         chosen.iter().for_each(|&i| membership[i as usize] = 1.0);
         let flops = 2.0 * (t * d) as f64 + extra_flops + self.block.forward_flops(chosen.len());

@@ -284,3 +284,38 @@ fn bad_shapes_are_refused_by_name() {
         "gather: x must be [4, d] (tokens of the plan), got [5, 3]"
     );
 }
+
+#[test]
+fn combine_onto_is_the_residual_plus_the_combine_and_gradchecks() {
+    for (t, g, k) in [(1, 1, 1), (7, 3, 2), (33, 1, 1)] {
+        // Leave some tokens without slots: keep every other assignment.
+        let (tokens, dest) = random_token_choice(t, g, k, 29 + t as u64);
+        let keep: Vec<usize> = (0..tokens.len()).step_by(2).collect();
+        let tokens: Vec<u32> = keep.iter().map(|&i| tokens[i]).collect();
+        let dest: Vec<u32> = keep.iter().map(|&i| dest[i]).collect();
+        let p = Arc::new(DispatchPlan::new(&tokens, &dest, t, g, Capacity::Dropless).unwrap());
+        let d = 5;
+        let mut rng = Rng::seed(31);
+        let rows = Tensor::randn(&[p.num_kept(), d], &mut rng);
+        let gates = Tensor::randn(&[p.num_kept()], &mut rng);
+        let x = Tensor::randn(&[t, d], &mut rng);
+        let (r, gv, xv) = (rows.to_vec(), gates.to_vec(), x.to_vec());
+        let mut want: Vec<f64> = xv.iter().map(|&v| v as f64).collect();
+        for s in 0..p.num_kept() {
+            let tok = p.tokens()[s] as usize;
+            for j in 0..d {
+                want[tok * d + j] += gv[s] as f64 * r[s * d + j] as f64;
+            }
+        }
+        let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
+        let (xc, rc, gc) = (Var::constant(x.clone()), Var::constant(rows.clone()), Var::constant(gates.clone()));
+        let got = combine_onto(&xc, &rc, Some(&gc), &p).unwrap();
+        assert_close(&got.value().to_vec(), &want, "combine_onto");
+        check_grad_many(|v| combine_onto(&v[2], &v[0], Some(&v[1]), &p), &[rows.clone(), gates, x.clone()]);
+        check_grad_many(|v| combine_onto(&v[1], &v[0], None, &p), &[rows, x]);
+    }
+    let p = plan(4, 2, 1, 37);
+    let rows = Var::constant(Tensor::zeros(&[p.num_kept(), 3]));
+    let err = combine_onto(&Var::constant(Tensor::zeros(&[4, 2])), &rows, None, &p).unwrap_err();
+    assert_eq!(err.to_string(), "combine_onto: the residual must be [4, 3], got [4, 2]");
+}
