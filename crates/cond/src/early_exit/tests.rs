@@ -184,11 +184,11 @@ fn bit_identical_on_one_and_two_threads() {
     let mut rng = Rng::seed(6);
     let blocks = (0..3)
         .map(|l| {
-            Residual(MlpBlock::new(&mut store.scope(&format!("b{l}")), 48, 96, Activation::Gelu, &mut rng).unwrap())
+            Residual(MlpBlock::new(&mut store.scope(&format!("b{l}")), 64, 128, Activation::Gelu, &mut rng).unwrap())
         })
         .collect();
     let s = EarlyExit::new(&mut store.scope("exit"), blocks, &[1, 2, 3], 10, &mut rng).unwrap();
-    let x = Tensor::randn(&[300, 48], &mut rng);
+    let x = Tensor::randn(&[300, 64], &mut rng);
     let targets: Vec<u32> = (0..300).map(|i| (i * 7 % 10) as u32).collect();
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();

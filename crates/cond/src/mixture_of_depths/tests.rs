@@ -143,6 +143,42 @@ impl Block for Counting {
 }
 
 #[test]
+fn causal_rules_decide_row_by_row() {
+    let l = layer(&mut ParamStore::new(), config(TOP_QUARTER, ScoreFn::Raw), 21);
+    let x = Tensor::randn(&[33, 6], &mut Rng::seed(22));
+    // The router's rule: r ≥ 0, by hand; the output as the reference computes it for that set.
+    let w = l.router().weight().value().to_vec();
+    let xs = x.to_vec();
+    let want: Vec<u32> = (0..33u32)
+        .filter(|&i| xs[i as usize * 6..][..6].iter().zip(&w).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() >= 0.0)
+        .collect();
+    let out = l.forward_causal(&Var::constant(x.clone()), Causal::Router).unwrap();
+    assert_eq!(out.chosen, want);
+    assert!(!want.is_empty() && want.len() < 33);
+    // The predictor's rule: its logit ≥ 0, computed by hand in f64.
+    let [w1, b1, w2, b2] = l.predictor_params().unwrap().map(|p| p.value().to_vec());
+    let h = 5;
+    let want: Vec<u32> = (0..33u32)
+        .filter(|&i| {
+            let row = &xs[i as usize * 6..][..6];
+            let z: f64 = (0..h)
+                .map(|j| {
+                    let a = b1[j] as f64 + (0..6).map(|k| row[k] as f64 * w1[k * h + j] as f64).sum::<f64>();
+                    Activation::Gelu.reference(a) * w2[j] as f64
+                })
+                .sum::<f64>()
+                + b2[0] as f64;
+            z >= 0.0
+        })
+        .collect();
+    let out = l.forward_causal(&Var::constant(x), Causal::Predictor).unwrap();
+    assert_eq!(out.chosen, want);
+    // Executed FLOPs: router, predictor, and the block on the chosen rows only.
+    let want_flops = 2.0 * 33.0 * 6.0 + 2.0 * (33 * (6 * 5 + 5)) as f64 + 4.0 * (want.len() * 6 * 7) as f64;
+    assert_eq!(out.flops, want_flops);
+}
+
+#[test]
 fn the_block_sees_only_the_chosen_rows_and_the_rest_pass_unchanged() {
     let mut store = ParamStore::new();
     let mut rng = Rng::seed(5);
@@ -228,18 +264,20 @@ fn the_causal_losses_gradcheck_and_reach_only_their_own_weights() {
 
 #[test]
 fn bit_identical_on_one_and_two_threads() {
+    // 4 sequences of 300 rows, 75 chosen from each: the block's GEMMs (300 × 64 × 128) are
+    // large enough to be split over threads.
     let cfg = MixtureOfDepthsConfig {
-        d_model: 48,
-        selection: RowSelection::TopC { capacity: 0.25, seq_len: 100 },
+        d_model: 64,
+        selection: RowSelection::TopC { capacity: 0.25, seq_len: 300 },
         gate: ScoreFn::Raw,
         predictor_hidden: Some(16),
         router_aux_coef: 0.1,
     };
     let mut store = ParamStore::new();
     let mut rng = Rng::seed(13);
-    let block = MlpBlock::new(&mut store.scope("b"), 48, 96, Activation::Gelu, &mut rng).unwrap();
+    let block = MlpBlock::new(&mut store.scope("b"), 64, 128, Activation::Gelu, &mut rng).unwrap();
     let l = MixtureOfDepths::new(&mut store.scope("mod"), cfg, block, &mut rng).unwrap();
-    let x = Tensor::randn(&[300, 48], &mut rng);
+    let x = Tensor::randn(&[1200, 64], &mut rng);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
