@@ -328,8 +328,8 @@ impl<B: Block> EarlyExit<B> {
     ///
     /// # Errors
     /// [`Error::Argument`] for a threshold outside `[0, 1]` or a threshold count that is neither
-    /// 1 nor the number of early heads; [`Error::Shape`] if `x` is not `[rows, d]`;
-    /// [`Error::NonFiniteLogit`] if a head's logits hold a NaN or an infinity; the blocks' errors.
+    /// 1 nor the number of early heads, or a head logit that is NaN or infinite (naming the exit,
+    /// the row and the class); [`Error::Shape`] if `x` is not `[rows, d]`; the blocks' errors.
     pub fn infer(&self, x: &Var, rule: &ExitRule) -> Result<ExitInference> {
         const OP: &str = "EarlyExit::infer";
         self.check_input(OP, x)?;
@@ -369,7 +369,11 @@ impl<B: Block> EarlyExit<B> {
             let logits = head.logits(&h)?.value().to_vec();
             flops += 2.0 * (active.len() * d * c) as f64;
             if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFiniteLogit { row: active[i / c] as usize, expert: i % c, value: logits[i] });
+                let (row, class, value) = (active[i / c], i % c, logits[i]);
+                return Err(Error::argument(
+                    "EarlyExit::infer",
+                    format!("NaN or infinite logit at exit {e} in row {row} (class {class} is {value})"),
+                ));
             }
             let last = e == self.heads.len() - 1;
             let mut keep = Vec::with_capacity(active.len());

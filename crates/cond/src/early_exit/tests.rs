@@ -358,7 +358,7 @@ fn bad_settings_and_inputs_are_refused_by_name() {
     );
     let nan = Var::constant(Tensor::from_vec(vec![f32::NAN; D], &[1, D]).unwrap());
     let err = s.infer(&nan, &ExitRule::new(Confidence::MaxProb, 0.5)).unwrap_err().to_string();
-    assert!(err.starts_with("router: NaN or infinite logit in row 0"), "{err}");
+    assert_eq!(err, "EarlyExit::infer: NaN or infinite logit at exit 0 in row 0 (class 0 is NaN)");
     assert_eq!(
         s.loss(&x, &[0, 1, 2], &[1.0, 1.0]).err().unwrap().to_string(),
         "EarlyExit::loss: [1.0, 1.0]: need one finite weight >= 0 per exit (3)"
