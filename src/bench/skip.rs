@@ -1,7 +1,7 @@
 //! `elide bench skip`: row skip (mixture-of-depths) around an MLP block against the same block
 //! run on every row, forward at capacities 12.5 / 25 / 50 % and forward+backward at 12.5 %.
 //! Both sides are the same `Residual(MlpBlock)` weights on the same grouped GEMM; the skip side
-//! adds the router, the per-sequence top-C, the gather, the gated combine and the residual add.
+//! adds the router, the per-sequence top-C, the gather and the gated combine onto the residual.
 //! Every ratio is measured interleaved in one run.
 
 use super::dense_ffn::DenseFfn;

@@ -6,7 +6,7 @@
 //! x [T, d] ──router──▶ r = x·w_r [T]            one logit per row
 //!          ──select──▶ chosen rows, ascending   top-C per sequence, or sigmoid(r) ≥ τ
 //!          ──gather──▶ x_c [n, d] ──block──▶ f(x_c)      the block sees n rows, not T
-//!          ──combine─▶ y = x + g ⊙ f(x)  on chosen rows, y = x elsewhere
+//!          ──combine_onto─▶ y = x + g ⊙ f(x)  on chosen rows, y = x elsewhere
 //! ```
 //!
 //! The gate `g_i` is the router's score of row `i` (the raw logit `r_i`, as in the paper, or
@@ -19,7 +19,7 @@
 //! which decides at decode time ([`Causal::Predictor`]).
 //!
 //! The work skipped is real in both directions: the block's forward and backward run on the
-//! compact `[n, d]` batch, and the gather, combine and residual add are the gathered ops of
+//! compact `[n, d]` batch, and the gather and the residual combine are the gathered ops of
 //! [`crate::gathered`], whose backward touches only the chosen rows (plus the identity of the
 //! residual).
 
