@@ -238,8 +238,9 @@ impl MixtureOfDepthsOutput {
 }
 
 impl<B: Block> MixtureOfDepths<B> {
-    /// Wraps `block`, registering the router (`<scope>.router`, `[d, 1]`, `N(0, 0.02²)`) and,
-    /// if configured, the predictor (`<scope>.predictor.{w1,b1,w2,b2}`).
+    /// Wraps `block` — the residual branch `f`, without its own residual connection (the layer
+    /// adds `x`) — registering the router (`<scope>.router`, `[d, 1]`, `N(0, 0.02²)`) and, if
+    /// configured, the predictor (`<scope>.predictor.{w1,b1,w2,b2}`).
     ///
     /// # Errors
     /// The errors of [`MixtureOfDepthsConfig::validate`]; [`Error::Shape`] if the block's width
