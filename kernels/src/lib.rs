@@ -27,6 +27,7 @@
 //! ```
 
 pub mod activation_grad;
+pub mod attention;
 pub mod elementwise;
 pub mod error;
 pub mod gather;
@@ -36,6 +37,7 @@ mod lanes;
 pub mod norm;
 pub mod peak;
 pub mod reduce;
+pub mod rope;
 pub(crate) mod simd;
 pub mod softmax;
 #[cfg(test)]
