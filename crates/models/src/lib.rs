@@ -45,9 +45,11 @@
 
 #![warn(missing_docs)]
 
+mod attention;
 mod data;
 mod error;
 mod ffn;
+mod kv_cache;
 mod linear;
 mod module;
 mod norm;
@@ -56,9 +58,11 @@ pub mod tasks;
 mod testing;
 mod train;
 
+pub use attention::{causal_attention, rotary, CausalSelfAttention, ROPE_BASE};
 pub use data::{batch_rng, random_windows, Batch, ByteText, Split, TokenSource};
 pub use error::{Error, Result};
 pub use ffn::{Ffn, FfnKind, MoeFfn};
+pub use kv_cache::KvCache;
 pub use linear::{Embedding, Linear};
 pub use module::{Ctx, Mode, Module};
 pub use norm::{LayerNorm, RmsNorm};
