@@ -62,6 +62,8 @@ enum Area {
     Skip,
     /// Early exit from a 12-block stack against running every block.
     Exit,
+    /// Fused causal attention against the unfused matmul → softmax → matmul, forward and backward.
+    Attention,
 }
 
 /// Keeps freed tensor buffers in the process instead of handing them back to the OS.
@@ -95,6 +97,7 @@ fn main() {
                 Area::Hier => bench::hier::bench_hier(plan),
                 Area::Skip => bench::skip::bench_skip(plan),
                 Area::Exit => bench::exit::bench_exit(plan),
+                Area::Attention => bench::attention::bench_attention(plan),
             };
             if json {
                 println!("{}", report.to_json());

@@ -1,5 +1,6 @@
 //! The benchmark areas behind `elide bench <area>`.
 
+pub mod attention;
 pub mod autodiff;
 pub mod dense_ffn;
 pub mod exit;

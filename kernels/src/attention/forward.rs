@@ -18,12 +18,30 @@ pub(super) fn run(isa: Isa, shape: AttentionShape, q: &[f32], k: &[f32], v: &[f3
         return;
     }
     let head_kv = shape.kv_capacity * d;
+    // Kᵀ per head and key block, [kv_blocks, d, BLOCK_K] (zero past kv_len), once: every query
+    // block of the head reads it. (One [d, kv_len] transpose would put the rows a tile product
+    // reads 4 KiB apart, all in one L1 set.)
+    let kv_pad = shape.kv_len.next_multiple_of(BLOCK_K);
+    let mut kt = vec![0.0f32; shape.batch * shape.heads * d * kv_pad];
+    let parallel = shape.causal_flops() >= ROWWISE_PAR_MIN as f64 && rayon::current_num_threads() >= 2;
+    let transpose = |bh: usize, kt: &mut [f32]| {
+        for (kb, kt) in kt.chunks_exact_mut(d * BLOCK_K).enumerate() {
+            let k0 = kb * BLOCK_K;
+            transpose_rows(&k[bh * head_kv..], d, k0, BLOCK_K.min(shape.kv_len - k0), kt, BLOCK_K);
+        }
+    };
+    if parallel {
+        kt.par_chunks_mut(d * kv_pad).enumerate().for_each(|(bh, kt)| transpose(bh, kt));
+    } else {
+        kt.chunks_mut(d * kv_pad).enumerate().for_each(|(bh, kt)| transpose(bh, kt));
+    }
     let task = |bh: usize, qb: usize, out: &mut [f32], lse: &mut [f32]| {
-        let (q, k, v) = (&q[bh * t * d..(bh + 1) * t * d], &k[bh * head_kv..][..head_kv], &v[bh * head_kv..][..head_kv]);
-        with_simd(isa, QueryBlock { shape, q, k, v, q0: qb * BLOCK_Q, out, lse });
+        let q = &q[bh * t * d..(bh + 1) * t * d];
+        let (kt, v) = (&kt[bh * d * kv_pad..(bh + 1) * d * kv_pad], &v[bh * head_kv..][..head_kv]);
+        with_simd(isa, QueryBlock { shape, q, kt, v, q0: qb * BLOCK_Q, out, lse });
     };
     let heads = out.chunks_mut(t * d).zip(lse.chunks_mut(t));
-    if shape.causal_flops() < ROWWISE_PAR_MIN as f64 || rayon::current_num_threads() < 2 {
+    if !parallel {
         for (bh, (out, lse)) in heads.enumerate() {
             for (qb, (out, lse)) in out.chunks_mut(BLOCK_Q * d).zip(lse.chunks_mut(BLOCK_Q)).enumerate() {
                 task(bh, qb, out, lse);
@@ -39,12 +57,12 @@ pub(super) fn run(isa: Isa, shape: AttentionShape, q: &[f32], k: &[f32], v: &[f3
     }
 }
 
-/// One head's query rows `q0 .. q0 + out.len() / d_head`: `q` is the head's `[q_len, d]`, `k`
-/// and `v` its `[kv_capacity, d]`.
+/// One head's query rows `q0 .. q0 + out.len() / d_head`: `q` is the head's `[q_len, d]`, `kt`
+/// its key blocks transposed (`[kv_blocks, d, BLOCK_K]`), `v` its `[kv_capacity, d]`.
 struct QueryBlock<'a> {
     shape: AttentionShape,
     q: &'a [f32],
-    k: &'a [f32],
+    kt: &'a [f32],
     v: &'a [f32],
     q0: usize,
     out: &'a mut [f32],
@@ -55,16 +73,16 @@ impl SimdTask for QueryBlock<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let QueryBlock { shape, q, k, v, q0, out, lse } = self;
+        let QueryBlock { shape, q, kt, v, q0, out, lse } = self;
         let d = shape.d_head;
         let nq = lse.len();
         let rows = round_up(nq, TILE_ROWS);
-        let (dp, kp) = (round_up(d, tile_cols::<S>()), round_up(BLOCK_K, tile_cols::<S>()));
+        // BLOCK_K is a multiple of every instruction set's tile width: a row of S is BLOCK_K long.
+        let (dp, kp) = (round_up(d, tile_cols::<S>()), BLOCK_K);
         let scale = 1.0 / (d as f32).sqrt();
-        // Tile buffers: Q·scale [rows, d], Kᵀ [d, kp], V [BLOCK_K, dp], S then P [rows, kp],
-        // the unnormalised output [rows, dp].
+        // Tile buffers: Q·scale [rows, d], V [BLOCK_K, dp], S then P [rows, kp], the
+        // unnormalised output [rows, dp].
         let mut qs = vec![0.0f32; rows * d];
-        let mut kt = vec![0.0f32; d * kp];
         let mut vb = vec![0.0f32; BLOCK_K * dp];
         let mut sp = vec![0.0f32; rows * kp];
         let mut acc = vec![0.0f32; rows * dp];
@@ -76,9 +94,8 @@ impl SimdTask for QueryBlock<'_> {
         for kb in 0..key_blocks {
             let k0 = kb * BLOCK_K;
             let nk = BLOCK_K.min(shape.kv_len - k0);
-            transpose_rows(k, d, k0, nk, &mut kt, kp);
-            // S = (Q·scale)·Kᵀ for the block: [rows, kp].
-            product(s, Store::Replace, &mut sp, kp, (rows, kp, d), Strided::rows(&qs, d), &kt, kp);
+            // S = (Q·scale)·Kᵀ for the block: [rows, kp] (columns past nk are not used).
+            product(s, Store::Replace, &mut sp, kp, (rows, kp, d), Strided::rows(&qs, d), &kt[k0 * d..], BLOCK_K);
             for i in 0..nq {
                 let row = &mut sp[i * kp..(i + 1) * kp];
                 // Keys k0 .. k0 + visible of this block are at or before the row's position.
