@@ -50,7 +50,10 @@ pub fn rope(x: &[f32], out: &mut [f32], shape: [usize; 4], offset: usize, base: 
     let len = shape.iter().try_fold(1usize, |n, &x| n.checked_mul(x));
     for (name, got) in [("x", x.len()), ("out", out.len())] {
         if len != Some(got) {
-            return Err(KernelError::Shape { op: OP, detail: format!("{name} has {got} elements, shape is {shape:?}") });
+            return Err(KernelError::Shape {
+                op: OP,
+                detail: format!("{name} has {got} elements, shape is {shape:?}"),
+            });
         }
     }
     let half = d / 2;

@@ -20,7 +20,8 @@ fn unfused(q: &Var, k: &Var, v: &Var, mask: &Var) -> Var {
 
 /// `elide bench attention`.
 pub fn bench_attention(plan: Plan) -> Report {
-    let mut r = Report::new("causal attention, fused vs unfused (interleaved, medians)", &["measurement", "ms", "ratio"]);
+    let mut r =
+        Report::new("causal attention, fused vs unfused (interleaved, medians)", &["measurement", "ms", "ratio"]);
     let (batch, heads, t, d) = (1, 8, 1024, 64);
     let shape = AttentionShape::self_attention(batch, heads, t, d);
     let mut rng = Rng::seed(0);
@@ -62,7 +63,11 @@ pub fn bench_attention(plan: Plan) -> Report {
     );
     let bwd_speedup = 1.0 / res.ratios_to_first[1];
     r.row(vec!["backward (dq, dk, dv), unfused".into(), ms(res.medians[0]), "1.00".into()]);
-    r.row(vec!["backward, fused (recomputes P blockwise)".into(), ms(res.medians[1]), format!("{:.3}", res.ratios_to_first[1])]);
+    r.row(vec![
+        "backward, fused (recomputes P blockwise)".into(),
+        ms(res.medians[1]),
+        format!("{:.3}", res.ratios_to_first[1]),
+    ]);
     r.figure("attention_fused_bwd_speedup", bwd_speedup);
 
     let mib = |floats: usize| floats as f64 * 4.0 / (1 << 20) as f64;

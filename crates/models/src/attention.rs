@@ -16,6 +16,11 @@ use elide_tensor::{Rng, Tensor};
 /// The rotary base of RoFormer, GPT-NeoX and LLaMA.
 pub const ROPE_BASE: f32 = 10_000.0;
 
+/// The data of a tensor `Tensor::contiguous` returned.
+fn contiguous(t: &Tensor) -> &[f32] {
+    t.as_slice().expect("a contiguous tensor has a slice")
+}
+
 /// Fused causal attention (`softmax(q·kᵀ/√d + causal mask)·v`) of `[batch, heads, seq, d_head]`
 /// inputs, computed without the `seq × seq` score matrix (see
 /// [`elide_kernels::attention`]). The backward pass recomputes the probabilities block by
@@ -39,20 +44,30 @@ pub fn causal_attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
         }
     };
     let shape = AttentionShape::self_attention(b, h, t, d);
-    let (qd, kd, vd) = (q.value().to_vec(), k.value().to_vec(), v.value().to_vec());
+    // Contiguous inputs are read in place (and kept by the backward pass without a copy).
+    let (qt, kt, vt) = (q.value().contiguous(), k.value().contiguous(), v.value().contiguous());
     let mut out = vec![0.0f32; shape.q_elems()];
     let mut lse = vec![0.0f32; shape.lse_elems()];
-    attention_forward(Isa::active(), shape, &qd, &kd, &vd, &mut out, Some(&mut lse))?;
+    attention_forward(
+        Isa::active(),
+        shape,
+        contiguous(&qt),
+        contiguous(&kt),
+        contiguous(&vt),
+        &mut out,
+        Some(&mut lse),
+    )?;
     let value = Tensor::from_vec(out, &[b, h, t, d])?;
     if !Var::records(&[q, k, v]) {
         return Ok(Var::constant(value));
     }
     let saved_out = value.clone();
     Ok(Var::from_op("causal_attention", value, &[q, k, v], move |g| {
-        let g = g.to_vec();
-        let out = saved_out.as_slice().expect("the forward output is contiguous");
-        let (mut dq, mut dk, mut dv) = (vec![0.0; qd.len()], vec![0.0; kd.len()], vec![0.0; vd.len()]);
-        attention_backward(Isa::active(), shape, (&qd, &kd, &vd), out, &lse, &g, (&mut dq, &mut dk, &mut dv))
+        let g = g.contiguous();
+        let (q, k, v) = (contiguous(&qt), contiguous(&kt), contiguous(&vt));
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        let out = contiguous(&saved_out);
+        attention_backward(Isa::active(), shape, (q, k, v), out, &lse, contiguous(&g), (&mut dq, &mut dk, &mut dv))
             .map_err(elide_tensor::Error::from)?;
         let dims = [b, h, t, d];
         Ok(vec![
@@ -72,7 +87,12 @@ pub fn causal_attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
 pub fn rotary(x: &Var, offset: usize, base: f32) -> Result<Var> {
     let dims: [usize; 4] = match x.shape() {
         &[b, t, h, d] if d % 2 == 0 && d > 0 => [b, t, h, d],
-        s => return Err(Error::shape("rotary", format!("x must be [batch, seq, heads, d_head] with an even d_head, got {s:?}"))),
+        s => {
+            return Err(Error::shape(
+                "rotary",
+                format!("x must be [batch, seq, heads, d_head] with an even d_head, got {s:?}"),
+            ))
+        }
     };
     let mut out = vec![0.0f32; x.value().numel()];
     rope(&x.value().to_vec(), &mut out, dims, offset, base, Rotation::Forward)?;
@@ -90,6 +110,30 @@ pub fn rotary(x: &Var, offset: usize, base: f32) -> Result<Var> {
 ///
 /// Parameters: `<scope>.q`, `.k`, `.v`, `.o`, each a bias-free [`Linear`] `d_model → d_model`
 /// (`.weight` in the declared layout).
+///
+/// A prompt, then one token decoded with a [`KvCache`]: the same output as the full forward.
+///
+/// ```
+/// use elide_autodiff::{ParamStore, Var};
+/// use elide_cond::gathered::WeightLayout;
+/// use elide_models::{CausalSelfAttention, Ctx, KvCache, Module};
+/// use elide_tensor::{Rng, Tensor};
+///
+/// let mut rng = Rng::seed(0);
+/// let mut store = ParamStore::new();
+/// let attn = CausalSelfAttention::new(&mut store.scope("attn"), 16, 2, WeightLayout::InOut, &mut rng)?;
+/// let x = Tensor::randn(&[1, 5, 16], &mut rng); // [batch, seq, d_model]
+/// let full = attn.forward(&Var::constant(x.clone()), &mut Ctx::eval())?;
+///
+/// let mut cache = KvCache::new(1, 1, attn.heads(), 64, attn.d_head())?; // 1 layer, up to 64 positions
+/// let prompt = Var::constant(x.narrow(1, 0, 4)?);
+/// attn.forward_cached(&prompt, &mut cache, 0, &mut Ctx::eval())?;
+/// let last = attn.forward_cached(&Var::constant(x.narrow(1, 4, 1)?), &mut cache, 0, &mut Ctx::eval())?;
+/// assert_eq!(cache.len(), 5);
+/// let want = full.value().narrow(1, 4, 1)?.to_vec();
+/// assert!(last.value().to_vec().iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+/// # Ok::<(), elide_models::Error>(())
+/// ```
 pub struct CausalSelfAttention {
     q: Linear,
     k: Linear,

@@ -60,7 +60,8 @@ pub(super) fn run(isa: Isa, shape: AttentionShape, x: Inputs<'_>, dq: &mut [f32]
         )
     };
     // Split each head's dK, dV rows at the group bounds: each group writes only its own.
-    let starts: Vec<usize> = (0..=GROUPS).map(|g| if g == GROUPS { cap } else { (bounds[g] * BLOCK_K).min(cap) }).collect();
+    let starts: Vec<usize> =
+        (0..=GROUPS).map(|g| if g == GROUPS { cap } else { (bounds[g] * BLOCK_K).min(cap) }).collect();
     let split = |buf| split_rows(buf, &starts, d);
     let heads = dq_parts.chunks_mut(GROUPS * t * d).zip(dk.chunks_mut(cap * d)).zip(dv.chunks_mut(cap * d));
     if shape.causal_flops() < ROWWISE_PAR_MIN as f64 || rayon::current_num_threads() < 2 {

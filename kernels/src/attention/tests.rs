@@ -17,7 +17,8 @@ fn reference(s: AttentionShape, q: &[f32], k: &[f32], v: &[f32], d_out: Option<&
         let vj = |j: usize, c: usize| v[(bh * cap + j) * d + c] as f64;
         for i in 0..t {
             let visible = n - t + i + 1;
-            let scores: Vec<f64> = (0..visible).map(|j| (0..d).map(|c| qi(i, c) * kj(j, c)).sum::<f64>() * scale).collect();
+            let scores: Vec<f64> =
+                (0..visible).map(|j| (0..d).map(|c| qi(i, c) * kj(j, c)).sum::<f64>() * scale).collect();
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
             let sum: f64 = e.iter().sum();
@@ -54,7 +55,8 @@ fn check(isa: Isa, s: AttentionShape, seed: u64) {
     attention_forward(isa, s, &q, &k, &v, &mut out, Some(&mut lse)).unwrap();
     let what = format!("{isa} {s:?}");
     assert_close(&format!("{what} out"), &out, &want, 1e-4, 1e-5);
-    let (mut dq, mut dk, mut dv) = (vec![f32::NAN; s.q_elems()], vec![f32::NAN; s.kv_elems()], vec![f32::NAN; s.kv_elems()]);
+    let (mut dq, mut dk, mut dv) =
+        (vec![f32::NAN; s.q_elems()], vec![f32::NAN; s.kv_elems()], vec![f32::NAN; s.kv_elems()]);
     attention_backward(isa, s, (&q, &k, &v), &out, &lse, &g, (&mut dq, &mut dk, &mut dv)).unwrap();
     assert_close(&format!("{what} dq"), &dq, &want_dq, 1e-3, 1e-4);
     assert_close(&format!("{what} dk"), &dk, &want_dk, 1e-3, 1e-4);
@@ -75,7 +77,9 @@ fn queries_after_a_prefix_in_a_larger_buffer_match_the_reference() {
     // Decoding with a cache: the last q_len of kv_len positions, keys in a buffer of
     // kv_capacity rows per head (the unused rows are NaN: the kernel must not read them).
     for isa in Isa::supported() {
-        for (q_len, kv_len, cap, d) in [(1, 1, 4, 8), (1, 70, 100, 64), (3, 7, 9, 8), (66, 130, 131, 16), (1, 257, 257, 1)] {
+        for (q_len, kv_len, cap, d) in
+            [(1, 1, 4, 8), (1, 70, 100, 64), (3, 7, 9, 8), (66, 130, 131, 16), (1, 257, 257, 1)]
+        {
             let s = AttentionShape { batch: 1, heads: 3, q_len, kv_len, kv_capacity: cap, d_head: d };
             let q = data(s.q_elems(), 5, -2.0, 2.0);
             let mut k = data(s.kv_elems(), 6, -2.0, 2.0);

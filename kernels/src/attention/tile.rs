@@ -148,7 +148,15 @@ fn product_nv<S: Simd, const NV: usize>(
 /// Copies rows `[row0, row0 + rows)` of a `[_, width]` row-major matrix into `dst`
 /// (`[_, dst_stride]`), multiplied by `scale`, zero-filling each row's padding and every row
 /// from `rows` up to `dst.len() / dst_stride`.
-pub(super) fn copy_rows(src: &[f32], width: usize, row0: usize, rows: usize, scale: f32, dst: &mut [f32], dst_stride: usize) {
+pub(super) fn copy_rows(
+    src: &[f32],
+    width: usize,
+    row0: usize,
+    rows: usize,
+    scale: f32,
+    dst: &mut [f32],
+    dst_stride: usize,
+) {
     let src = &src[row0 * width..(row0 + rows) * width];
     for (i, dst) in dst.chunks_exact_mut(dst_stride).enumerate() {
         if i < rows {

@@ -82,7 +82,9 @@ fn decoding_with_the_cache_gives_the_full_forward_outputs() {
     let mut store = ParamStore::new();
     let mut rng = Rng::seed(7);
     let layers: Vec<CausalSelfAttention> = (0..2)
-        .map(|l| CausalSelfAttention::new(&mut store.scope(&format!("l{l}")), 24, 3, WeightLayout::InOut, &mut rng).unwrap())
+        .map(|l| {
+            CausalSelfAttention::new(&mut store.scope(&format!("l{l}")), 24, 3, WeightLayout::InOut, &mut rng).unwrap()
+        })
         .collect();
     let x = Tensor::randn(&[2, 70, 24], &mut rng);
     // Token by token through one layer, then a prompt of 5 and steps of 1-2 through two.
