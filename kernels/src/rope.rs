@@ -41,7 +41,7 @@ pub enum Rotation {
 pub fn rope(x: &[f32], out: &mut [f32], shape: [usize; 4], offset: usize, base: f32, rotation: Rotation) -> Result<()> {
     const OP: &str = "rope";
     let [_, seq, heads, d] = shape;
-    if d == 0 || d % 2 == 1 || !(base.is_finite() && base > 0.0) {
+    if d == 0 || !d.is_multiple_of(2) || !(base.is_finite() && base > 0.0) {
         return Err(KernelError::Argument {
             op: OP,
             detail: format!("needs an even d_head > 0 and a finite base > 0, got d_head {d}, base {base}"),

@@ -86,7 +86,7 @@ pub fn causal_attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
 /// [`Error::Shape`] unless `x` is 4-d with an even `d_head`.
 pub fn rotary(x: &Var, offset: usize, base: f32) -> Result<Var> {
     let dims: [usize; 4] = match x.shape() {
-        &[b, t, h, d] if d % 2 == 0 && d > 0 => [b, t, h, d],
+        &[b, t, h, d] if d.is_multiple_of(2) && d > 0 => [b, t, h, d],
         s => {
             return Err(Error::shape(
                 "rotary",
@@ -155,7 +155,7 @@ impl CausalSelfAttention {
         layout: WeightLayout,
         rng: &mut Rng,
     ) -> Result<CausalSelfAttention> {
-        if heads == 0 || d_model % heads != 0 || (d_model / heads) % 2 == 1 {
+        if heads == 0 || !d_model.is_multiple_of(heads) || !(d_model / heads).is_multiple_of(2) {
             return Err(Error::config(
                 "CausalSelfAttention::new",
                 format!("heads must divide d_model into heads of even width, got d_model {d_model}, heads {heads}"),

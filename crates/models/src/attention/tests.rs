@@ -42,7 +42,7 @@ fn the_layer_has_gradients_for_input_and_weights() {
     assert_eq!(attn.params().len(), 4);
     assert_eq!(store.get("attn.o.weight").unwrap().shape(), &[8, 8]);
     let x = Tensor::randn(&[2, 5, 8], &mut rng);
-    check_grad(|v| attn.forward(&v[0], &mut Ctx::eval()), &[x.clone()]);
+    check_grad(|v| attn.forward(&v[0], &mut Ctx::eval()), std::slice::from_ref(&x));
     let y = attn.forward(&Var::constant(x), &mut Ctx::eval()).unwrap();
     let grads = y.sum_all().backward().unwrap();
     for p in attn.params() {
