@@ -99,7 +99,10 @@ fn product_nv<S: Simd, const NV: usize>(
 ) {
     const R: usize = TILE_ROWS;
     let cols = NV * S::LANES;
-    assert!(m.is_multiple_of(R) && n.is_multiple_of(cols), "tile product: {m}x{n} is not a whole number of {R}x{cols} tiles");
+    assert!(
+        m.is_multiple_of(R) && n.is_multiple_of(cols),
+        "tile product: {m}x{n} is not a whole number of {R}x{cols} tiles"
+    );
     if m == 0 || n == 0 {
         return;
     }
