@@ -3,6 +3,7 @@
 
 mod bench;
 mod compare;
+mod lm_cmd;
 
 use bench::report::Report;
 use bench::timing::Plan;
@@ -41,6 +42,43 @@ enum Command {
         /// into this directory.
         #[arg(long, value_name = "DIR")]
         plot: Option<std::path::PathBuf>,
+    },
+    /// Train a transformer language model on a UTF-8 text file (byte-level).
+    Train {
+        /// JSON with the model (`"model"`: layers, widths, feed-forward kind per block) and
+        /// training settings (`"train"`: steps, batch, seq, lr, ...).
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+        /// The text to train on; its last 10 % is held out for evaluation.
+        #[arg(long, value_name = "FILE")]
+        data: std::path::PathBuf,
+        /// The run directory: config, checkpoint and metrics are written there.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Continue the run in --out from its checkpoint (bit-identical to not stopping).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Continue a prompt with a model trained by `elide train`.
+    Generate {
+        /// The run directory written by `elide train`.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: std::path::PathBuf,
+        /// The text to continue.
+        #[arg(long)]
+        prompt: String,
+        /// How many bytes to generate.
+        #[arg(long, default_value_t = 200)]
+        max_new: usize,
+        /// Softmax temperature; 0 picks the most probable byte (greedy).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// Nucleus sampling: keep the most probable bytes up to this mass.
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// The sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Print the CPU path the kernels use and the thread count.
     Info,
@@ -118,6 +156,26 @@ fn main() {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.to_table());
+            }
+        }
+        Command::Train { config, data, out, resume } => {
+            if let Err(e) = lm_cmd::train(&config, &data, &out, resume) {
+                eprintln!("elide train: {e}");
+                std::process::exit(1);
+            }
+        }
+        Command::Generate { checkpoint, prompt, max_new, temperature, top_p, seed } => {
+            let sampling = match (temperature, top_p) {
+                (t, _) if t == 0.0 => elide::models::Sampling::Greedy,
+                (t, Some(p)) => elide::models::Sampling::TopP { p, temperature: t },
+                (t, None) => elide::models::Sampling::Temperature(t),
+            };
+            match lm_cmd::generate(&checkpoint, &prompt, max_new, sampling, seed) {
+                Ok(text) => println!("{prompt}{text}"),
+                Err(e) => {
+                    eprintln!("elide generate: {e}");
+                    std::process::exit(1);
+                }
             }
         }
         Command::Info => {

@@ -115,7 +115,14 @@ fn default_tied() -> bool {
 
 impl LmConfig {
     /// `layers` identical blocks with feed-forward layer `ffn`.
-    pub fn uniform(vocab: usize, d_model: usize, heads: usize, layers: usize, max_seq: usize, ffn: FfnConfig) -> LmConfig {
+    pub fn uniform(
+        vocab: usize,
+        d_model: usize,
+        heads: usize,
+        layers: usize,
+        max_seq: usize,
+        ffn: FfnConfig,
+    ) -> LmConfig {
         LmConfig { vocab, d_model, heads, max_seq, tied_embeddings: true, blocks: vec![BlockConfig { ffn }; layers] }
     }
 
@@ -150,7 +157,8 @@ impl LmConfig {
                 self.blocks.len()
             ));
         }
-        if self.heads == 0 || self.d_model % self.heads != 0 || (self.d_model / self.heads) % 2 == 1 {
+        if self.heads == 0 || !self.d_model.is_multiple_of(self.heads) || !(self.d_model / self.heads).is_multiple_of(2)
+        {
             return bad(format!(
                 "heads {} must divide d_model {} into heads of even width (rotary embeddings rotate pairs)",
                 self.heads, self.d_model
@@ -257,7 +265,9 @@ impl TransformerLm {
                 FfnConfig::Dense { hidden } => {
                     FeedForward::Dense(Ffn::new(&mut ffn_scope, FfnKind::Mlp(Activation::Gelu), d, hidden, rng)?)
                 }
-                FfnConfig::SwiGlu { hidden } => FeedForward::Dense(Ffn::new(&mut ffn_scope, FfnKind::SwiGlu, d, hidden, rng)?),
+                FfnConfig::SwiGlu { hidden } => {
+                    FeedForward::Dense(Ffn::new(&mut ffn_scope, FfnKind::SwiGlu, d, hidden, rng)?)
+                }
                 FfnConfig::Moe { hidden, experts, top_k, capacity_factor, balance_coef, z_loss_coef } => {
                     let config = MoeConfig {
                         d_model: d,
@@ -378,7 +388,11 @@ impl TransformerLm {
         if prompt.len() + max_new > self.config.max_seq {
             return Err(Error::config(
                 OP,
-                format!("prompt {} + {max_new} new tokens is longer than max_seq {}", prompt.len(), self.config.max_seq),
+                format!(
+                    "prompt {} + {max_new} new tokens is longer than max_seq {}",
+                    prompt.len(),
+                    self.config.max_seq
+                ),
             ));
         }
         check_sampling(sampling)?;

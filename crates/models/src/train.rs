@@ -26,8 +26,10 @@ pub trait LossModel: Send + Sync {
     fn loss(&self, batch: &Batch, ctx: &mut Ctx<'_>) -> Result<Var>;
 }
 
-/// The settings of a training run.
-#[derive(Clone, Debug, PartialEq)]
+/// The settings of a training run (JSON: every field optional, defaulting to
+/// [`TrainConfig::default`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Optimizer steps in the whole run.
     pub steps: u64,
@@ -177,7 +179,8 @@ impl<'a> Trainer<'a> {
     /// checkpoints written to `out/checkpoint.safetensors` (the directory is created).
     ///
     /// # Errors
-    /// The errors of [`TrainConfig::validate`]; [`Error::Config`] if `out` cannot be created.
+    /// The errors of [`TrainConfig::validate`]; the data's error if a split is shorter than one
+    /// sequence; [`Error::Config`] if `out` cannot be created.
     pub fn new(
         model: &'a dyn LossModel,
         store: &'a ParamStore,
@@ -186,6 +189,10 @@ impl<'a> Trainer<'a> {
         out: Option<&Path>,
     ) -> Result<Trainer<'a>> {
         config.validate()?;
+        // Both splits must hold a sequence before anything is written.
+        for split in [Split::Train, Split::Validation] {
+            data.batch(split, config.seed, 0, 1, config.seq)?;
+        }
         if let Some(dir) = out {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::config("Trainer", format!("cannot create {}: {e}", dir.display())))?;
