@@ -3,6 +3,7 @@
 //! reports parameters, active FLOPs, training and inference speed, quality and the gap to the
 //! optimum, and `--json` the named figures.
 
+mod lm;
 mod pets;
 mod plot;
 mod progress;
@@ -33,6 +34,8 @@ pub struct Run {
 /// Everything a comparison measured.
 #[derive(Default)]
 pub struct Outcome {
+    /// The language-model runs on `domains`.
+    pub lm: Vec<Run>,
     /// The hierarchical-classification runs.
     pub pets: Vec<Run>,
     figures: BTreeMap<String, f64>,
@@ -59,6 +62,12 @@ pub fn compare(plan: Plan) -> Outcome {
     } else {
         pets::PetsPlan { steps: 800, batch: 128, eval_samples: 4000 }
     };
+    let lm_plan = if plan.quick {
+        lm::LmPlan { steps: 40, batch: 8, seq: 32, eval_every: 10, eval_batches: 2 }
+    } else {
+        lm::LmPlan { steps: 2000, batch: 16, seq: 64, eval_every: 200, eval_batches: 8 }
+    };
+    lm::compare_lm(&lm_plan, &mut outcome);
     pets::compare_pets(&pets_plan, &mut outcome);
     outcome
 }
@@ -68,6 +77,7 @@ pub fn compare(plan: Plan) -> Outcome {
 /// # Errors
 /// A message naming the file that could not be written.
 pub fn plot(outcome: &Outcome, dir: &std::path::Path) -> Result<(), String> {
+    plot::plot_runs(dir, "domains", "eval loss", &outcome.lm)?;
     plot::plot_runs(dir, "pets", "accuracy", &outcome.pets)
 }
 
@@ -75,8 +85,27 @@ pub fn plot(outcome: &Outcome, dir: &std::path::Path) -> Result<(), String> {
 pub fn report(outcome: &Outcome) -> Report {
     let mut r = Report::new(
         "elide compare: conditional models against their dense twins, trained identically",
-        &["model", "params", "active MFLOP/sample", "train samples/s", "infer samples/s", "accuracy", "gap to Bayes"],
+        &[
+            "model",
+            "params",
+            "active MFLOP/token",
+            "train tok/s",
+            "infer tok/s",
+            "eval loss / accuracy",
+            "gap to Bayes",
+        ],
     );
+    for run in &outcome.lm {
+        r.row(vec![
+            run.name.clone(),
+            run.params.to_string(),
+            format!("{:.3}", run.active_flops / 1e6),
+            format!("{:.0}", run.train_per_s),
+            format!("{:.0}", run.infer_per_s),
+            format!("loss {:.4}", run.quality),
+            format!("{:+.4}", run.gap),
+        ]);
+    }
     for run in &outcome.pets {
         r.row(vec![
             run.name.clone(),
@@ -84,7 +113,7 @@ pub fn report(outcome: &Outcome) -> Report {
             format!("{:.3}", run.active_flops / 1e6),
             format!("{:.0}", run.train_per_s),
             format!("{:.0}", run.infer_per_s),
-            format!("{:.4}", run.quality),
+            format!("accuracy {:.4}", run.quality),
             format!("{:+.4}", run.gap),
         ]);
     }
