@@ -69,3 +69,8 @@ pub use lm::{BlockConfig, FfnConfig, LmConfig, Sampling, TransformerLm};
 pub use module::{Ctx, Mode, Module};
 pub use norm::{LayerNorm, RmsNorm};
 pub use train::{Event, LossModel, StepReport, TrainConfig, TrainSummary, Trainer, CHECKPOINT_FILE, METRICS_FILE};
+
+/// `docs/models.md`'s examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/models.md")]
+pub struct ModelsDocTests;
