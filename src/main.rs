@@ -166,7 +166,7 @@ fn main() {
         }
         Command::Generate { checkpoint, prompt, max_new, temperature, top_p, seed } => {
             let sampling = match (temperature, top_p) {
-                (t, _) if t == 0.0 => elide::models::Sampling::Greedy,
+                (0.0, _) => elide::models::Sampling::Greedy,
                 (t, Some(p)) => elide::models::Sampling::TopP { p, temperature: t },
                 (t, None) => elide::models::Sampling::Temperature(t),
             };
