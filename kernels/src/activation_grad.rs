@@ -1,7 +1,7 @@
 //! Derivatives of the fused activations, for backward passes: `dz = dy ⊙ act'(z)`.
 
 use crate::error::{KernelError, Result};
-use crate::gemm::Activation;
+use crate::gemm::{Activation, GELU_A, GELU_C};
 use crate::lanes::{self, lane_fn, LaneFn2};
 use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::for_row_chunks;
@@ -48,7 +48,7 @@ lane_fn!(ReluGrad {} = |s, z, dy| s.select_lt(s.splat(0.0), z, dy, s.splat(0.0))
 lane_fn!(
     GeluGrad {} = |s, z, dy| {
         // u = c(z + a z³), t = tanh u:  d/dz = ½(1 + t) + ½ z (1 − t²) · c (1 + 3a z²).
-        let (c, a) = (s.splat(0.797_884_6), s.splat(0.044_715));
+        let (c, a) = (s.splat(GELU_C), s.splat(GELU_A));
         let z2 = s.mul(z, z);
         let t = s.tanh(s.mul(c, s.mul_add(s.mul(a, z2), z, z)));
         let half = s.splat(0.5);

@@ -3,9 +3,8 @@
 //!
 //! The centre is one GEMM ([`gemm`]) that reads its operands through strided views whose rows
 //! may be gathered through an index list and writes through views whose rows may be scattered,
-//! with a bias, activation and per-row scale fused into the store. Mixture-of-experts,
-//! mixture-of-depths and sparse feed-forward layers are all this GEMM with different index
-//! lists. Around it: vectorised elementwise ops, reductions, softmax, norms, top-k and row
+//! with a bias, activation and per-row scale fused into the store. The mixture-of-experts layer
+//! of `elide-cond` is this GEMM with one index list per expert. Around it: vectorised elementwise ops, reductions, softmax, norms, top-k and row
 //! gather/scatter. Every kernel runs on the best instruction set the CPU has, chosen at run
 //! time ([`Isa`]; `ELIDE_ISA` forces a lower one), and splits work over rayon's pool in fixed
 //! chunks, so results are bit-identical for any number of threads.

@@ -56,15 +56,30 @@ impl Gradients {
 
     /// Scales every gradient so that the global norm is at most `max_norm` (as
     /// `torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
-    pub fn clip_global_norm(&mut self, max_norm: f32) -> f32 {
+    ///
+    /// # Errors
+    /// [`Error::Optimizer`] when `max_norm` is not finite and positive (a negative one would
+    /// flip every gradient's sign), or when the gradients' norm is NaN or infinite (scaling
+    /// cannot repair them; the step should be skipped). The gradients are unchanged then.
+    pub fn clip_global_norm(&mut self, max_norm: f32) -> Result<f32> {
+        const OP: &str = "Gradients::clip_global_norm";
+        if !(max_norm.is_finite() && max_norm > 0.0) {
+            return Err(Error::Optimizer { op: OP, detail: format!("max_norm must be finite and > 0, got {max_norm}") });
+        }
         let norm = self.global_norm();
+        if !norm.is_finite() {
+            return Err(Error::Optimizer {
+                op: OP,
+                detail: format!("the gradients' global norm is {norm}: some gradient is NaN or infinite"),
+            });
+        }
         let scale = max_norm / (norm + 1e-6);
         if scale < 1.0 {
             for g in self.by_id.values_mut() {
                 *g = g.mul_scalar(scale);
             }
         }
-        norm
+        Ok(norm)
     }
 
     pub(crate) fn insert(&mut self, id: u64, grad: Tensor) {
@@ -110,7 +125,7 @@ impl Var {
         let mut pending: HashMap<u64, Tensor> = HashMap::new();
         pending.insert(root.id, seed.clone());
         let mut out = Gradients::default();
-        // Children come after their parents in `order`; walking it backwards, every node's
+        // Every node comes after its parents in `order`; walking it backwards, every node's
         // gradient is complete before its rule runs.
         for node in order.iter().rev() {
             let Some(grad) = pending.remove(&node.id) else { continue };
@@ -118,16 +133,25 @@ impl Var {
                 NodeKind::Leaf => out.insert(node.id, grad),
                 NodeKind::Op { name, parents, backward } => {
                     let grads = backward(&grad)?;
-                    debug_assert_eq!(grads.len(), parents.len(), "{name}: one gradient per parent");
-                    for (parent, g) in parents.iter().zip(grads) {
-                        let (Some(pnode), Some(g)) = (&parent.node, g) else { continue };
+                    if grads.len() != parents.len() {
+                        return Err(Error::Backward(format!(
+                            "{name}: backward rule gave {} gradients for {} inputs",
+                            grads.len(),
+                            parents.len()
+                        )));
+                    }
+                    for (position, (parent, g)) in parents.iter().zip(grads).enumerate() {
+                        let Some(g) = g else { continue };
+                        // Checked for every input, recorded or not: a rule that gets one shape
+                        // wrong is wrong, whichever inputs happen to take a gradient today.
                         if g.shape() != parent.value.shape() {
                             return Err(Error::Backward(format!(
-                                "{name}: backward rule gave a gradient of shape {:?} for an input of shape {:?}",
+                                "{name}: backward rule gave a gradient of shape {:?} for input {position} of shape {:?}",
                                 g.shape(),
                                 parent.value.shape()
                             )));
                         }
+                        let Some(pnode) = &parent.node else { continue };
                         match pending.remove(&pnode.id) {
                             Some(acc) => pending.insert(pnode.id, acc.add(&g)?),
                             None => pending.insert(pnode.id, g),
@@ -155,10 +179,10 @@ fn topological_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
         match parents[next_parent..].iter().position(|p| p.node.as_ref().is_some_and(|n| !visited.contains(&n.id))) {
             Some(offset) => {
                 let at = next_parent + offset;
-                let child = parents[at].node.clone().expect("checked above");
-                visited.insert(child.id);
+                let parent = parents[at].node.clone().expect("checked above");
+                visited.insert(parent.id);
                 stack.push((node, at + 1));
-                stack.push((child, 0));
+                stack.push((parent, 0));
             }
             None => order.push(node),
         }

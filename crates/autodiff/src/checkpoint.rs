@@ -2,13 +2,32 @@
 //! metadata entry (model config, step), behind a checksum.
 //!
 //! Layout: tensors `param.<name>` and `optim.<state name>` (f32, little-endian); the safetensors
-//! `__metadata__` holds `elide.format`, `elide.metadata` (the caller's JSON), `elide.optimizer_steps`
-//! and `elide.checksum` (FNV-1a 64 over every tensor's name, shape and bytes, in name order), so a
-//! flipped bit anywhere — header or data — is caught, not loaded.
+//! `__metadata__` holds `elide.format`, `elide.metadata` (the caller's JSON),
+//! `elide.optimizer` (the optimizer's kind, or `none`), `elide.optimizer_steps` and
+//! `elide.checksum`: FNV-1a 64 over the other four entries and every tensor's name, dtype, shape
+//! and bytes, in name order. So a flipped bit anywhere — header entries or data — is caught, not
+//! loaded; a bit flipped in the structure of the header (offsets, names) is refused by the
+//! safetensors parser or shows up as a missing entry.
 //!
 //! Saving writes a temporary file beside the target, syncs it and renames it over the target,
 //! so a crash leaves either the old checkpoint or the new one, never half of one. Loading checks
-//! everything (checksum, names, dtypes, shapes, optimizer state) before it changes anything.
+//! everything (checksum, names, dtypes, shapes, optimizer kind and state) before it changes
+//! anything.
+//!
+//! ```
+//! use elide_autodiff::checkpoint::{self, json, Metadata};
+//! use elide_autodiff::{AdamW, ParamStore};
+//! use elide_tensor::Tensor;
+//!
+//! let mut store = ParamStore::new();
+//! store.register("w", Tensor::ones(&[2, 2]))?;
+//! let path = std::env::temp_dir().join(format!("elide-doc-{}.safetensors", std::process::id()));
+//! checkpoint::save(&path, &store, Some(&AdamW::new(0.1)), &json!({"layers": 1}))?;
+//! let meta: Metadata = checkpoint::load(&path, &store, Some(&mut AdamW::new(0.1)))?;
+//! assert_eq!(meta["layers"], 1);
+//! # std::fs::remove_file(&path).unwrap();
+//! # Ok::<(), elide_autodiff::Error>(())
+//! ```
 
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
@@ -19,7 +38,18 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-const FORMAT: &str = "elide-checkpoint-1";
+/// The caller's metadata saved with a checkpoint: any JSON value (model config, step, ...).
+pub use serde_json::Value as Metadata;
+
+/// Builds a [`Metadata`] value from JSON syntax: `json!({"layers": 4})`.
+pub use serde_json::json;
+
+/// Version 2 puts the whole header under the checksum (version 1 covered only the tensors).
+const FORMAT: &str = "elide-checkpoint-2";
+
+/// The metadata entries of a checkpoint, besides the checksum.
+const ENTRIES: [&str; 4] = ["elide.format", "elide.metadata", "elide.optimizer", "elide.optimizer_steps"];
+const CHECKSUM: &str = "elide.checksum";
 
 fn fail(path: &Path, detail: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.display().to_string(), detail: detail.into() }
@@ -39,17 +69,28 @@ impl Fnv {
     }
 }
 
-/// The checksum of named tensors (sorted by name).
-fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
+/// The checksum of the header entries (in [`ENTRIES`] order) and the named tensors (sorted by
+/// name). Every field is length-prefixed, so no two different contents hash the same stream.
+fn checksum<'a>(
+    entries: &[&str; 4],
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h = Fnv::new();
+    let mut field = |bytes: &[u8]| {
+        h.write(&(bytes.len() as u64).to_le_bytes());
+        h.write(bytes);
+    };
+    for entry in entries {
+        field(entry.as_bytes());
+    }
     let mut sorted: Vec<_> = tensors.collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
-    let mut h = Fnv::new();
-    for (name, shape, data) in sorted {
-        h.write(name.as_bytes());
-        for d in shape {
-            h.write(&(*d as u64).to_le_bytes());
-        }
-        h.write(data);
+    for (name, dtype, shape, data) in sorted {
+        field(name.as_bytes());
+        field(format!("{dtype:?}").as_bytes());
+        let dims: Vec<u8> = shape.iter().flat_map(|d| (*d as u64).to_le_bytes()).collect();
+        field(&dims);
+        field(data);
     }
     format!("{:016x}", h.0)
 }
@@ -67,16 +108,19 @@ pub fn save(
     path: &Path,
     store: &ParamStore,
     optimizer: Option<&dyn Optimizer>,
-    metadata: &serde_json::Value,
+    metadata: &Metadata,
 ) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = store.iter().map(|p| (format!("param.{}", p.name()), p.value())).collect();
-    let mut steps = 0;
+    let (mut kind, mut steps) = ("none", 0);
     if let Some(opt) = optimizer {
         named.extend(opt.state(store).into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
-        steps = opt.steps();
+        (kind, steps) = (opt.kind(), opt.steps());
     }
     let bytes: Vec<Vec<u8>> = named.iter().map(|(_, t)| to_bytes(t)).collect();
-    let sum = checksum(named.iter().zip(&bytes).map(|((n, t), b)| (n.as_str(), t.shape(), b.as_slice())));
+    let (metadata, steps) = (metadata.to_string(), steps.to_string());
+    let entries = [FORMAT, metadata.as_str(), kind, steps.as_str()];
+    let sum =
+        checksum(&entries, named.iter().zip(&bytes).map(|((n, t), b)| (n.as_str(), Dtype::F32, t.shape(), b.as_slice())));
     let views = named
         .iter()
         .zip(&bytes)
@@ -84,12 +128,8 @@ pub fn save(
             Ok((n.clone(), TensorView::new(Dtype::F32, t.shape().to_vec(), b).map_err(|e| fail(path, e.to_string()))?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let info = HashMap::from([
-        ("elide.format".to_string(), FORMAT.to_string()),
-        ("elide.metadata".to_string(), metadata.to_string()),
-        ("elide.optimizer_steps".to_string(), steps.to_string()),
-        ("elide.checksum".to_string(), sum),
-    ]);
+    let mut info: HashMap<String, String> = ENTRIES.iter().zip(entries).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    info.insert(CHECKSUM.to_string(), sum);
     let file = safetensors::serialize(views, Some(info)).map_err(|e| fail(path, e.to_string()))?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let written = (|| -> std::io::Result<()> {
@@ -110,7 +150,7 @@ pub fn save(
 /// # Errors
 /// [`Error::Checkpoint`] naming what is wrong: unreadable, truncated or corrupted file, checksum
 /// mismatch, a missing, extra or mis-shaped parameter, a non-f32 tensor, or bad optimizer state.
-pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimizer>) -> Result<serde_json::Value> {
+pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimizer>) -> Result<Metadata> {
     let file = std::fs::read(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
     let (_, header) =
         SafeTensors::read_metadata(&file).map_err(|e| fail(path, format!("corrupted or truncated: {e}")))?;
@@ -120,13 +160,14 @@ pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimize
     if get("elide.format")? != FORMAT {
         return Err(fail(path, format!("format {:?} is not {FORMAT}", get("elide.format")?)));
     }
+    if let Some(extra) = info.keys().find(|k| k.as_str() != CHECKSUM && !ENTRIES.contains(&k.as_str())) {
+        return Err(fail(path, format!("unexpected metadata entry {extra:?}: corrupted")));
+    }
+    let entries = [get(ENTRIES[0])?, get(ENTRIES[1])?, get(ENTRIES[2])?, get(ENTRIES[3])?].map(String::as_str);
     let tensors = st.tensors();
-    let sum = checksum(tensors.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())));
-    if &sum != get("elide.checksum")? {
-        return Err(fail(
-            path,
-            format!("checksum mismatch (file says {}, contents give {sum}): corrupted", get("elide.checksum")?),
-        ));
+    let sum = checksum(&entries, tensors.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())));
+    if &sum != get(CHECKSUM)? {
+        return Err(fail(path, format!("checksum mismatch (file says {}, contents give {sum}): corrupted", get(CHECKSUM)?)));
     }
     let mut params: HashMap<String, Tensor> = HashMap::new();
     let mut optim: HashMap<String, Tensor> = HashMap::new();
@@ -158,6 +199,13 @@ pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimize
         return Err(fail(path, format!("parameter {extra} is in the file but not in the model")));
     }
     if let Some(opt) = optimizer {
+        let kind = get("elide.optimizer")?;
+        if kind == "none" {
+            return Err(fail(path, format!("the file holds no optimizer state to load into {}", opt.kind())));
+        }
+        if kind != opt.kind() {
+            return Err(fail(path, format!("the file holds {kind} optimizer state, not {}", opt.kind())));
+        }
         let steps: u64 =
             get("elide.optimizer_steps")?.parse().map_err(|_| fail(path, "elide.optimizer_steps is not a number"))?;
         opt.load_state(store, &optim, steps).map_err(|e| fail(path, e.to_string()))?;
@@ -253,6 +301,54 @@ mod tests {
         assert_eq!(values(&target), before, "a refused load changed the model");
     }
 
+    /// `good` with the first occurrence of `from` in its header replaced by `to` (same length).
+    fn edit_header(good: &[u8], from: &str, to: &str) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&good[8..8 + header_len]).unwrap();
+        let at = 8 + header.find(from).unwrap_or_else(|| panic!("{from} not in {header}"));
+        let mut edited = good.to_vec();
+        edited[at..at + from.len()].copy_from_slice(to.as_bytes());
+        edited
+    }
+
+    #[test]
+    fn every_header_entry_is_under_the_checksum() {
+        let (store, opt) = trained(6);
+        let path = dir().join("header.safetensors");
+        save(&path, &store, Some(&opt), &json!({"model": "mlp"})).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let bad = dir().join("header-bad.safetensors");
+        let (target, mut target_opt) = trained(7);
+        let before = values(&target);
+        for (from, to) in [
+            (r#""elide.optimizer_steps":"2""#, r#""elide.optimizer_steps":"3""#),
+            ("mlp", "mlq"),
+            (r#""elide.optimizer":"adamw""#, r#""elide.optimizer":"adamx""#),
+            ("F32", "I32"),
+        ] {
+            std::fs::write(&bad, edit_header(&good, from, to)).unwrap();
+            let err = load(&bad, &target, Some(&mut target_opt)).unwrap_err().to_string();
+            assert!(err.contains("checksum mismatch"), "{from} -> {to}: {err}");
+        }
+        assert_eq!(values(&target), before);
+        assert_eq!(target_opt.steps(), 2);
+    }
+
+    #[test]
+    fn optimizer_state_loads_only_into_the_same_kind() {
+        let (store, opt) = trained(8);
+        let path = dir().join("kind.safetensors");
+        save(&path, &store, Some(&opt), &json!(null)).unwrap();
+        let mut sgd = crate::Sgd::new(0.1, 0.9);
+        let err = load(&path, &store, Some(&mut sgd)).unwrap_err().to_string();
+        assert!(err.ends_with("the file holds adamw optimizer state, not sgd"), "{err}");
+        save(&path, &store, None, &json!(null)).unwrap();
+        let err = load(&path, &store, Some(&mut AdamW::new(0.1))).unwrap_err().to_string();
+        assert!(err.ends_with("the file holds no optimizer state to load into adamw"), "{err}");
+        assert_eq!(sgd.steps(), 0);
+    }
+
     #[test]
     fn missing_extra_and_misshaped_parameters_are_named() {
         let (store, _) = trained(5);
@@ -285,12 +381,10 @@ mod tests {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let name = "param.w";
         let view = TensorView::new(Dtype::F64, vec![2], &bytes).unwrap();
-        let info = HashMap::from([
-            ("elide.format".to_string(), FORMAT.to_string()),
-            ("elide.metadata".to_string(), "{}".to_string()),
-            ("elide.optimizer_steps".to_string(), "0".to_string()),
-            ("elide.checksum".to_string(), checksum([(name, &[2usize][..], &bytes[..])].into_iter())),
-        ]);
+        let entries = [FORMAT, "{}", "none", "0"];
+        let mut info: HashMap<String, String> =
+            ENTRIES.iter().zip(entries).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        info.insert(CHECKSUM.to_string(), checksum(&entries, [(name, Dtype::F64, &[2usize][..], &bytes[..])].into_iter()));
         let file = safetensors::serialize(vec![(name.to_string(), view)], Some(info)).unwrap();
         let path = dir().join("f64.safetensors");
         std::fs::write(&path, file).unwrap();

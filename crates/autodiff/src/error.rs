@@ -19,6 +19,14 @@ pub enum Error {
         /// What was wrong, with the name and shapes.
         detail: String,
     },
+    /// An optimizer was asked to step with settings or gradients it cannot use.
+    #[error("{op}: {detail}")]
+    Optimizer {
+        /// The operation that refused (`AdamW::step`, `Gradients::clip_global_norm`, ...).
+        op: &'static str,
+        /// What was wrong, with the value.
+        detail: String,
+    },
     /// A checkpoint could not be written or read back.
     #[error("checkpoint {path}: {detail}")]
     Checkpoint {

@@ -50,3 +50,12 @@ pub use gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
 pub use optim::{AdamW, LrSchedule, Optimizer, Sgd};
 pub use param::{Param, ParamStore, Scope};
 pub use var::{is_recording, no_grad, Var};
+
+// Models and their gradients are shared between threads (rayon pools, servers): keep them so.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Var>();
+    assert_send_sync::<Gradients>();
+    assert_send_sync::<Param>();
+    assert_send_sync::<ParamStore>();
+};

@@ -166,8 +166,23 @@ mod tests {
     }
 
     #[test]
-    fn var_is_send_and_sync() {
-        fn check<T: Send + Sync>() {}
-        check::<Var>();
+    fn a_backward_rule_with_the_wrong_number_or_shape_of_gradients_is_an_error() {
+        let (x, y) = (Var::leaf(Tensor::ones(&[2])), Var::leaf(Tensor::ones(&[3])));
+        let too_few = Var::from_op("too_few", Tensor::ones(&[2]), &[&x, &y], |g| Ok(vec![Some(g.clone())]));
+        let err = too_few.backward_with(&Tensor::ones(&[2])).unwrap_err();
+        assert_eq!(err.to_string(), "backward: too_few: backward rule gave 1 gradients for 2 inputs");
+        let too_many = Var::from_op("too_many", Tensor::ones(&[2]), &[&x], |g| Ok(vec![Some(g.clone()), None]));
+        let err = too_many.backward_with(&Tensor::ones(&[2])).unwrap_err();
+        assert_eq!(err.to_string(), "backward: too_many: backward rule gave 2 gradients for 1 inputs");
+        // A wrong shape for an input that takes no gradient is still a wrong rule.
+        let c = Var::constant(Tensor::ones(&[4]));
+        let misshaped = Var::from_op("misshaped", Tensor::ones(&[2]), &[&x, &c], |g| {
+            Ok(vec![Some(g.clone()), Some(Tensor::ones(&[5]))])
+        });
+        let err = misshaped.backward_with(&Tensor::ones(&[2])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "backward: misshaped: backward rule gave a gradient of shape [5] for input 1 of shape [4]"
+        );
     }
 }

@@ -66,6 +66,17 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+    /// A result too large to allocate: its element count overflows `usize`, or the memory it
+    /// needs cannot be allocated.
+    #[error("{op}: shape {shape:?} {detail}")]
+    Alloc {
+        /// The operation that needed the memory.
+        op: &'static str,
+        /// The shape it would have had.
+        shape: Vec<usize>,
+        /// Why it cannot be allocated, with the byte count.
+        detail: String,
+    },
     /// A kernel refused its arguments (its message names the kernel and the sizes).
     #[error(transparent)]
     Kernel(#[from] KernelError),

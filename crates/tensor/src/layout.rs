@@ -179,13 +179,15 @@ pub(crate) fn fill_runs<E: Send>(
     }
 }
 
-/// [`fill_runs`] into a new contiguous tensor of `shape`.
+/// [`fill_runs`] into a new contiguous tensor of `shape`, allocated for `op`.
 pub(crate) fn map_runs(
+    op: &'static str,
     shape: &[usize],
     inputs: &[&Tensor],
     f: impl Fn(&[&[f32]], &mut [f32]) -> Result<()> + Sync,
 ) -> Result<Tensor> {
-    let mut out = vec![0.0f32; shape.iter().product()];
+    // A broadcast result can hold far more elements than its inputs.
+    let mut out = crate::alloc::filled(op, shape, 0.0f32)?;
     fill_runs(shape, inputs, &mut out, f)?;
     Ok(Tensor::from_contiguous(out, shape.to_vec()))
 }

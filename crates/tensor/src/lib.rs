@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod alloc;
 mod broadcast;
 mod error;
 mod indices;

@@ -10,7 +10,8 @@
 //! on every machine**, every operating system and every build.
 
 use crate::error::{Error, Result};
-use crate::tensor::{checked_numel, Tensor};
+use crate::alloc;
+use crate::tensor::Tensor;
 
 /// A deterministic pseudo-random generator (xoshiro256**, seeded by SplitMix64).
 ///
@@ -189,21 +190,30 @@ impl Rng {
 impl Tensor {
     /// A tensor of `shape` filled with standard normal samples from `rng`, in row-major order.
     ///
+    /// # Errors
+    /// [`Error::Alloc`] when the shape's element count overflows `usize` or its memory cannot
+    /// be allocated.
+    pub fn try_randn(shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
+        let mut data = alloc::filled("Tensor::randn", shape, 0.0)?;
+        data.iter_mut().for_each(|v| *v = rng.normal());
+        Ok(Tensor::from_contiguous(data, shape.to_vec()))
+    }
+
+    /// [`Tensor::try_randn`] for shapes the program chose itself (tests, examples).
+    ///
     /// # Panics
-    /// If the shape's element count overflows `usize`.
+    /// With the message of [`Tensor::try_randn`]'s error. For a shape that comes from a user or
+    /// a file, call [`Tensor::try_randn`].
     pub fn randn(shape: &[usize], rng: &mut Rng) -> Tensor {
-        let numel = checked_numel(shape).expect("Tensor::randn: shape has more elements than fit in memory");
-        Tensor::from_contiguous((0..numel).map(|_| rng.normal()).collect(), shape.to_vec())
+        Tensor::try_randn(shape, rng).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A tensor of `shape` filled with uniform samples in `[lo, hi)` from `rng` (a value may
     /// round to `hi` when `hi - lo` is not a power of two), in row-major order.
     ///
     /// # Errors
-    /// [`Error::Argument`] unless `lo <= hi` and both are finite.
-    ///
-    /// # Panics
-    /// If the shape's element count overflows `usize`.
+    /// [`Error::Argument`] unless `lo <= hi` and both are finite; [`Error::Alloc`] when the
+    /// shape cannot be allocated.
     pub fn uniform(shape: &[usize], lo: f32, hi: f32, rng: &mut Rng) -> Result<Tensor> {
         if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
             return Err(Error::argument(
@@ -211,9 +221,9 @@ impl Tensor {
                 format!("needs finite bounds with lo <= hi, got lo = {lo}, hi = {hi}"),
             ));
         }
-        let numel = checked_numel(shape).expect("Tensor::uniform: shape has more elements than fit in memory");
+        let mut data = alloc::filled("Tensor::uniform", shape, 0.0)?;
         let (lo, width) = (lo as f64, hi as f64 - lo as f64);
-        let data = (0..numel).map(|_| (lo + width * rng.next_f64()) as f32).collect();
+        data.iter_mut().for_each(|v| *v = (lo + width * rng.next_f64()) as f32);
         Ok(Tensor::from_contiguous(data, shape.to_vec()))
     }
 }
@@ -317,6 +327,18 @@ mod tests {
     /// independent Python implementation of xoshiro256** with the platform's `math.log`.
     const GOLDEN_GUMBEL_LOGISTIC_42: [u32; 6] =
         [3211288029, 1022835550, 1064563986, 1075872060, 1083799490, 1067088321];
+
+    #[test]
+    fn random_constructors_refuse_shapes_that_overflow_or_cannot_be_allocated() {
+        let mut rng = Rng::seed(0);
+        let err = Tensor::try_randn(&[usize::MAX, 2], &mut rng).unwrap_err();
+        assert_eq!(err.to_string(), format!("Tensor::randn: shape [{}, 2] has more elements than fit in usize", usize::MAX));
+        assert!(Tensor::try_randn(&[1 << 40], &mut rng).unwrap_err().to_string().contains("could not be allocated"));
+        let err = Tensor::uniform(&[1 << 62, 4], 0.0, 1.0, &mut rng).unwrap_err();
+        assert!(err.to_string().starts_with("Tensor::uniform: shape [4611686018427387904, 4]"), "{err}");
+        // The fallible and the panicking forms draw the same values.
+        assert_eq!(Tensor::try_randn(&[3], &mut Rng::seed(5)).unwrap().to_vec(), Tensor::randn(&[3], &mut Rng::seed(5)).to_vec());
+    }
 
     #[test]
     fn uniform_rejects_bad_bounds() {

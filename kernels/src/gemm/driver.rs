@@ -12,7 +12,7 @@
 //! work items. Every element of C is still computed by exactly one micro-kernel call per KC
 //! slice, in the same order, so the result is bit-identical for any number of threads.
 
-use super::epilogue::{finish_row, Epilogue};
+use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::microkernel::{microkernel, BPanel, Blocking, MAX_MR, MAX_NR};
 use super::pack::{pack_a, pack_b_block};
 use super::view::{MatMut, MatRef};
@@ -34,6 +34,17 @@ pub(crate) enum StoreMode {
     /// `C ← C + scale·act(alpha·AB + bias)` with a single KC slice: each tile is finished in a
     /// buffer, then added. (With several slices the caller goes through a temporary instead.)
     AddActivated,
+}
+
+impl StoreMode {
+    /// The mode for an accumulation and the activation of the epilogue.
+    pub(crate) fn of(accum: Accum, activation: Activation) -> StoreMode {
+        match (accum, activation) {
+            (Accum::Replace, _) => StoreMode::Replace,
+            (Accum::Add, Activation::Identity) => StoreMode::AddLinear,
+            (Accum::Add, _) => StoreMode::AddActivated,
+        }
+    }
 }
 
 /// Everything a work item needs; shared read-only by all threads.

@@ -47,10 +47,10 @@ impl Epilogue<'_> {
     }
 }
 
-/// `√(2/π)`, the GELU tanh-form constant.
-const GELU_C: f32 = 0.797_884_6;
+/// `√(2/π)`, the GELU tanh-form constant (shared with the derivative in `activation_grad.rs`).
+pub(crate) const GELU_C: f32 = 0.797_884_6;
 /// The cubic coefficient of the GELU tanh form.
-const GELU_A: f32 = 0.044_715;
+pub(crate) const GELU_A: f32 = 0.044_715;
 
 impl Activation {
     /// Applies the activation to a vector of lanes.

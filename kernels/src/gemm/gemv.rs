@@ -10,6 +10,7 @@
 //!
 //! Threads split the columns; every `y_j` is summed in the same order whatever the split.
 
+use super::driver::PARALLEL_MIN_MACS;
 use super::epilogue::{finish_row, Accum, Epilogue};
 use super::view::{MatMut, MatRef};
 use crate::simd::{with_simd, Simd, SimdTask};
@@ -19,8 +20,11 @@ use rayon::prelude::*;
 
 /// Columns of `y` per work item (a 2 KiB chunk of `y` stays in L1 while B streams past).
 pub(crate) const CHUNK: usize = 512;
-/// Below this many multiply-adds the product runs on the calling thread.
-const PARALLEL_MIN_MACS: usize = 1 << 18;
+/// Below this many multiply-adds a GEMV runs on the calling thread: a quarter of the GEMM's
+/// [`PARALLEL_MIN_MACS`], because a GEMV reads every weight from memory for a single
+/// multiply-add, so each of its multiply-adds costs several of a packed GEMM's and a fork/join
+/// pays off on a smaller product.
+const GEMV_PARALLEL_MIN_MACS: usize = PARALLEL_MIN_MACS / 4;
 
 /// Which streaming form fits B's layout, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +74,7 @@ pub(crate) fn run(
     };
     let chunks = n.div_ceil(CHUNK);
     let work = |ch: usize| with_simd(isa, ChunkTask { gemv: &task, j0: ch * CHUNK, len: CHUNK.min(n - ch * CHUNK) });
-    if par == Par::Rayon && n * k >= PARALLEL_MIN_MACS && chunks > 1 {
+    if par == Par::Rayon && n * k >= GEMV_PARALLEL_MIN_MACS && chunks > 1 {
         (0..chunks).into_par_iter().for_each(work);
     } else {
         (0..chunks).for_each(work);

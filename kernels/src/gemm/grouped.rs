@@ -18,8 +18,8 @@ use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::gemv::{self, SKINNY_MAX_ROWS};
 use super::microkernel::{BPanel, Blocking};
 use super::pack::{pack_a, pack_b_block};
-use super::view::{MatMut, MatRef};
-use super::Gemm;
+use super::view::{MatMut, MatRef, RowOwners};
+use super::{empty_product, Gemm};
 use crate::error::{KernelError, Result};
 use crate::simd::{with_simd, Simd, SimdTask};
 use crate::threading::{Par, SendPtr};
@@ -64,7 +64,8 @@ fn validate(c: &MatMut<'_>, problems: &[GroupProblem<'_>], settings: &Gemm<'_>) 
     if c.row_index.is_some() {
         return Err(KernelError::Argument { op: OP, detail: "the shared output cannot itself be scattered".into() });
     }
-    let mut owner = vec![u32::MAX; c.rows];
+    let claims = problems.iter().fold(0usize, |acc, p| acc.saturating_add(p.a.rows));
+    let mut owner = RowOwners::new(c.rows, claims);
     for (g, p) in problems.iter().enumerate() {
         let (m, k, n) = (p.a.rows, p.a.cols, p.b.cols);
         if p.b.rows != k || n != c.cols {
@@ -89,26 +90,32 @@ fn validate(c: &MatMut<'_>, problems: &[GroupProblem<'_>], settings: &Gemm<'_>) 
             });
         }
         let mut claim = |row: usize, position: usize| -> Result<()> {
-            match owner.get_mut(row) {
-                None => Err(KernelError::Index {
+            if row >= c.rows {
+                return Err(KernelError::Index {
                     op: OP,
                     index: row as u64,
                     position,
                     bound: c.rows,
                     note: format!(" (output row of problem {g})"),
-                }),
-                Some(o) if *o != u32::MAX => Err(KernelError::Argument {
+                });
+            }
+            match owner.claim(row, g as u32) {
+                Some(first) => Err(KernelError::Argument {
                     op: OP,
-                    detail: format!("output row {row} is written by problems {} and {g}", *o),
+                    detail: format!("output row {row} is written by problems {first} and {g}"),
                 }),
-                Some(o) => {
-                    *o = g as u32;
-                    Ok(())
-                }
+                None => Ok(()),
             }
         };
         match p.rows {
-            OutRows::Range(start) => (0..m).try_for_each(|i| claim(start + i, i))?,
+            OutRows::Range(start) => {
+                if start.checked_add(m).is_none_or(|end| end > c.rows) {
+                    // Name the first row past the output (and do not overflow computing it).
+                    let first_bad = c.rows.max(start);
+                    return claim(first_bad, first_bad - start);
+                }
+                (0..m).try_for_each(|i| claim(start + i, i))?
+            }
             OutRows::Index(index) => {
                 if index.len() != m {
                     return Err(shape_error(format!("problem {g}: {} output rows for {m} rows of A", index.len())));
@@ -144,6 +151,24 @@ impl Gemm<'_> {
         validate(&c, problems, &settings)?;
         let bl = Blocking::of(isa);
         let n = c.cols;
+        let (row_stride, col_stride) = (c.row_stride, c.col_stride);
+        for p in problems.iter().filter(|p| p.a.cols == 0 && p.a.rows > 0) {
+            // `validate` checked these rows lie inside `c`.
+            let rows = match p.rows {
+                OutRows::Range(start) => MatMut {
+                    data: &mut c.data[start * row_stride..],
+                    rows: p.a.rows,
+                    cols: n,
+                    row_stride,
+                    col_stride,
+                    row_index: None,
+                },
+                OutRows::Index(index) => {
+                    MatMut { data: &mut *c.data, rows: p.a.rows, cols: n, row_stride, col_stride, row_index: Some(index) }
+                }
+            };
+            empty_product(rows, self.accum, &p.epilogue);
+        }
         let (c_ptr, c_row_stride, c_col_stride) = (SendPtr(c.data.as_mut_ptr()), c.row_stride, c.col_stride);
         let calls: Vec<Call<'_>> = problems
             .iter()
@@ -160,18 +185,9 @@ impl Gemm<'_> {
                 n,
                 alpha: self.alpha,
                 epilogue: p.epilogue,
-                mode: match (self.accum, p.epilogue.activation) {
-                    (Accum::Replace, _) => StoreMode::Replace,
-                    (Accum::Add, Activation::Identity) => StoreMode::AddLinear,
-                    (Accum::Add, _) => StoreMode::AddActivated,
-                },
+                mode: StoreMode::of(self.accum, p.epilogue.activation),
             })
             .collect();
-        for (call, p) in calls.iter().zip(problems) {
-            if p.a.cols == 0 && p.a.rows > 0 {
-                empty_rows(call, p.a.rows, self.accum);
-            }
-        }
         let macs = problems
             .iter()
             .fold(0usize, |acc, p| acc.saturating_add(p.a.rows.saturating_mul(p.a.cols).saturating_mul(n)));
@@ -217,24 +233,6 @@ impl Gemm<'_> {
             items.iter().for_each(work);
         }
         Ok(())
-    }
-}
-
-/// A problem with `k = 0`: its rows are `scale_i · act(bias)` (added in `Accum::Add`).
-fn empty_rows(call: &Call<'_>, m: usize, accum: Accum) {
-    let epi = &call.epilogue;
-    for i in 0..m {
-        let r = match call.c_rows {
-            CRows::Offset(start) => start + i,
-            CRows::Index(index) => index[i] as usize,
-        };
-        let scale = epi.row_scale.map_or(1.0, |s| s[i]);
-        for j in 0..call.n {
-            let v = scale * epi.activation.reference(epi.bias.map_or(0.0, |b| b[j]) as f64) as f32;
-            // SAFETY: `validate` checked row r < c.rows, and j < n = c.cols; one thread writes.
-            let dst = unsafe { &mut *call.c.0.add(r * call.c_row_stride + j * call.c_col_stride) };
-            *dst = if accum == Accum::Add { *dst + v } else { v };
-        }
     }
 }
 

@@ -127,13 +127,20 @@ fn expert_shaped_problems_on_every_path() {
 #[test]
 fn empty_k_writes_the_epilogue_of_zero() {
     let case = Case::new(&[2, 3], 4, 0, 5);
-    let problems = case.problems(false, false, Activation::Relu);
-    let mut out = vec![9.0f32; 25];
-    Gemm::default().run_grouped(MatMut::row_major(&mut out, 5, 5).unwrap(), &problems).unwrap();
-    for (i, row) in out.chunks(5).enumerate() {
-        let e = usize::from(i >= 2);
-        for (j, v) in row.iter().enumerate() {
-            assert_eq!(*v, case.scale[i] * case.bias[e * 5 + j].max(0.0));
+    for (index_out, accum) in [(false, Accum::Replace), (true, Accum::Replace), (true, Accum::Add)] {
+        let problems = case.problems(index_out, false, Activation::Relu);
+        let mut out = vec![9.0f32; 25];
+        let gemm = Gemm { accum, ..Gemm::default() };
+        gemm.run_grouped(MatMut::row_major(&mut out, 5, 5).unwrap(), &problems).unwrap();
+        for i in 0..5 {
+            // Product row i lands in output row i (Range) or 4 - i (the reversed index).
+            let row = if index_out { 4 - i } else { i };
+            let e = usize::from(i >= 2);
+            for j in 0..5 {
+                let before = if accum == Accum::Add { 9.0 } else { 0.0 };
+                let want = before + case.scale[i] * case.bias[e * 5 + j].max(0.0);
+                assert_eq!(out[row * 5 + j], want, "index_out={index_out} {accum:?} ({i}, {j})");
+            }
         }
     }
 }

@@ -36,6 +36,7 @@ pub mod reference;
 mod view;
 
 pub use epilogue::{Accum, Activation, Epilogue};
+pub(crate) use epilogue::{GELU_A, GELU_C};
 pub use grouped::{GroupProblem, OutRows};
 pub use view::{MatMut, MatRef};
 
@@ -119,11 +120,7 @@ impl Gemm<'_> {
             let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi };
             return settings.run_grouped(c, &[problem]);
         }
-        let mode = match (self.accum, epi.activation) {
-            (Accum::Replace, _) => StoreMode::Replace,
-            (Accum::Add, Activation::Identity) => StoreMode::AddLinear,
-            (Accum::Add, _) => StoreMode::AddActivated,
-        };
+        let mode = StoreMode::of(self.accum, epi.activation);
         if mode == StoreMode::AddActivated && k > microkernel::Blocking::of(isa).kc {
             // The activation needs the whole sum before it meets C: finish the product in a
             // temporary, then add it. (Rare: activations usually go with Accum::Replace.)
@@ -144,13 +141,9 @@ fn mode_allows_grouped(accum: Accum, epi: &Epilogue<'_>, k: usize, isa: Isa) -> 
     !(accum == Accum::Add && epi.activation != Activation::Identity && k > microkernel::Blocking::of(isa).kc)
 }
 
-/// `C ← A·B` (or `C ← C + A·B`) with the default settings: the short form of [`Gemm::run`].
-pub fn gemm(c: MatMut<'_>, accum: Accum, a: MatRef<'_>, b: MatRef<'_>, par: Par) -> Result<()> {
-    Gemm { accum, par, ..Gemm::default() }.run(c, a, b)
-}
-
-/// `k = 0`: the product is zero, so each row is `scale_i · act(bias)`.
-fn empty_product(c: MatMut<'_>, accum: Accum, epi: &Epilogue<'_>) {
+/// `k = 0`: the product is zero, so each row is `scale_i · act(bias)`. The one place this
+/// case is written, for the dense and the grouped GEMM.
+pub(crate) fn empty_product(c: MatMut<'_>, accum: Accum, epi: &Epilogue<'_>) {
     let (m, n) = (c.rows, c.cols);
     for i in 0..m {
         let row = c.row_offset(i);

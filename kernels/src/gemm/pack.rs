@@ -71,9 +71,9 @@ fn interleave<const MR: usize>(dst: &mut [f32], rows: [&[f32]; MR], kc: usize) {
     }
 }
 
-/// Packs `b[rows, cols]` for `rows = row0..row0+kc`, `cols = col0 + panel·nr ..` into
-/// `nr`-column panels, one panel per entry of `dst_panels` (each `kc·nr` long): element
-/// `(p, j)` of a panel sits at `p·nr + j`. Columns past the matrix are zero.
+/// Packs one `nr`-column panel of `b`: rows `row0..row0+kc`, columns `col0..col0+nr`, into the
+/// first `kc·nr` floats of `dst`, element `(p, j)` at `p·nr + j`. Columns past the matrix are
+/// zero.
 pub(crate) fn pack_b_panel(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usize, col0: usize, nr: usize) {
     let valid = nr.min(b.cols - col0);
     debug_assert!(dst.len() >= kc * nr);
@@ -103,7 +103,8 @@ pub(crate) fn pack_b_panel(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usi
 /// `col0`) into `dst`, panel `q` at `q·kc·nr`. A row-major B is read row by row, each row
 /// contiguously: panel by panel, every 64-byte read would start a new row — a new page when the
 /// row stride is 4 KiB or more — and hardware prefetchers do not cross pages (measured: a
-/// 64-expert layer spent a fifth of its time waiting on those reads).
+/// 64-expert layer spent a fifth of its time waiting on those reads). Every panel must start
+/// inside the matrix (`col0 + (panels − 1)·nr < cols`), as the drivers' panel counts ensure.
 pub(crate) fn pack_b_block(
     dst: &mut [f32],
     b: &MatRef<'_>,
@@ -114,6 +115,7 @@ pub(crate) fn pack_b_block(
     nr: usize,
 ) {
     debug_assert!(dst.len() >= panels * kc * nr);
+    debug_assert!(panels == 0 || col0 + (panels - 1) * nr < b.cols, "a panel starts past the matrix");
     if b.col_index.is_some() || b.col_stride != 1 {
         for (q, panel) in dst.chunks_mut(kc * nr).take(panels).enumerate() {
             pack_b_panel(panel, b, row0, kc, col0 + q * nr, nr);
@@ -128,10 +130,6 @@ pub(crate) fn pack_b_block(
             let out = &mut dst[q * kc * nr + p * nr..q * kc * nr + (p + 1) * nr];
             copy_short(&mut out[..seg.len()], seg);
             out[seg.len()..].fill(0.0);
-        }
-        // Panels entirely past the last column (never asked for today) stay consistent: zero.
-        for q in width.div_ceil(nr)..panels {
-            dst[q * kc * nr + p * nr..q * kc * nr + (p + 1) * nr].fill(0.0);
         }
     }
 }

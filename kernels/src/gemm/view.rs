@@ -49,6 +49,61 @@ fn check_extent(op: &'static str, len: usize, rows: usize, cols: usize, rs: usiz
     }
 }
 
+/// The first claimant of each row, to find rows claimed twice: a table over the rows when there
+/// are not many more rows than claims, a hash map otherwise (a view with no columns may have
+/// `usize::MAX` rows; the table must not be sized by them).
+pub(crate) enum RowOwners {
+    Table(Vec<u32>),
+    Map(std::collections::HashMap<usize, u32>),
+}
+
+impl RowOwners {
+    /// Owners for rows `0..rows`, expecting about `claims` claims.
+    pub(crate) fn new(rows: usize, claims: usize) -> RowOwners {
+        if rows <= claims.saturating_mul(4).max(4096) {
+            RowOwners::Table(vec![u32::MAX; rows])
+        } else {
+            RowOwners::Map(std::collections::HashMap::with_capacity(claims))
+        }
+    }
+
+    /// Records `owner` for `row` (below the `rows` given to [`RowOwners::new`]); returns the
+    /// earlier owner instead when the row was already claimed.
+    pub(crate) fn claim(&mut self, row: usize, owner: u32) -> Option<u32> {
+        match self {
+            RowOwners::Table(table) => {
+                let slot = &mut table[row];
+                if *slot != u32::MAX {
+                    return Some(*slot);
+                }
+                *slot = owner;
+                None
+            }
+            RowOwners::Map(map) => match map.entry(row) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(owner);
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// Checks that a buffer of `len` elements holds exactly a row-major `rows × cols` matrix.
+fn check_row_major(op: &'static str, len: usize, rows: usize, cols: usize) -> Result<()> {
+    match rows.checked_mul(cols) {
+        Some(needed) if needed == len => Ok(()),
+        Some(needed) => {
+            Err(KernelError::View { op, detail: format!("{rows}x{cols} needs {needed} elements, the buffer has {len}") })
+        }
+        None => Err(KernelError::View {
+            op,
+            detail: format!("{rows}x{cols} has more elements than fit in usize; the buffer has {len}"),
+        }),
+    }
+}
+
 /// Checks every index is below `bound`.
 fn check_index(op: &'static str, index: &[u32], bound: usize) -> Result<()> {
     match index.iter().position(|&i| i as usize >= bound) {
@@ -75,12 +130,7 @@ impl<'a> MatRef<'a> {
 
     /// A contiguous row-major `rows × cols` view; `data.len()` must be `rows * cols`.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Result<Self> {
-        if rows.checked_mul(cols) != Some(data.len()) {
-            return Err(KernelError::View {
-                op: "MatRef::row_major",
-                detail: format!("{rows}x{cols} needs {} elements, the buffer has {}", rows * cols, data.len()),
-            });
-        }
+        check_row_major("MatRef::row_major", data.len(), rows, cols)?;
         Self::new(data, rows, cols, cols, 1)
     }
 
@@ -181,12 +231,7 @@ impl<'a> MatMut<'a> {
 
     /// A contiguous row-major `rows × cols` view; `data.len()` must be `rows * cols`.
     pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Result<Self> {
-        if rows.checked_mul(cols) != Some(data.len()) {
-            return Err(KernelError::View {
-                op: "MatMut::row_major",
-                detail: format!("{rows}x{cols} needs {} elements, the buffer has {}", rows * cols, data.len()),
-            });
-        }
+        check_row_major("MatMut::row_major", data.len(), rows, cols)?;
         Self::new(data, rows, cols, cols, 1)
     }
 
@@ -198,18 +243,11 @@ impl<'a> MatMut<'a> {
             return Err(KernelError::Argument { op: OP, detail: "rows are already scattered".into() });
         }
         check_index(OP, index, self.rows)?;
-        let mut first_seen = vec![u32::MAX; self.rows];
+        let mut first_seen = RowOwners::new(self.rows, index.len());
         for (position, &row) in index.iter().enumerate() {
-            let seen = &mut first_seen[row as usize];
-            if *seen != u32::MAX {
-                return Err(KernelError::DuplicateIndex {
-                    op: OP,
-                    index: row,
-                    first: *seen as usize,
-                    second: position,
-                });
+            if let Some(first) = first_seen.claim(row as usize, position as u32) {
+                return Err(KernelError::DuplicateIndex { op: OP, index: row, first: first as usize, second: position });
             }
-            *seen = position as u32;
         }
         Ok(MatMut { rows: index.len(), row_index: Some(index), ..self })
     }
@@ -277,6 +315,33 @@ mod tests {
         let c = MatMut::row_major(&mut out, 3, 4).unwrap();
         let err = c.scatter_rows(&[2, 0, 2]).unwrap_err();
         assert!(err.to_string().contains("index 2 appears twice (positions 0 and 2)"), "{err}");
+    }
+
+    #[test]
+    fn row_major_sizes_whose_product_overflows_are_errors() {
+        let data = [0.0f32; 6];
+        let err = MatRef::row_major(&data, usize::MAX, 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("MatRef::row_major: invalid view: {}x2 has more elements than fit in usize; the buffer has 6", usize::MAX)
+        );
+        let mut out = [0.0f32; 6];
+        let err = MatMut::row_major(&mut out, 3, usize::MAX / 2).unwrap_err();
+        assert!(err.to_string().contains("has more elements than fit in usize"), "{err}");
+        let err = MatRef::row_major(&data, 2, 4).unwrap_err();
+        assert_eq!(err.to_string(), "MatRef::row_major: invalid view: 2x4 needs 8 elements, the buffer has 6");
+    }
+
+    #[test]
+    fn scattering_a_view_of_many_empty_rows_allocates_nothing_per_row() {
+        // usize::MAX rows of no columns: a valid empty view. The duplicate check used to
+        // allocate a table of usize::MAX entries (a capacity-overflow panic).
+        let mut out: [f32; 0] = [];
+        let c = MatMut::new(&mut out, usize::MAX, 0, 1, 1).unwrap();
+        let err = c.scatter_rows(&[7, 3, 7]).unwrap_err();
+        assert!(err.to_string().contains("index 7 appears twice (positions 0 and 2)"), "{err}");
+        let c = MatMut::new(&mut out, usize::MAX, 0, 1, 1).unwrap();
+        assert_eq!(c.scatter_rows(&[7, 3]).unwrap().rows(), 2);
     }
 
     #[test]

@@ -13,12 +13,13 @@ impl Var {
         let shape = self.shape().to_vec();
         let index: Arc<[u32]> = index.into();
         Ok(Var::from_op("index_select", value, &[self], move |g| {
-            Ok(vec![Some(Tensor::zeros(&shape).scatter_add(dim, &index, g)?)])
+            Ok(vec![Some(Tensor::try_zeros(&shape)?.scatter_add(dim, &index, g)?)])
         }))
     }
 
-    /// Rows `ids` of an embedding table `[vocab, d]`: `[ids.len(), d]`. The gradient reaches
-    /// only the rows that were looked up.
+    /// Rows `ids` of an embedding table `[vocab, d]`: `[ids.len(), d]`. The table's gradient
+    /// is a dense `[vocab, d]` tensor, zero outside the looked-up rows (it costs a whole
+    /// table of memory, not only the rows used).
     pub fn embedding(table: &Var, ids: &[u32]) -> Result<Var> {
         table.index_select(0, ids)
     }
@@ -48,7 +49,7 @@ impl Var {
         let numel = self.value.numel();
         let var = Var::from_op("topk", values, &[self], move |g| {
             let src = g.reshape(&[flat.len(), 1])?;
-            let grad = Tensor::zeros(&[numel, 1]).scatter_add(0, &flat, &src)?;
+            let grad = Tensor::try_zeros(&[numel, 1])?.scatter_add(0, &flat, &src)?;
             Ok(vec![Some(grad.reshape(&shape)?)])
         });
         Ok((var, positions))

@@ -38,10 +38,10 @@ impl Var {
             let pad = |n: usize| {
                 let mut s = shape.clone();
                 s[dim] = n;
-                Tensor::zeros(&s)
+                Tensor::try_zeros(&s)
             };
-            let before = pad(start);
-            let after = pad(shape[dim] - start - len);
+            let before = pad(start)?;
+            let after = pad(shape[dim] - start - len)?;
             parts.push(&before);
             parts.push(g);
             parts.push(&after);

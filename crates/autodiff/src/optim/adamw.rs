@@ -1,6 +1,6 @@
 //! AdamW: Adam with decoupled weight decay (arXiv 1711.05101), as `torch.optim.AdamW`.
 
-use super::{grad_values, load_slot, save_slot, Optimizer};
+use super::{beta_power, check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer};
 use crate::error::Result;
 use crate::{Gradients, ParamStore};
 use elide_tensor::Tensor;
@@ -35,17 +35,38 @@ impl AdamW {
     }
 }
 
+impl AdamW {
+    /// Checks the hyperparameters (public fields, so checked at every step).
+    fn validate(&self) -> Result<()> {
+        const OP: &str = "AdamW::step";
+        let (lr, wd, eps, (b1, b2)) = (self.lr, self.weight_decay, self.eps, self.betas);
+        check_hyper(OP, "lr", lr, lr.is_finite() && lr >= 0.0, "finite and >= 0")?;
+        check_hyper(OP, "weight_decay", wd, wd.is_finite() && wd >= 0.0, "finite and >= 0")?;
+        check_hyper(OP, "betas.0", b1, (0.0..1.0).contains(&b1), "in [0, 1)")?;
+        check_hyper(OP, "betas.1", b2, (0.0..1.0).contains(&b2), "in [0, 1)")?;
+        check_hyper(OP, "eps", eps, eps.is_finite() && eps > 0.0, "finite and > 0")
+    }
+}
+
 impl Optimizer for AdamW {
     fn step(&mut self, store: &ParamStore, grads: &Gradients) -> Result<()> {
-        let t = self.steps + 1;
+        const OP: &str = "AdamW::step";
+        self.validate()?;
+        check_grads_match(OP, store, grads)?;
+        for p in store.iter() {
+            if let Some(g) = grads.get(p) {
+                grad_values(OP, &p.value(), g, p.name())?;
+            }
+        }
+        let t = self.steps.saturating_add(1);
         let (b1, b2) = self.betas;
-        let bias1 = 1.0 - b1.powi(t as i32);
-        let bias2_sqrt = (1.0 - b2.powi(t as i32)).sqrt();
+        let bias1 = 1.0 - beta_power(b1, t);
+        let bias2_sqrt = (1.0 - beta_power(b2, t)).sqrt();
         let step_size = self.lr / bias1;
         for p in store.iter() {
             let Some(g) = grads.get(p) else { continue };
             let value = p.value();
-            let g = grad_values("AdamW::step", &value, g, p.name())?;
+            let g = grad_values(OP, &value, g, p.name())?;
             let mut x = value.to_vec();
             let m = self.m.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
             let v = self.v.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
@@ -61,6 +82,10 @@ impl Optimizer for AdamW {
         }
         self.steps = t;
         Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "adamw"
     }
 
     fn lr(&self) -> f32 {
@@ -82,6 +107,7 @@ impl Optimizer for AdamW {
     }
 
     fn load_state(&mut self, store: &ParamStore, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
+        check_state_names("AdamW", tensors, &["adamw.m", "adamw.v"])?;
         let (m, v) = (load_slot(store, tensors, "adamw.m")?, load_slot(store, tensors, "adamw.v")?);
         (self.m, self.v, self.steps) = (m, v, steps);
         Ok(())

@@ -1,6 +1,6 @@
 //! Stochastic gradient descent with momentum, as `torch.optim.SGD` (dampening 0).
 
-use super::{grad_values, load_slot, save_slot, Optimizer};
+use super::{check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer};
 use crate::error::Result;
 use crate::{Gradients, ParamStore};
 use elide_tensor::Tensor;
@@ -29,12 +29,32 @@ impl Sgd {
     }
 }
 
+impl Sgd {
+    /// Checks the hyperparameters (public fields, so checked at every step).
+    fn validate(&self) -> Result<()> {
+        const OP: &str = "Sgd::step";
+        let (lr, mu, wd) = (self.lr, self.momentum, self.weight_decay);
+        check_hyper(OP, "lr", lr, lr.is_finite() && lr >= 0.0, "finite and >= 0")?;
+        check_hyper(OP, "momentum", mu, mu.is_finite() && mu >= 0.0, "finite and >= 0")?;
+        check_hyper(OP, "weight_decay", wd, wd.is_finite() && wd >= 0.0, "finite and >= 0")?;
+        check_hyper(OP, "momentum (with nesterov)", mu, !self.nesterov || mu > 0.0, "> 0")
+    }
+}
+
 impl Optimizer for Sgd {
     fn step(&mut self, store: &ParamStore, grads: &Gradients) -> Result<()> {
+        const OP: &str = "Sgd::step";
+        self.validate()?;
+        check_grads_match(OP, store, grads)?;
+        for p in store.iter() {
+            if let Some(g) = grads.get(p) {
+                grad_values(OP, &p.value(), g, p.name())?;
+            }
+        }
         for p in store.iter() {
             let Some(g) = grads.get(p) else { continue };
             let value = p.value();
-            let mut g = grad_values("Sgd::step", &value, g, p.name())?;
+            let mut g = grad_values(OP, &value, g, p.name())?;
             let mut x = value.to_vec();
             if self.weight_decay != 0.0 {
                 g.iter_mut().zip(&x).for_each(|(g, &x)| *g += self.weight_decay * x);
@@ -56,8 +76,12 @@ impl Optimizer for Sgd {
             x.iter_mut().zip(&g).for_each(|(x, &g)| *x -= self.lr * g);
             p.set(Tensor::from_vec(x, value.shape())?)?;
         }
-        self.steps += 1;
+        self.steps = self.steps.saturating_add(1);
         Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "sgd"
     }
 
     fn lr(&self) -> f32 {
@@ -77,6 +101,7 @@ impl Optimizer for Sgd {
     }
 
     fn load_state(&mut self, store: &ParamStore, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
+        check_state_names("SGD", tensors, &["sgd.momentum"])?;
         self.buffers = load_slot(store, tensors, "sgd.momentum")?;
         self.steps = steps;
         Ok(())

@@ -19,8 +19,8 @@ impl Tensor {
         let shape = broadcast_shape_for(name, &self.shape, &other.shape)?;
         let a = self.broadcast_to_for(name, &shape)?;
         let b = other.broadcast_to_for(name, &shape)?;
-        let isa = Isa::active();
-        map_runs(&shape, &[&a, &b], |x, out| Ok(binary(isa, op, x[0], x[1], out)?))
+        let isa = Isa::try_active()?;
+        map_runs(name, &shape, &[&a, &b], |x, out| Ok(binary(isa, op, x[0], x[1], out)?))
     }
 
     /// `self + other`, elementwise with broadcasting.
@@ -100,7 +100,7 @@ impl Tensor {
     fn scalar_op(&self, v: f32, op: BinaryOp) -> Tensor {
         let isa = Isa::active();
         let value = [v];
-        let result = map_runs(&self.shape, &[self], |x, out| Ok(binary(isa, op, x[0], &value, out)?));
+        let result = map_runs("scalar op", &self.shape, &[self], |x, out| Ok(binary(isa, op, x[0], &value, out)?));
         // Runs always match their output (or are one value), which the kernel accepts.
         result.unwrap_or_else(|e| unreachable!("{e}"))
     }

@@ -35,7 +35,7 @@ impl Tensor {
         if !out.is_empty() {
             let x = self.contiguous();
             let src = x.as_slice().unwrap_or_default();
-            let isa = Isa::active();
+            let isa = Isa::try_active()?;
             for (o, out) in out.chunks_mut(index.len() * inner).enumerate() {
                 let block = &src[o * size * inner..][..size * inner];
                 if inner == 1 {
@@ -89,7 +89,7 @@ impl Tensor {
         if outer * index.len() * inner > 0 {
             let src = src.contiguous();
             let src = src.as_slice().unwrap_or_default();
-            let isa = Isa::active();
+            let isa = Isa::try_active()?;
             for (o, dst) in out.chunks_mut(size * inner).enumerate() {
                 let block = &src[o * index.len() * inner..][..index.len() * inner];
                 if inner == 1 {

@@ -69,7 +69,7 @@ impl Tensor {
         let count: usize = batch.iter().product();
         if count * m * n == 0 || k == 0 {
             // An empty result, or an empty sum: zeros.
-            return Ok(Tensor::zeros(&out_shape));
+            return Tensor::try_zeros(&out_shape);
         }
         let a = self.broadcast_to_for(OP, &[&batch[..], &[m, k]].concat())?;
         let b = rhs.broadcast_to_for(OP, &[&batch[..], &[k, n]].concat())?;

@@ -45,13 +45,13 @@ impl Tensor {
     /// # Errors
     /// [`Error::Argument`] for a 0-dimensional tensor.
     pub fn softmax(&self) -> Result<Tensor> {
-        self.map_rows("softmax", |x, rows, cols, out| softmax_rows(Isa::active(), x, rows, cols, out))
+        self.map_rows("softmax", |x, rows, cols, out| softmax_rows(Isa::try_active()?, x, rows, cols, out))
     }
 
     /// Log-softmax along the last dim: `x_i - max - ln Σ_j exp(x_j - max)`. Errors as
     /// [`Tensor::softmax`].
     pub fn log_softmax(&self) -> Result<Tensor> {
-        self.map_rows("log_softmax", |x, rows, cols, out| log_softmax_rows(Isa::active(), x, rows, cols, out))
+        self.map_rows("log_softmax", |x, rows, cols, out| log_softmax_rows(Isa::try_active()?, x, rows, cols, out))
     }
 
     /// RMSNorm over the last dim (arXiv 1910.07467): `x / sqrt(mean(x²) + eps) · weight`.
@@ -65,7 +65,7 @@ impl Tensor {
         check_eps(OP, eps)?;
         let weight = self.row_param(OP, "weight", weight)?;
         self.map_rows(OP, |x, rows, cols, out| {
-            rms_norm_rows(Isa::active(), x, rows, cols, weight.as_ref().and_then(Tensor::as_slice), eps, out)
+            rms_norm_rows(Isa::try_active()?, x, rows, cols, weight.as_ref().and_then(Tensor::as_slice), eps, out)
         })
     }
 
@@ -83,7 +83,7 @@ impl Tensor {
         let bias = self.row_param(OP, "bias", bias)?;
         self.map_rows(OP, |x, rows, cols, out| {
             let (w, b) = (weight.as_ref().and_then(Tensor::as_slice), bias.as_ref().and_then(Tensor::as_slice));
-            layer_norm_rows(Isa::active(), x, rows, cols, w, b, eps, out)
+            layer_norm_rows(Isa::try_active()?, x, rows, cols, w, b, eps, out)
         })
     }
 

@@ -7,6 +7,7 @@
 use elide_kernels::reduce::{reduce_axis, ReduceOp};
 use elide_kernels::Isa;
 
+use crate::alloc;
 use crate::error::{check_dim, Error, Result};
 use crate::tensor::Tensor;
 
@@ -23,14 +24,18 @@ impl Tensor {
             shape.remove(dim);
         }
         if outer * inner == 0 {
-            return Ok(Tensor::zeros(&shape));
+            return Ok(Tensor::from_contiguous(Vec::new(), shape));
         }
         if axis == 0 && op != ReduceOp::Sum {
             return Err(Error::argument(name, format!("dim {dim} of shape {:?} is empty", self.shape)));
         }
+        // Over an empty dim the result can hold more elements than the input: allocate with care.
+        let mut out = alloc::filled(name, &shape, 0.0f32)?;
+        if axis == 0 {
+            return Ok(Tensor::from_contiguous(out, shape));
+        }
         let x = self.contiguous();
-        let mut out = vec![0.0f32; outer * inner];
-        reduce_axis(Isa::active(), op, x.as_slice().unwrap_or_default(), outer, axis, inner, &mut out)?;
+        reduce_axis(Isa::try_active()?, op, x.as_slice().unwrap_or_default(), outer, axis, inner, &mut out)?;
         Ok(Tensor::from_contiguous(out, shape))
     }
 
@@ -152,6 +157,11 @@ mod tests {
         for (name, r) in [("mean", e.mean(1, false)), ("max", e.max(1, false)), ("min", e.min(1, true))] {
             assert_eq!(r.unwrap_err().to_string(), format!("{name}: dim 1 of shape [2, 0] is empty"));
         }
+        // The result of summing over an empty dim can be far larger than the input.
+        let wide = Tensor::zeros(&[0, 1 << 62]);
+        let err = wide.sum(0, false).unwrap_err();
+        assert_eq!(err.to_string(), "sum: shape [4611686018427387904] needs 18446744073709551616 bytes (16.0 EiB), which could not be allocated");
+        assert_eq!(Tensor::zeros(&[0, 3]).sum(0, true).unwrap().to_vec(), vec![0.0; 3]);
         let err = random(&[2, 3], 1).sum(2, false).unwrap_err();
         assert_eq!(err.to_string(), "sum: dim 2 is out of range for shape [2, 3] (rank 2)");
     }

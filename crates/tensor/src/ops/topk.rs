@@ -35,7 +35,7 @@ impl Tensor {
                 return Err(Error::argument(OP, format!("the last dim of shape {:?} is empty", self.shape)));
             }
             let x = self.contiguous();
-            argmax_rows(Isa::active(), x.as_slice().unwrap_or_default(), rows, cols, &mut out)?;
+            argmax_rows(Isa::try_active()?, x.as_slice().unwrap_or_default(), rows, cols, &mut out)?;
         }
         Ok(IndexTensor::from_parts(out, shape))
     }
@@ -69,7 +69,7 @@ impl Tensor {
         let mut indices = vec![0u32; rows * k];
         if rows > 0 {
             let x = self.contiguous();
-            topk_rows(Isa::active(), x.as_slice().unwrap_or_default(), rows, cols, k, &mut values, &mut indices)?;
+            topk_rows(Isa::try_active()?, x.as_slice().unwrap_or_default(), rows, cols, k, &mut values, &mut indices)?;
         }
         Ok((Tensor::from_contiguous(values, shape.clone()), IndexTensor::from_parts(indices, shape)))
     }

@@ -12,7 +12,7 @@ impl Tensor {
     /// takes the same arithmetic whatever the layout.
     pub fn map(&self, op: UnaryOp) -> Tensor {
         let isa = Isa::active();
-        let result = map_runs(&self.shape, &[self], |x, out| {
+        let result = map_runs("map", &self.shape, &[self], |x, out| {
             if x[0].len() == out.len() {
                 Ok(unary(isa, op, x[0], out)?)
             } else {
