@@ -284,7 +284,7 @@ impl<'a> Trainer<'a> {
             }
             let mut grads = loss.backward()?;
             let grad_norm = match cfg.clip {
-                Some(max) => grads.clip_global_norm(max),
+                Some(max) => grads.clip_global_norm(max)?,
                 None => grads.global_norm(),
             };
             self.optimizer.step(self.store, &grads)?;
