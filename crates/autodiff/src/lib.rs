@@ -7,7 +7,10 @@
 //! [`no_grad`] nothing is recorded, so one forward path serves training and inference.
 //! Parameters are named ([`ParamStore`], `"blocks.3.moe.w1"`), optimizers (SGD with momentum,
 //! AdamW) update them, every backward rule is checked against finite differences
-//! ([`gradcheck`]), and [`checkpoint`] saves and loads them in the safetensors format.
+//! ([`gradcheck()`](fn@gradcheck)), and [`checkpoint`] saves and loads them in the safetensors format.
+//!
+//! Through the `elide` facade this crate is `elide::autodiff`; the facade's documentation shows
+//! this example with those paths.
 //!
 //! A tiny training loop — a linear classifier trained with AdamW:
 //!

@@ -16,12 +16,14 @@
 //! stacks blocks with classifier heads so confident rows leave the batch early
 //! (`docs/skip-depth-exit.md`).
 //!
+//! Through the `elide` facade this crate is `elide::cond` (and its neighbours `elide::tensor`,
+//! `elide::autodiff`); the facade's documentation shows the examples below with those paths.
+//!
 //! A mixture-of-experts layer in a training step:
 //!
 //! ```
 //! use elide_autodiff::{ParamStore, Var};
-//! use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
-//! use elide_kernels::gemm::Activation;
+//! use elide_cond::{Activation, Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
 //! use elide_tensor::{Rng, Tensor};
 //!
 //! let mut rng = Rng::seed(0);
@@ -103,6 +105,8 @@ mod testing;
 pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
 pub use block::{Block, MlpBlock, Residual};
 pub use early_exit::{Calibration, Confidence, EarlyExit, ExitInference, ExitLoss, ExitRule};
+/// The activation of an MLP expert ([`ExpertKind::Mlp`]), re-exported from the kernels that fuse it.
+pub use elide_kernels::gemm::Activation;
 pub use error::{Error, Result};
 pub use estimator::{
     bernoulli_straight_through, straight_through_one_hot, straight_through_threshold, BernoulliGates, DiscreteChoice,

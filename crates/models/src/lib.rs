@@ -10,8 +10,7 @@
 //! ```
 //! use elide_autodiff::optim::{AdamW, Optimizer};
 //! use elide_autodiff::{ParamStore, Var};
-//! use elide_cond::{Capacity, ExpertKind, MoeConfig, RouterKind};
-//! use elide_kernels::gemm::Activation;
+//! use elide_cond::{Activation, Capacity, ExpertKind, MoeConfig, RouterKind};
 //! use elide_models::{Ctx, Linear, Module, MoeFfn, RmsNorm};
 //! use elide_cond::gathered::WeightLayout;
 //! use elide_tensor::{Rng, Tensor};

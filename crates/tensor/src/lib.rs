@@ -8,7 +8,8 @@
 //! softmax and norms, top-k, gather and scatter) check their arguments, return [`Result`] with
 //! an [`Error`] naming the operation and the shapes involved, and run on the vectorised,
 //! multi-threaded kernels of `elide-kernels`. Results are bit-identical for any number of
-//! threads, and the seeded [`Rng`] gives the same values on every machine.
+//! threads, and the seeded [`Rng`] gives the same values on every machine. Through the `elide`
+//! facade this crate is `elide::tensor`.
 //!
 //! ```
 //! use elide_tensor::{Rng, Tensor};
