@@ -191,7 +191,7 @@ pub fn grouped_linear(
     let (out, saved_z) = match (training, unary_of(activation)) {
         (true, Some(op)) => {
             let mut h = vec![0.0f32; s * fan_out];
-            unary(Isa::active(), op, &z, &mut h).map_err(kernel_err)?;
+            unary(Isa::try_active().map_err(kernel_err)?, op, &z, &mut h).map_err(kernel_err)?;
             (h, Some(z))
         }
         _ => (z, None),
@@ -208,7 +208,7 @@ pub fn grouped_linear(
         let through_act = match &saved_z {
             Some(z) => {
                 let mut dz = vec![0.0f32; z.len()];
-                activation_backward(Isa::active(), shape.activation, z, data(&dy), &mut dz).map_err(kernel_err)?;
+                activation_backward(Isa::try_active().map_err(kernel_err)?, shape.activation, z, data(&dy), &mut dz).map_err(kernel_err)?;
                 Some(dz)
             }
             None => None,

@@ -136,13 +136,13 @@ impl HierarchicalClassifier {
         Ok(HierarchicalClassifier {
             config,
             trunk_w: scope.param("trunk.w", init::lecun_normal(&[c.d_in, dt], WeightLayout::InOut, rng))?,
-            trunk_b: scope.param("trunk.b", Tensor::zeros(&[dt]))?,
+            trunk_b: scope.param("trunk.b", Tensor::try_zeros(&[dt])?)?,
             coarse_w: scope.param("coarse.w", init::lecun_normal(&[dt, cc], WeightLayout::InOut, rng))?,
-            coarse_b: scope.param("coarse.b", Tensor::zeros(&[cc]))?,
+            coarse_b: scope.param("coarse.b", Tensor::try_zeros(&[cc])?)?,
             w1: scope.param("branches.w1", init::lecun_normal(&[cc, dt, h], WeightLayout::InOut, rng))?,
-            b1: scope.param("branches.b1", Tensor::zeros(&[cc, h]))?,
+            b1: scope.param("branches.b1", Tensor::try_zeros(&[cc, h])?)?,
             w2: scope.param("branches.w2", init::lecun_normal(&[cc, h, m], WeightLayout::InOut, rng))?,
-            b2: scope.param("branches.b2", Tensor::zeros(&[cc, m]))?,
+            b2: scope.param("branches.b2", Tensor::try_zeros(&[cc, m])?)?,
         })
     }
 

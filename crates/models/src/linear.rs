@@ -39,7 +39,7 @@ impl Linear {
         }
         let [_, a, b] = layout.shape(1, fan_in, fan_out);
         let weight = scope.param("weight", init::lecun_normal(&[a, b], layout, rng))?;
-        let bias = if bias { Some(scope.param("bias", Tensor::zeros(&[fan_out]))?) } else { None };
+        let bias = if bias { Some(scope.param("bias", Tensor::try_zeros(&[fan_out])?)?) } else { None };
         Ok(Linear { weight, bias, layout, fan_in, fan_out })
     }
 
@@ -158,7 +158,7 @@ pub(crate) fn lookup(table: &Var, ids: &[u32]) -> Result<Var> {
         let g = g.contiguous();
         let mut grad = vec![0.0f32; vocab * d];
         let rows = g.as_slice().expect("contiguous");
-        scatter_add_rows(Isa::active(), rows, &ids, &mut grad, vocab, d).map_err(elide_tensor::Error::from)?;
+        scatter_add_rows(Isa::try_active().map_err(elide_tensor::Error::from)?, rows, &ids, &mut grad, vocab, d).map_err(elide_tensor::Error::from)?;
         Ok(vec![Some(Tensor::from_vec(grad, &[vocab, d])?)])
     }))
 }

@@ -35,7 +35,7 @@ impl RmsNorm {
     /// [`Error::Config`] for `d = 0` or an `eps` that is not finite and positive.
     pub fn new(scope: &mut Scope<'_>, d: usize, eps: f32) -> Result<RmsNorm> {
         check_eps("RmsNorm::new", d, eps)?;
-        Ok(RmsNorm { weight: scope.param("weight", Tensor::ones(&[d]))?, d, eps })
+        Ok(RmsNorm { weight: scope.param("weight", Tensor::try_ones(&[d])?)?, d, eps })
     }
 }
 
@@ -69,8 +69,8 @@ impl LayerNorm {
     pub fn new(scope: &mut Scope<'_>, d: usize, eps: f32) -> Result<LayerNorm> {
         check_eps("LayerNorm::new", d, eps)?;
         Ok(LayerNorm {
-            weight: scope.param("weight", Tensor::ones(&[d]))?,
-            bias: scope.param("bias", Tensor::zeros(&[d]))?,
+            weight: scope.param("weight", Tensor::try_ones(&[d])?)?,
+            bias: scope.param("bias", Tensor::try_zeros(&[d])?)?,
             d,
             eps,
         })
