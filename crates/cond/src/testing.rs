@@ -86,3 +86,13 @@ pub(crate) fn check_grad_many(f: impl Fn(&[Var]) -> Result<Var>, inputs: &[Tenso
 pub(crate) fn check_grad(f: impl Fn(&Var) -> Result<Var>, x: &Tensor) {
     check_grad_many(|v| f(&v[0]), std::slice::from_ref(x));
 }
+
+/// Asserts `got` and `want` agree to `rtol`, relative to `1 + |want|`, naming `what` and the
+/// element that differs. The one closeness check of this crate's unit tests.
+#[track_caller]
+pub(crate) fn assert_close(got: &[f32], want: &[f32], rtol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= rtol * (1.0 + b.abs()), "{what}: [{i}] {a} vs {b}");
+    }
+}

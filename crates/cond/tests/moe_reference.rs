@@ -250,9 +250,15 @@ fn an_expert_that_receives_no_tokens_costs_nothing_and_takes_zero_gradient() {
         assert_eq!(out.plan.expert_range(IDLE).len(), 0);
         let want = reference(&case, &f64s(&x), &weights(&store));
         assert_close("output", &out.output.value().to_vec(), &want.out, 1e-5);
-        // The FLOPs count only routed rows: the idle expert adds nothing.
-        let router_flops = 2.0 * (case.t * case.d * case.e) as f64;
-        assert_eq!(out.flops, router_flops + layer.experts().forward_flops(case.t * 2));
+        // The FLOPs count only routed rows: the idle expert adds nothing. Written out for these
+        // sizes (not through the layer's own formula): the router is a [20, 6] x [6, 4] product;
+        // each of the 20·2 routed rows runs two [6, 10]-sized GEMMs (MLP: up, down) or three
+        // (SwiGLU: gate, up, down), 2 FLOPs per multiply-add.
+        let router_flops = 2.0 * 20.0 * 6.0 * 4.0;
+        let gemms_per_row = if expert == ExpertKind::SwiGlu { 3.0 } else { 2.0 };
+        let expert_flops = 2.0 * 40.0 * gemms_per_row * 6.0 * 10.0;
+        assert_eq!((case.t, case.d, case.e, case.h), (20, 6, 4, 10));
+        assert_eq!(out.flops, router_flops + expert_flops, "{expert:?}");
         let grads = out.output.square().sum_all().backward().unwrap();
         for p in layer.experts().params() {
             let g = grads.get(p).unwrap().to_vec();

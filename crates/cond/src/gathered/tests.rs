@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::plan::Capacity;
-use crate::testing::{check_grad_many, random_token_choice};
+use crate::testing::{assert_close, check_grad_many, random_token_choice};
 use elide_tensor::Rng;
 
 const ACTIVATIONS: [Activation; 4] = [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::Silu];
@@ -52,14 +52,6 @@ fn naive_linear(
     out
 }
 
-#[track_caller]
-fn assert_close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}: [{i}] {a} vs {b}");
-    }
-}
-
 #[test]
 fn grouped_linear_matches_the_naive_reference() {
     // Odd sizes, a destination with no rows (g = 64 > t·k for t = 7), and both input kinds.
@@ -93,7 +85,7 @@ fn grouped_linear_matches_the_naive_reference() {
                             );
                             assert_eq!(got.shape(), &[p.num_kept(), fo]);
                             let what = format!("t={t} g={g} k={k} {fi}x{fo} {layout:?} {source:?} {act:?} bias={bias}");
-                            assert_close(&got.value().to_vec(), &want, &what);
+                            assert_close(&got.value().to_vec(), &want, 1e-5, &what);
                         }
                     }
                 }
@@ -186,7 +178,7 @@ fn combine_and_gather_match_the_naive_reference_and_gradcheck() {
         }
         let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
         let got = combine(&Var::constant(rows.clone()), Some(&Var::constant(gates.clone())), &p).unwrap();
-        assert_close(&got.value().to_vec(), &want, "combine");
+        assert_close(&got.value().to_vec(), &want, 1e-5, "combine");
         let gathered = gather(&Var::constant(x.clone()), &p).unwrap().value().to_vec();
         let xs = x.to_vec();
         let want: Vec<f32> = p.tokens().iter().flat_map(|&tok| xs[tok as usize * d..][..d].to_vec()).collect();
