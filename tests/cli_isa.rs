@@ -8,7 +8,8 @@ fn a_bad_elide_isa_stops_the_program_with_the_valid_values() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.starts_with("elide: ELIDE_ISA: \"neon9\" names no instruction set; valid values: portable, avx2, avx512"),
+        stderr
+            .starts_with("elide: ELIDE_ISA: \"neon9\" names no instruction set; valid values: portable, avx2, avx512"),
         "{stderr}"
     );
     let ok = Command::new(env!("CARGO_BIN_EXE_elide")).arg("info").env("ELIDE_ISA", "portable").output().unwrap();

@@ -74,7 +74,10 @@ impl Isa {
             }),
             None => Err(KernelError::Argument {
                 op: OP,
-                detail: format!("{value:?} names no instruction set; valid values: portable, avx2, avx512 (this CPU runs {})", runnable()),
+                detail: format!(
+                    "{value:?} names no instruction set; valid values: portable, avx2, avx512 (this CPU runs {})",
+                    runnable()
+                ),
             }),
         }
     }

@@ -54,7 +54,14 @@ fn matref<'a>(data: &'a [f32], spec: &'a ViewSpec, row_major: bool) -> Option<Ma
     }
 }
 
-fn check(a: ViewSpec, mut b: ViewSpec, mut c: ViewSpec, fit: bool, row_major: bool, accum: Accum) -> Result<(), TestCaseError> {
+fn check(
+    a: ViewSpec,
+    mut b: ViewSpec,
+    mut c: ViewSpec,
+    fit: bool,
+    row_major: bool,
+    accum: Accum,
+) -> Result<(), TestCaseError> {
     if fit {
         // Make the shapes chain, so the product runs and is compared with the reference.
         (b.rows, b.cols) = (a.cols, c.cols);
@@ -85,12 +92,20 @@ fn check(a: ViewSpec, mut b: ViewSpec, mut c: ViewSpec, fit: bool, row_major: bo
     // The reference loops over every element: only for products small enough to loop over
     // (an empty view may have usize::MAX rows).
     let small = va.rows() <= 64 && vb.rows() <= 64 && vb.cols() <= 64;
-    if small && va.rows() == c.index.as_ref().map_or(c.rows, Vec::len) && va.cols() == vb.rows() && vb.cols() == c.cols {
+    if small && va.rows() == c.index.as_ref().map_or(c.rows, Vec::len) && va.cols() == vb.rows() && vb.cols() == c.cols
+    {
         let mut out = MatMut::new(&mut want, c.rows, c.cols, c.row_stride, c.col_stride).unwrap();
         if let Some(index) = &c.index {
             out = out.scatter_rows(index).unwrap();
         }
-        gemm_reference(&mut out, accum, &va, &vb, 1.0, &Epilogue { activation: Activation::Identity, ..Default::default() });
+        gemm_reference(
+            &mut out,
+            accum,
+            &va,
+            &vb,
+            1.0,
+            &Epilogue { activation: Activation::Identity, ..Default::default() },
+        );
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             prop_assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "element {i}: {g} vs {w}");
         }

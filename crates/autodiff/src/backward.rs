@@ -64,7 +64,10 @@ impl Gradients {
     pub fn clip_global_norm(&mut self, max_norm: f32) -> Result<f32> {
         const OP: &str = "Gradients::clip_global_norm";
         if !(max_norm.is_finite() && max_norm > 0.0) {
-            return Err(Error::Optimizer { op: OP, detail: format!("max_norm must be finite and > 0, got {max_norm}") });
+            return Err(Error::Optimizer {
+                op: OP,
+                detail: format!("max_norm must be finite and > 0, got {max_norm}"),
+            });
         }
         let norm = self.global_norm();
         if !norm.is_finite() {

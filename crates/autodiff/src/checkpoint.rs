@@ -71,10 +71,7 @@ impl Fnv {
 
 /// The checksum of the header entries (in [`ENTRIES`] order) and the named tensors (sorted by
 /// name). Every field is length-prefixed, so no two different contents hash the same stream.
-fn checksum<'a>(
-    entries: &[&str; 4],
-    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
-) -> String {
+fn checksum<'a>(entries: &[&str; 4], tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
     let mut h = Fnv::new();
     let mut field = |bytes: &[u8]| {
         h.write(&(bytes.len() as u64).to_le_bytes());
@@ -104,12 +101,7 @@ fn to_bytes(t: &Tensor) -> Vec<u8> {
 /// # Errors
 /// [`Error::Checkpoint`] if the file cannot be written; the previous file at `path`, if any, is
 /// then left untouched.
-pub fn save(
-    path: &Path,
-    store: &ParamStore,
-    optimizer: Option<&dyn Optimizer>,
-    metadata: &Metadata,
-) -> Result<()> {
+pub fn save(path: &Path, store: &ParamStore, optimizer: Option<&dyn Optimizer>, metadata: &Metadata) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = store.iter().map(|p| (format!("param.{}", p.name()), p.value())).collect();
     let (mut kind, mut steps) = ("none", 0);
     if let Some(opt) = optimizer {
@@ -119,8 +111,10 @@ pub fn save(
     let bytes: Vec<Vec<u8>> = named.iter().map(|(_, t)| to_bytes(t)).collect();
     let (metadata, steps) = (metadata.to_string(), steps.to_string());
     let entries = [FORMAT, metadata.as_str(), kind, steps.as_str()];
-    let sum =
-        checksum(&entries, named.iter().zip(&bytes).map(|((n, t), b)| (n.as_str(), Dtype::F32, t.shape(), b.as_slice())));
+    let sum = checksum(
+        &entries,
+        named.iter().zip(&bytes).map(|((n, t), b)| (n.as_str(), Dtype::F32, t.shape(), b.as_slice())),
+    );
     let views = named
         .iter()
         .zip(&bytes)
@@ -128,7 +122,8 @@ pub fn save(
             Ok((n.clone(), TensorView::new(Dtype::F32, t.shape().to_vec(), b).map_err(|e| fail(path, e.to_string()))?))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut info: HashMap<String, String> = ENTRIES.iter().zip(entries).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut info: HashMap<String, String> =
+        ENTRIES.iter().zip(entries).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     info.insert(CHECKSUM.to_string(), sum);
     let file = safetensors::serialize(views, Some(info)).map_err(|e| fail(path, e.to_string()))?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -167,7 +162,10 @@ pub fn load(path: &Path, store: &ParamStore, optimizer: Option<&mut dyn Optimize
     let tensors = st.tensors();
     let sum = checksum(&entries, tensors.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())));
     if &sum != get(CHECKSUM)? {
-        return Err(fail(path, format!("checksum mismatch (file says {}, contents give {sum}): corrupted", get(CHECKSUM)?)));
+        return Err(fail(
+            path,
+            format!("checksum mismatch (file says {}, contents give {sum}): corrupted", get(CHECKSUM)?),
+        ));
     }
     let mut params: HashMap<String, Tensor> = HashMap::new();
     let mut optim: HashMap<String, Tensor> = HashMap::new();
@@ -384,7 +382,10 @@ mod tests {
         let entries = [FORMAT, "{}", "none", "0"];
         let mut info: HashMap<String, String> =
             ENTRIES.iter().zip(entries).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        info.insert(CHECKSUM.to_string(), checksum(&entries, [(name, Dtype::F64, &[2usize][..], &bytes[..])].into_iter()));
+        info.insert(
+            CHECKSUM.to_string(),
+            checksum(&entries, [(name, Dtype::F64, &[2usize][..], &bytes[..])].into_iter()),
+        );
         let file = safetensors::serialize(vec![(name.to_string(), view)], Some(info)).unwrap();
         let path = dir().join("f64.safetensors");
         std::fs::write(&path, file).unwrap();

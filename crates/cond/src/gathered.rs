@@ -208,7 +208,8 @@ pub fn grouped_linear(
         let through_act = match &saved_z {
             Some(z) => {
                 let mut dz = vec![0.0f32; z.len()];
-                activation_backward(Isa::try_active().map_err(kernel_err)?, shape.activation, z, data(&dy), &mut dz).map_err(kernel_err)?;
+                activation_backward(Isa::try_active().map_err(kernel_err)?, shape.activation, z, data(&dy), &mut dz)
+                    .map_err(kernel_err)?;
                 Some(dz)
             }
             None => None,

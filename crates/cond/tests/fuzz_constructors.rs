@@ -101,7 +101,9 @@ fn check_layer(config: MoeConfig, tokens: usize, seed: u64, train: bool) -> Resu
         prop_assert_eq!(out.output.shape(), &[tokens, config.d_model][..]);
         if train {
             // A backward pass may refuse (nothing recorded), but must not panic.
-            if let Ok(loss) = out.output.square().sum_all().add(&out.aux_loss().map_err(|e| TestCaseError::fail(e.to_string()))?) {
+            if let Ok(loss) =
+                out.output.square().sum_all().add(&out.aux_loss().map_err(|e| TestCaseError::fail(e.to_string()))?)
+            {
                 let _ = loss.backward();
             }
         }

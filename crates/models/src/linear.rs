@@ -158,7 +158,8 @@ pub(crate) fn lookup(table: &Var, ids: &[u32]) -> Result<Var> {
         let g = g.contiguous();
         let mut grad = vec![0.0f32; vocab * d];
         let rows = g.as_slice().expect("contiguous");
-        scatter_add_rows(Isa::try_active().map_err(elide_tensor::Error::from)?, rows, &ids, &mut grad, vocab, d).map_err(elide_tensor::Error::from)?;
+        scatter_add_rows(Isa::try_active().map_err(elide_tensor::Error::from)?, rows, &ids, &mut grad, vocab, d)
+            .map_err(elide_tensor::Error::from)?;
         Ok(vec![Some(Tensor::from_vec(grad, &[vocab, d])?)])
     }))
 }

@@ -9,8 +9,8 @@
 //! `ln` may differ in the last bit between C libraries. So **the same seed gives the same values
 //! on every machine**, every operating system and every build.
 
-use crate::error::{Error, Result};
 use crate::alloc;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// A deterministic pseudo-random generator (xoshiro256**, seeded by SplitMix64).
@@ -332,12 +332,18 @@ mod tests {
     fn random_constructors_refuse_shapes_that_overflow_or_cannot_be_allocated() {
         let mut rng = Rng::seed(0);
         let err = Tensor::try_randn(&[usize::MAX, 2], &mut rng).unwrap_err();
-        assert_eq!(err.to_string(), format!("Tensor::randn: shape [{}, 2] has more elements than fit in usize", usize::MAX));
+        assert_eq!(
+            err.to_string(),
+            format!("Tensor::randn: shape [{}, 2] has more elements than fit in usize", usize::MAX)
+        );
         assert!(Tensor::try_randn(&[1 << 40], &mut rng).unwrap_err().to_string().contains("could not be allocated"));
         let err = Tensor::uniform(&[1 << 62, 4], 0.0, 1.0, &mut rng).unwrap_err();
         assert!(err.to_string().starts_with("Tensor::uniform: shape [4611686018427387904, 4]"), "{err}");
         // The fallible and the panicking forms draw the same values.
-        assert_eq!(Tensor::try_randn(&[3], &mut Rng::seed(5)).unwrap().to_vec(), Tensor::randn(&[3], &mut Rng::seed(5)).to_vec());
+        assert_eq!(
+            Tensor::try_randn(&[3], &mut Rng::seed(5)).unwrap().to_vec(),
+            Tensor::randn(&[3], &mut Rng::seed(5)).to_vec()
+        );
     }
 
     #[test]

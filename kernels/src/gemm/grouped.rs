@@ -163,9 +163,14 @@ impl Gemm<'_> {
                     col_stride,
                     row_index: None,
                 },
-                OutRows::Index(index) => {
-                    MatMut { data: &mut *c.data, rows: p.a.rows, cols: n, row_stride, col_stride, row_index: Some(index) }
-                }
+                OutRows::Index(index) => MatMut {
+                    data: &mut *c.data,
+                    rows: p.a.rows,
+                    cols: n,
+                    row_stride,
+                    col_stride,
+                    row_index: Some(index),
+                },
             };
             empty_product(rows, self.accum, &p.epilogue);
         }

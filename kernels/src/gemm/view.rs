@@ -94,9 +94,10 @@ impl RowOwners {
 fn check_row_major(op: &'static str, len: usize, rows: usize, cols: usize) -> Result<()> {
     match rows.checked_mul(cols) {
         Some(needed) if needed == len => Ok(()),
-        Some(needed) => {
-            Err(KernelError::View { op, detail: format!("{rows}x{cols} needs {needed} elements, the buffer has {len}") })
-        }
+        Some(needed) => Err(KernelError::View {
+            op,
+            detail: format!("{rows}x{cols} needs {needed} elements, the buffer has {len}"),
+        }),
         None => Err(KernelError::View {
             op,
             detail: format!("{rows}x{cols} has more elements than fit in usize; the buffer has {len}"),
@@ -246,7 +247,12 @@ impl<'a> MatMut<'a> {
         let mut first_seen = RowOwners::new(self.rows, index.len());
         for (position, &row) in index.iter().enumerate() {
             if let Some(first) = first_seen.claim(row as usize, position as u32) {
-                return Err(KernelError::DuplicateIndex { op: OP, index: row, first: first as usize, second: position });
+                return Err(KernelError::DuplicateIndex {
+                    op: OP,
+                    index: row,
+                    first: first as usize,
+                    second: position,
+                });
             }
         }
         Ok(MatMut { rows: index.len(), row_index: Some(index), ..self })
@@ -323,7 +329,10 @@ mod tests {
         let err = MatRef::row_major(&data, usize::MAX, 2).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("MatRef::row_major: invalid view: {}x2 has more elements than fit in usize; the buffer has 6", usize::MAX)
+            format!(
+                "MatRef::row_major: invalid view: {}x2 has more elements than fit in usize; the buffer has 6",
+                usize::MAX
+            )
         );
         let mut out = [0.0f32; 6];
         let err = MatMut::row_major(&mut out, 3, usize::MAX / 2).unwrap_err();

@@ -24,7 +24,9 @@ impl Var {
     /// Sum of every element, as a one-element tensor of shape `[]`.
     pub fn sum_all(&self) -> Var {
         let shape = self.shape().to_vec();
-        Var::from_op("sum_all", self.value.sum_all(), &[self], move |g| Ok(vec![Some(Tensor::try_full(&shape, g.item()?)?)]))
+        Var::from_op("sum_all", self.value.sum_all(), &[self], move |g| {
+            Ok(vec![Some(Tensor::try_full(&shape, g.item()?)?)])
+        })
     }
 
     /// Mean of every element.

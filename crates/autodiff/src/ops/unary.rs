@@ -12,7 +12,8 @@ fn activation_grad(act: Activation, x: &Tensor, g: &Tensor) -> Result<Tensor> {
     let (x, g) = (x.contiguous(), g.contiguous());
     let mut out = vec![0.0f32; x.numel()];
     let (xs, gs) = (x.as_slice().expect("contiguous"), g.as_slice().expect("contiguous"));
-    activation_backward(Isa::try_active().map_err(elide_tensor::Error::from)?, act, xs, gs, &mut out).map_err(elide_tensor::Error::from)?;
+    activation_backward(Isa::try_active().map_err(elide_tensor::Error::from)?, act, xs, gs, &mut out)
+        .map_err(elide_tensor::Error::from)?;
     Ok(Tensor::from_vec(out, x.shape())?)
 }
 

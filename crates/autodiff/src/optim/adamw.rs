@@ -1,6 +1,8 @@
 //! AdamW: Adam with decoupled weight decay (arXiv 1711.05101), as `torch.optim.AdamW`.
 
-use super::{beta_power, check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer};
+use super::{
+    beta_power, check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer,
+};
 use crate::error::Result;
 use crate::{Gradients, ParamStore};
 use elide_tensor::Tensor;

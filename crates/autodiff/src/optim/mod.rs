@@ -282,7 +282,10 @@ mod tests {
         let x = Var::leaf(Tensor::from_vec(vec![f32::NAN, 1.0], &[2]).unwrap());
         let mut nan = x.mul_scalar(1.0).sum_all().backward_with(&Tensor::scalar(f32::NAN)).unwrap();
         let err = nan.clip_global_norm(1.0).unwrap_err().to_string();
-        assert_eq!(err, "Gradients::clip_global_norm: the gradients' global norm is NaN: some gradient is NaN or infinite");
+        assert_eq!(
+            err,
+            "Gradients::clip_global_norm: the gradients' global norm is NaN: some gradient is NaN or infinite"
+        );
     }
 
     #[test]
