@@ -82,6 +82,12 @@ fn check(
         };
         // The reference panics on shapes that do not chain; only run it where the GEMM will.
         let chains = va.rows() == out.rows() && va.cols() == vb.rows() && vb.cols() == out.cols();
+        // Zero strides make views of any size valid: a product of usize::MAX multiply-adds is
+        // legitimate input, but not one a test can wait for.
+        let work = va.rows().saturating_mul(va.cols()).saturating_mul(vb.cols());
+        if chains && work > 1 << 16 {
+            return None;
+        }
         let gemm = Gemm { accum, ..Gemm::default() };
         let result = gemm.run(out, va, vb);
         prop_assert_eq_opt(result.is_ok(), chains)
