@@ -97,12 +97,15 @@ impl Tensor {
         self.scalar_op(v, BinaryOp::Min)
     }
 
+    /// Panics like [`Tensor::map`] when the result cannot be allocated.
     fn scalar_op(&self, v: f32, op: BinaryOp) -> Tensor {
         let isa = Isa::active();
         let value = [v];
         let result = map_runs("scalar op", &self.shape, &[self], |x, out| Ok(binary(isa, op, x[0], &value, out)?));
-        // Runs always match their output (or are one value), which the kernel accepts.
-        result.unwrap_or_else(|e| unreachable!("{e}"))
+        // Runs always match their output (or are one value), which the kernel accepts; the one
+        // failure left is an output this tensor's shape cannot allocate (a broadcast view of a
+        // huge shape), documented under # Panics.
+        result.unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

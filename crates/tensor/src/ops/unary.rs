@@ -10,6 +10,10 @@ impl Tensor {
     /// `op(self)` elementwise, into a new contiguous tensor. A contiguous input is one kernel
     /// call; a strided one is walked in runs, each copied into a buffer first, so every element
     /// takes the same arithmetic whatever the layout.
+    ///
+    /// # Panics
+    /// When the result cannot be allocated: only for a broadcast view whose shape holds far more
+    /// elements than its storage (a tensor that owns its elements always fits again).
     pub fn map(&self, op: UnaryOp) -> Tensor {
         let isa = Isa::active();
         let result = map_runs("map", &self.shape, &[self], |x, out| {
@@ -23,8 +27,10 @@ impl Tensor {
                 Ok(())
             }
         });
-        // Runs always match their output (or are one value), which the kernel accepts.
-        result.unwrap_or_else(|e| unreachable!("{e}"))
+        // Runs always match their output (or are one value), which the kernel accepts; the one
+        // failure left is an output this tensor's shape cannot allocate (a broadcast view of a
+        // huge shape), documented under # Panics.
+        result.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `-x`.
