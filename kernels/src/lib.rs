@@ -27,6 +27,7 @@
 
 pub mod activation_grad;
 pub mod attention;
+pub mod buffer;
 pub mod elementwise;
 pub mod error;
 pub mod gather;

@@ -80,7 +80,7 @@ impl Tensor {
     /// use elide_tensor::Tensor;
     /// assert_eq!(Tensor::try_full(&[2], 7.5)?.to_vec(), vec![7.5, 7.5]);
     /// assert!(Tensor::try_zeros(&[1 << 40, 1 << 40]).is_err()); // more elements than usize holds
-    /// assert!(Tensor::try_zeros(&[1 << 40]).is_err()); // 4 TiB: refused, not an abort
+    /// assert!(Tensor::try_zeros(&[1 << 60]).is_err()); // 4 EiB: refused, not an abort
     /// # Ok::<(), elide_tensor::Error>(())
     /// ```
     pub fn try_full(shape: &[usize], value: f32) -> Result<Tensor> {
@@ -334,9 +334,13 @@ mod tests {
             "Tensor::full: shape [4294967296, 4294967296, 4] has more elements than fit in usize"
         );
         assert!(Tensor::try_ones(&overflow).is_err());
-        // 4 TiB: the allocator refuses, and the constructor says so instead of aborting.
-        let err = Tensor::try_full(&[1 << 40], 1.0).unwrap_err();
-        assert!(err.to_string().starts_with("Tensor::full: shape [1099511627776] needs 4398046511104 bytes (4.0 TiB)"));
+        // 4 EiB: more than any 64-bit address space, so the allocator refuses (whatever the
+        // overcommit policy), and the constructor says so instead of aborting.
+        let err = Tensor::try_full(&[1 << 60], 1.0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Tensor::full: shape [1152921504606846976] needs 4611686018427387904 bytes (4.0 EiB), which could not be allocated"
+        );
         assert!(Tensor::try_arange(usize::MAX).is_err());
         let panic = std::panic::catch_unwind(|| Tensor::zeros(&overflow)).unwrap_err();
         assert!(panic.downcast_ref::<String>().unwrap().contains("more elements than fit in usize"));
