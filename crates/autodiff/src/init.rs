@@ -8,14 +8,17 @@ use crate::error::Result;
 use elide_tensor::{Rng, Tensor};
 
 /// `N(0, std²)`.
-pub fn normal(shape: &[usize], std: f32, rng: &mut Rng) -> Tensor {
-    Tensor::randn(shape, rng).mul_scalar(std)
+///
+/// # Errors
+/// If the tensor cannot be allocated (a size that overflows, or memory runs out).
+pub fn normal(shape: &[usize], std: f32, rng: &mut Rng) -> Result<Tensor> {
+    Ok(Tensor::try_randn(shape, rng)?.mul_scalar(std))
 }
 
 /// `U(−bound, bound)`.
 ///
 /// # Errors
-/// If `bound` is not finite.
+/// If `bound` is not finite, or the tensor cannot be allocated.
 pub fn uniform(shape: &[usize], bound: f32, rng: &mut Rng) -> Result<Tensor> {
     Ok(Tensor::uniform(shape, -bound.abs(), bound.abs(), rng)?)
 }
@@ -52,7 +55,10 @@ impl WeightLayout {
 }
 
 /// `N(0, 1/fan_in)` (LeCun normal): unit-variance outputs for unit-variance inputs.
-pub fn lecun_normal(shape: &[usize], layout: WeightLayout, rng: &mut Rng) -> Tensor {
+///
+/// # Errors
+/// If the tensor cannot be allocated.
+pub fn lecun_normal(shape: &[usize], layout: WeightLayout, rng: &mut Rng) -> Result<Tensor> {
     let (fi, _) = layout.fans(shape);
     normal(shape, (1.0 / fi.max(1) as f32).sqrt(), rng)
 }
@@ -67,14 +73,20 @@ pub fn xavier_uniform(shape: &[usize], layout: WeightLayout, rng: &mut Rng) -> R
 }
 
 /// Kaiming/He normal for ReLU-family layers: `N(0, 2/fan_in)` (arXiv 1502.01852).
-pub fn kaiming_normal(shape: &[usize], layout: WeightLayout, rng: &mut Rng) -> Tensor {
+///
+/// # Errors
+/// If the tensor cannot be allocated.
+pub fn kaiming_normal(shape: &[usize], layout: WeightLayout, rng: &mut Rng) -> Result<Tensor> {
     let (fi, _) = layout.fans(shape);
     normal(shape, (2.0 / fi as f32).sqrt(), rng)
 }
 
 /// `N(0, (std/√(2·layers))²)`: the scaled init of residual-branch output projections (GPT-2),
 /// so the residual stream's variance does not grow with depth.
-pub fn residual_scaled_normal(shape: &[usize], std: f32, layers: usize, rng: &mut Rng) -> Tensor {
+///
+/// # Errors
+/// If the tensor cannot be allocated.
+pub fn residual_scaled_normal(shape: &[usize], std: f32, layers: usize, rng: &mut Rng) -> Result<Tensor> {
     normal(shape, std / (2.0 * layers.max(1) as f32).sqrt(), rng)
 }
 
@@ -86,13 +98,13 @@ mod tests {
     fn initializers_have_the_intended_spread() {
         let mut rng = Rng::seed(3);
         let variance = |t: Tensor| t.to_vec().iter().map(|x| (x * x) as f64).sum::<f64>() / t.numel() as f64;
-        let var = variance(kaiming_normal(&[256, 512], WeightLayout::InOut, &mut rng));
+        let var = variance(kaiming_normal(&[256, 512], WeightLayout::InOut, &mut rng).unwrap());
         assert!((var - 2.0 / 256.0).abs() < 0.1 * 2.0 / 256.0, "{var}");
         // The same shape read as [out, in]: fan-in is 512.
-        let var = variance(kaiming_normal(&[256, 512], WeightLayout::OutIn, &mut rng));
+        let var = variance(kaiming_normal(&[256, 512], WeightLayout::OutIn, &mut rng).unwrap());
         assert!((var - 2.0 / 512.0).abs() < 0.1 * 2.0 / 512.0, "{var}");
         // Stacked blocks [E, out, in]: fan-in is the last dim.
-        let var = variance(lecun_normal(&[4, 64, 128], WeightLayout::OutIn, &mut rng));
+        let var = variance(lecun_normal(&[4, 64, 128], WeightLayout::OutIn, &mut rng).unwrap());
         assert!((var - 1.0 / 128.0).abs() < 0.1 / 128.0, "{var}");
         let bound = (6.0f32 / 768.0).sqrt();
         let w = xavier_uniform(&[256, 512], WeightLayout::InOut, &mut rng).unwrap().to_vec();

@@ -72,11 +72,9 @@ impl MlpBlock {
             ));
         }
         let (d, h) = (d_model, hidden);
-        let normal =
-            |shape: &[usize], fan_in: usize, rng: &mut Rng| init::normal(shape, (1.0 / fan_in as f32).sqrt(), rng);
-        let w1 = scope.param("w1", normal(&[1, d, h], d, rng))?;
+        let w1 = scope.param("w1", init::lecun_normal(&[1, d, h], WeightLayout::InOut, rng)?)?;
         let b1 = scope.param("b1", Tensor::zeros(&[1, h]))?;
-        let w2 = scope.param("w2", normal(&[1, h, d], h, rng))?;
+        let w2 = scope.param("w2", init::lecun_normal(&[1, h, d], WeightLayout::InOut, rng)?)?;
         let b2 = scope.param("b2", Tensor::zeros(&[1, d]))?;
         Ok(MlpBlock { activation, d_model, hidden, w1, b1, w2, b2 })
     }

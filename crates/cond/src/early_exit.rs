@@ -241,7 +241,7 @@ impl<B: Block> EarlyExit<B> {
         let mut heads = Vec::with_capacity(exit_after.len());
         for (e, &after) in exit_after.iter().enumerate() {
             let mut s = scope.scope(&format!("exit{e}"));
-            let weight = s.param("weight", init::normal(&[d, classes], (1.0 / d as f32).sqrt(), rng))?;
+            let weight = s.param("weight", init::normal(&[d, classes], (1.0 / d as f32).sqrt(), rng)?)?;
             let bias = s.param("bias", Tensor::zeros(&[classes]))?;
             heads.push(ExitHead { after, weight, bias });
         }

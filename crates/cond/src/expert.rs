@@ -67,15 +67,15 @@ impl Experts {
         let (e, d, h) = (num_experts, d_model, hidden);
         let params = match kind {
             ExpertKind::Mlp(_) => vec![
-                scope.param("w1", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng))?,
-                scope.param("b1", Tensor::zeros(&[e, h]))?,
-                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng))?,
-                scope.param("b2", Tensor::zeros(&[e, d]))?,
+                scope.param("w1", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng)?)?,
+                scope.param("b1", Tensor::try_zeros(&[e, h])?)?,
+                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng)?)?,
+                scope.param("b2", Tensor::try_zeros(&[e, d])?)?,
             ],
             ExpertKind::SwiGlu => vec![
-                scope.param("w_gate", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng))?,
-                scope.param("w_up", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng))?,
-                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng))?,
+                scope.param("w_gate", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng)?)?,
+                scope.param("w_up", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng)?)?,
+                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng)?)?,
             ],
         };
         Ok(Experts { kind, num_experts, d_model, hidden, params })

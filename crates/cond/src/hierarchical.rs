@@ -135,13 +135,13 @@ impl HierarchicalClassifier {
         let (cc, m, h, dt) = (c.num_coarse, c.num_fine, c.branch_hidden, c.d_trunk);
         Ok(HierarchicalClassifier {
             config,
-            trunk_w: scope.param("trunk.w", init::lecun_normal(&[c.d_in, dt], WeightLayout::InOut, rng))?,
+            trunk_w: scope.param("trunk.w", init::lecun_normal(&[c.d_in, dt], WeightLayout::InOut, rng)?)?,
             trunk_b: scope.param("trunk.b", Tensor::try_zeros(&[dt])?)?,
-            coarse_w: scope.param("coarse.w", init::lecun_normal(&[dt, cc], WeightLayout::InOut, rng))?,
+            coarse_w: scope.param("coarse.w", init::lecun_normal(&[dt, cc], WeightLayout::InOut, rng)?)?,
             coarse_b: scope.param("coarse.b", Tensor::try_zeros(&[cc])?)?,
-            w1: scope.param("branches.w1", init::lecun_normal(&[cc, dt, h], WeightLayout::InOut, rng))?,
+            w1: scope.param("branches.w1", init::lecun_normal(&[cc, dt, h], WeightLayout::InOut, rng)?)?,
             b1: scope.param("branches.b1", Tensor::try_zeros(&[cc, h])?)?,
-            w2: scope.param("branches.w2", init::lecun_normal(&[cc, h, m], WeightLayout::InOut, rng))?,
+            w2: scope.param("branches.w2", init::lecun_normal(&[cc, h, m], WeightLayout::InOut, rng)?)?,
             b2: scope.param("branches.b2", Tensor::try_zeros(&[cc, m])?)?,
         })
     }

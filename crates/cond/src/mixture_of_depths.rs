@@ -140,9 +140,9 @@ struct Predictor {
 impl Predictor {
     fn new(scope: &mut Scope<'_>, d: usize, h: usize, rng: &mut Rng) -> Result<Predictor> {
         Ok(Predictor {
-            w1: scope.param("w1", init::normal(&[d, h], (1.0 / d as f32).sqrt(), rng))?,
+            w1: scope.param("w1", init::normal(&[d, h], (1.0 / d as f32).sqrt(), rng)?)?,
             b1: scope.param("b1", Tensor::zeros(&[h]))?,
-            w2: scope.param("w2", init::normal(&[h, 1], (1.0 / h as f32).sqrt(), rng))?,
+            w2: scope.param("w2", init::normal(&[h, 1], (1.0 / h as f32).sqrt(), rng)?)?,
             b2: scope.param("b2", Tensor::zeros(&[1]))?,
         })
     }

@@ -47,6 +47,20 @@ pub struct MoeConfig {
     pub z_loss_coef: f32,
 }
 
+impl MoeConfig {
+    /// The number of parameters the layer holds (router and experts), or `None` if it overflows
+    /// `usize`.
+    pub fn param_count(&self) -> Option<usize> {
+        let (d, h, e) = (self.d_model, self.hidden, self.num_experts);
+        let dh = d.checked_mul(h)?;
+        let per_expert = match self.expert {
+            ExpertKind::Mlp(_) => dh.checked_mul(2)?.checked_add(h)?.checked_add(d)?,
+            ExpertKind::SwiGlu => dh.checked_mul(3)?,
+        };
+        d.checked_mul(e)?.checked_add(per_expert.checked_mul(e)?)
+    }
+}
+
 /// Wall-clock time of each phase of one forward pass.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MoePhases {
@@ -121,8 +135,28 @@ impl MoeLayer {
     /// factor), a size of 0, or a name already registered.
     pub fn new(scope: &mut Scope<'_>, config: MoeConfig, rng: &mut Rng) -> Result<MoeLayer> {
         // Check everything before registering anything, so a refused layer leaves no names behind.
+        const OP: &str = "MoeLayer::new";
         if config.d_model == 0 || config.hidden == 0 || config.num_experts == 0 {
-            return Err(Error::argument("MoeLayer::new", format!("{config:?}: every size must be > 0")));
+            return Err(Error::argument(OP, format!("{config:?}: every size must be > 0")));
+        }
+        for (name, coef) in [("balance_coef", config.balance_coef), ("z_loss_coef", config.z_loss_coef)] {
+            if !(coef.is_finite() && coef >= 0.0) {
+                return Err(Error::argument(OP, format!("{name} = {coef} must be finite and >= 0")));
+            }
+        }
+        // The parameters' memory, checked before anything is drawn: an overflowing or
+        // unaddressable size is refused here; one the allocator cannot give fails the
+        // (fallible) initialisers with the byte count.
+        match config.param_count().and_then(|n| n.checked_mul(4)).filter(|&b| b <= isize::MAX as usize) {
+            Some(_) => {}
+            None => {
+                let (d, h, e) = (config.d_model as f64, config.hidden as f64, config.num_experts as f64);
+                let bytes = 4.0 * (d * e + e * (3.0 * d * h + h + d));
+                return Err(Error::argument(
+                    OP,
+                    format!("d_model {d}, hidden {h}, {e} experts need about {bytes:.3e} bytes of parameters, more than memory can address"),
+                ));
+            }
         }
         config.router.validate(config.num_experts)?;
         config.capacity.slots(1, config.num_experts)?;
@@ -259,6 +293,26 @@ mod tests {
         assert_eq!(all.flops - capped.flops, (dropped * 2 * 2 * 8 * 12) as f64);
         // The router runs on every token either way: 2·T·d·E.
         assert_eq!(all.flops, (2 * 40 * 8 * 4 + 80 * 2 * 2 * 8 * 12) as f64);
+    }
+
+    #[test]
+    fn sizes_beyond_memory_and_bad_coefficients_are_refused_before_registering() {
+        let mut store = ParamStore::new();
+        let mut rng = Rng::seed(0);
+        let base = config(RouterKind::Switch, Capacity::Dropless);
+        // 2^24 · 2^24 · 2 · 2^12 floats: 2^63 bytes, past what memory can address.
+        let huge = MoeConfig { d_model: 1 << 24, hidden: 1 << 24, num_experts: 1 << 12, ..base };
+        let err = MoeLayer::new(&mut store.scope("a"), huge, &mut rng).err().unwrap().to_string();
+        assert!(err.starts_with("MoeLayer::new: d_model 16777216, hidden 16777216, 4096 experts need about"), "{err}");
+        assert!(err.ends_with("bytes of parameters, more than memory can address"), "{err}");
+        let overflow = MoeConfig { d_model: usize::MAX / 2, hidden: 3, ..base };
+        assert!(MoeLayer::new(&mut store.scope("b"), overflow, &mut rng).is_err());
+        for (balance, z) in [(f32::NAN, 0.0), (0.0, -1.0), (f32::INFINITY, 0.0)] {
+            let bad = MoeConfig { balance_coef: balance, z_loss_coef: z, ..base };
+            assert!(MoeLayer::new(&mut store.scope("c"), bad, &mut rng).is_err(), "{balance} {z}");
+        }
+        assert_eq!(store.len(), 0, "a refused layer registers nothing");
+        assert_eq!(base.param_count(), Some(8 * 4 + 4 * (2 * 8 * 12 + 12 + 8)));
     }
 
     #[test]

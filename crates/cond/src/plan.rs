@@ -48,6 +48,16 @@ impl Capacity {
     }
 }
 
+/// `n` copies of `value`, or an error naming what was counted if the memory cannot be had (a
+/// plan over `usize::MAX` tokens, say).
+fn filled<T: Clone>(op: &'static str, what: &str, n: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::argument(op, format!("{n} {what} need more memory than can be allocated")))?;
+    v.resize(n, value);
+    Ok(v)
+}
+
 /// Router decisions sorted by destination (expert): offsets, row (token) lists, and what was
 /// dropped.
 ///
@@ -109,7 +119,7 @@ impl DispatchPlan {
         let cap = capacity.slots(s, num_experts)?;
 
         // 1. Count per expert, checking every id on the way.
-        let mut counts = vec![0usize; num_experts];
+        let mut counts = filled(OP, "experts", num_experts, 0usize)?;
         for (i, (&t, &e)) in tokens.iter().zip(experts).enumerate() {
             if t as usize >= num_tokens {
                 return Err(Error::OutOfRange { op: OP, what: "token", value: t, position: i, bound: num_tokens });
@@ -144,7 +154,7 @@ impl DispatchPlan {
         // 4. One walk per expert: refuse duplicates (a token seen twice by the same expert),
         //    keep the first `cap` assignments, drop the rest.
         const UNSEEN: u32 = u32::MAX;
-        let mut seen_by = vec![(UNSEEN, 0u32); num_tokens]; // (expert, assignment) per token
+        let mut seen_by = filled(OP, "tokens", num_tokens, (UNSEEN, 0u32))?; // (expert, assignment) per token
         let mut plan_tokens = Vec::with_capacity(kept);
         let mut assignment = Vec::with_capacity(kept);
         let mut is_dropped = vec![false; if cap.is_some() { s } else { 0 }];
@@ -411,6 +421,11 @@ mod tests {
 
     #[test]
     fn bad_plans_are_refused_with_a_clear_message() {
+        // Sizes no memory can hold are errors, not allocation panics.
+        let err = DispatchPlan::new(&[], &[], 1, usize::MAX, Capacity::Dropless).unwrap_err().to_string();
+        assert_eq!(err, format!("DispatchPlan: {} experts need more memory than can be allocated", usize::MAX));
+        let err = DispatchPlan::new(&[], &[], usize::MAX, 2, Capacity::Dropless).unwrap_err().to_string();
+        assert_eq!(err, format!("DispatchPlan: {} tokens need more memory than can be allocated", usize::MAX));
         let err = |tokens: &[u32], experts: &[u32], capacity| {
             DispatchPlan::new(tokens, experts, 6, 3, capacity).unwrap_err().to_string()
         };

@@ -339,7 +339,7 @@ impl Router {
             ));
         }
         kind.validate(num_experts)?;
-        let weight = scope.param("router", Tensor::randn(&[d_model, num_experts], rng).mul_scalar(0.02))?;
+        let weight = scope.param("router", Tensor::try_randn(&[d_model, num_experts], rng)?.mul_scalar(0.02))?;
         Ok(Router { weight, kind })
     }
 

@@ -38,7 +38,7 @@ impl Linear {
             return Err(Error::config("Linear::new", format!("sizes must be > 0, got {fan_in} -> {fan_out}")));
         }
         let [_, a, b] = layout.shape(1, fan_in, fan_out);
-        let weight = scope.param("weight", init::lecun_normal(&[a, b], layout, rng))?;
+        let weight = scope.param("weight", init::lecun_normal(&[a, b], layout, rng)?)?;
         let bias = if bias { Some(scope.param("bias", Tensor::try_zeros(&[fan_out])?)?) } else { None };
         Ok(Linear { weight, bias, layout, fan_in, fan_out })
     }
@@ -115,7 +115,7 @@ impl Embedding {
                 format!("needs vocab, d > 0 and a finite std > 0, got vocab {vocab}, d {d}, std {std}"),
             ));
         }
-        let weight = scope.param("weight", init::normal(&[vocab, d], std, rng))?;
+        let weight = scope.param("weight", init::normal(&[vocab, d], std, rng)?)?;
         Ok(Embedding { weight, vocab, d })
     }
 
