@@ -420,7 +420,7 @@ impl Router {
 mod tests {
     use super::*;
     use crate::testing::{
-        assert_clear_choices, assert_clear_choices_many, check_grad, check_grad_many, separated_logits,
+        assert_clear_choices, assert_clear_choices_many, assert_close, check_grad, check_grad_many, separated_logits,
     };
     use elide_autodiff::ParamStore;
 
@@ -467,14 +467,6 @@ mod tests {
         Var::constant(Tensor::randn(&[t, d], &mut Rng::seed(seed)))
     }
 
-    #[track_caller]
-    fn assert_close(got: &[f32], want: &[f32]) {
-        assert_eq!(got.len(), want.len());
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "gate {i}: got {g}, want {w}");
-        }
-    }
-
     #[test]
     fn every_router_matches_the_naive_reference() {
         for (t, e) in [(1, 1), (7, 3), (100, 8), (33, 64)] {
@@ -500,7 +492,7 @@ mod tests {
                     RouterKind::Scored { .. } => unreachable!("only the softmax kinds are listed"),
                 };
                 assert_eq!((&r.tokens, &r.experts), (&tokens, &experts), "{kind:?}, T = {t}, E = {e}");
-                assert_close(&r.gate_values(), &gates);
+                assert_close(&r.gate_values(), &gates, 1e-6, "gates");
                 assert_eq!((r.num_tokens, r.num_experts, r.logits.shape()), (t, e, &[t, e][..]));
             }
         }
@@ -562,7 +554,7 @@ mod tests {
                 let r = kind.route_logits(&Var::constant(logits.clone())).unwrap();
                 let (tokens, experts, gates) = naive_scored(&logits.to_vec(), t, e, kind);
                 assert_eq!((&r.tokens, &r.experts), (&tokens, &experts), "{kind:?}, T = {t}, E = {e}");
-                assert_close(&r.gate_values(), &gates);
+                assert_close(&r.gate_values(), &gates, 1e-6, "gates");
             }
         }
     }
