@@ -28,6 +28,9 @@ enum Command {
         /// Fewer, shorter rounds: a smoke run, not a measurement.
         #[arg(long)]
         quick: bool,
+        /// With `gemm`: time every register tile and KC/MC candidate instead.
+        #[arg(long)]
+        sweep: bool,
     },
     /// Train dense and conditional models on generated tasks with a known optimum and compare
     /// quality at equal compute and speed at equal quality.
@@ -88,7 +91,7 @@ enum Command {
 enum Area {
     /// Our sgemm against matrixmultiply, peak fraction, threads, gathered, GEMV.
     Gemm,
-    /// Peak f32 FMA throughput of one core.
+    /// Peak f32 FMA throughput of one and two cores; streaming read bandwidth.
     Peak,
     /// Recording overhead with gradients off; backward over forward for a matmul.
     Autodiff,
@@ -132,11 +135,13 @@ fn main() {
         std::process::exit(2);
     }
     match cli.command {
-        Command::Bench { area, json, quick } => {
+        Command::Bench { area, json, quick, sweep } => {
             let plan = Plan::new(quick);
+            bench::report::set_live(!json);
             let report: Report = match area {
+                Area::Gemm if sweep => bench::sweep::bench_sweep(plan),
                 Area::Gemm => bench::gemm::bench_gemm(plan),
-                Area::Peak => bench::gemm::bench_peak(plan),
+                Area::Peak => bench::peak::bench_peak(plan),
                 Area::Autodiff => bench::autodiff::bench_autodiff(plan),
                 Area::Moe => bench::moe::bench_moe(plan),
                 Area::Hier => bench::hier::bench_hier(plan),
@@ -192,6 +197,16 @@ fn main() {
                 elide::kernels::Isa::best_supported()
             );
             println!("threads: {}", rayon::current_num_threads());
+            let caches = elide::kernels::CacheSizes::get();
+            println!(
+                "caches: L1d {} KiB, L2 {} KiB, L3 {} KiB ({})",
+                caches.l1d >> 10,
+                caches.l2 >> 10,
+                caches.l3 >> 10,
+                if caches.from_cpuid { "CPUID" } else { "not reported; typical sizes assumed" }
+            );
+            let isa = elide::kernels::Isa::active();
+            println!("gemm blocking: {}", elide::kernels::gemm::Blocking::of(isa));
         }
     }
 }
