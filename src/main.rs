@@ -109,25 +109,7 @@ enum Area {
     Attention,
 }
 
-/// Keeps freed tensor buffers in the process instead of handing them back to the OS.
-///
-/// glibc serves allocations above 128 KiB (soon 32 MiB, adaptively) with fresh `mmap`s and
-/// trims freed heap memory eagerly, so a layer that allocates its activations on every call pays
-/// page faults and TLB shootdowns proportional to the bytes it touches — measured at 30–40 % of a
-/// mixture-of-experts forward pass on this kind of machine, and as much on its dense twin. The
-/// benchmarks measure the kernels, not the kernel's page zeroing: they raise both thresholds, as
-/// any long-running program using elide should (or use a caching allocator such as mimalloc).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning parameters; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() {
-    keep_freed_memory();
     let cli = Cli::parse();
     // A bad ELIDE_ISA is reported here, once, instead of by the first kernel that runs.
     if let Err(e) = elide::kernels::Isa::try_active() {

@@ -34,6 +34,18 @@ pub fn peak_gflops(plan: Plan, threads: usize) -> f64 {
     samples.into_iter().fold(0.0, f64::max)
 }
 
+/// Iterations of one timed FMA-loop call (about 10 ms on a 4 GHz AVX-512 core).
+const PEAK_CALL_ITERATIONS: usize = 5_000_000;
+
+/// One call of the FMA loop on every thread of `pool` at once, for interleaving with the
+/// GEMMs whose peak fraction it measures; returns the FLOPs it performed.
+pub fn peak_call(pool: &rayon::ThreadPool) -> f64 {
+    use rayon::prelude::*;
+    let isa = Isa::active();
+    let threads = pool.current_num_threads();
+    pool.install(|| (0..threads).into_par_iter().map(|_| peak::fma_loop(isa, PEAK_CALL_ITERATIONS)).sum())
+}
+
 /// Bytes of the stream buffer: four times the last-level cache, at least 64 MiB.
 pub fn stream_bytes() -> usize {
     (4 * CacheSizes::get().l3).max(64 << 20)

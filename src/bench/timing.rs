@@ -70,7 +70,7 @@ pub fn interleaved(plan: Plan, sides: &mut [&mut dyn FnMut()]) -> Interleaved {
     }
     let ratios_to_first =
         (0..sides.len()).map(|s| median((0..plan.rounds).map(|r| times[s][r] / times[0][r]).collect())).collect();
-    Interleaved { medians: times.into_iter().map(median).collect(), ratios_to_first }
+    Interleaved { medians: times.iter().cloned().map(median).collect(), ratios_to_first, times }
 }
 
 /// Result of [`interleaved`].
@@ -80,4 +80,13 @@ pub struct Interleaved {
     pub medians: Vec<f64>,
     /// Median over rounds of `time(side) / time(side 0)`.
     pub ratios_to_first: Vec<f64>,
+    /// Seconds per call of each side in each round: `times[side][round]`.
+    pub times: Vec<Vec<f64>>,
+}
+
+impl Interleaved {
+    /// Median over rounds of `time(side a) / time(side b)` in the same round.
+    pub fn ratio(&self, a: usize, b: usize) -> f64 {
+        median(self.times[a].iter().zip(&self.times[b]).map(|(x, y)| x / y).collect())
+    }
 }

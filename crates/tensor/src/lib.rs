@@ -45,6 +45,7 @@ mod error;
 mod indices;
 mod layout;
 mod ops;
+pub mod pool;
 mod rng;
 mod tensor;
 #[cfg(test)]

@@ -153,6 +153,15 @@ impl Blocking {
         self.nc
     }
 
+    /// The K-slice depth for a `k`-deep product: `k` cut into `⌈k / KC⌉` slices of equal depth
+    /// (rounded up to 8), so `k = 512` with KC 384 runs as 256 + 256, not 384 + a thin 128 that
+    /// reloads all of C for a third of the work. It depends on `k` and KC only — never on M, N
+    /// or the thread count — so the summation order of a product is fixed by its shape.
+    pub(crate) fn kc_for(&self, k: usize) -> usize {
+        let slices = k.div_ceil(self.kc).max(1);
+        k.div_ceil(slices).next_multiple_of(8).min(self.kc).max(1)
+    }
+
     /// The row-block height for an `m`-row product: `m` cut into `⌈m / MC⌉` blocks of equal
     /// height (rounded up to MR), so the last block is not a sliver that leaves a thread idle.
     /// Which rows share a block does not change any element's arithmetic.
@@ -264,6 +273,16 @@ mod tests {
         assert!(bl.with_mc(0).is_err() && bl.with_nc(0).is_err());
         assert_eq!(parse_tile(" 8x3"), Some((8, 3)));
         assert_eq!(parse_tile("8-3"), None);
+    }
+
+    #[test]
+    fn k_slices_are_even() {
+        let bl = Blocking::for_tile(Isa::Portable, 4, 1).unwrap().with_kc(384).unwrap();
+        assert_eq!(bl.kc_for(512), 256);
+        assert_eq!(bl.kc_for(1024), 344); // 344 + 344 + 336
+        assert_eq!(bl.kc_for(384), 384);
+        assert_eq!(bl.kc_for(5), 8);
+        assert_eq!(bl.with_kc(5).unwrap().kc_for(7), 5); // never deeper than KC
     }
 
     #[test]

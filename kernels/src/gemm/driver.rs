@@ -128,6 +128,7 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
     let bl = settings.blocking_for(isa);
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let mc = bl.mc_for(m);
+    let k_slice = bl.kc_for(k);
     let threads = match par {
         Par::Rayon if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
         _ => 1,
@@ -155,8 +156,8 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
         let n_chunks = if threads > 1 { column_chunks(m_blocks, threads).min(n_panels) } else { 1 };
         let panels_per_chunk = n_panels.div_ceil(n_chunks);
         // LOOP 4
-        for pc in (0..k).step_by(bl.kc) {
-            let kc = bl.kc.min(k - pc);
+        for pc in (0..k).step_by(k_slice) {
+            let kc = k_slice.min(k - pc);
             with_buffer(&PACK_B, n_panels * kc * bl.nr, |packed_b| {
                 // Each thread packs a contiguous group of panels, reading B's rows contiguously.
                 let group = if threads > 1 { n_panels.div_ceil(threads) } else { n_panels };

@@ -223,7 +223,7 @@ impl Gemm<'_> {
             .collect();
         let work = |item: &Item| {
             let p = &problems[item.g];
-            let kc = bl.kc.min(p.a.cols);
+            let kc = bl.kc_for(p.a.cols);
             let mc = bl.mc_for(p.a.rows);
             with_buffer(&PACK_A, mc.div_ceil(bl.mr) * bl.mr * kc, |packed_a| {
                 with_buffer(&PACK_B_SLICE, (item.panels.1 - item.panels.0) * kc * bl.nr, |packed_b| {
@@ -329,8 +329,9 @@ impl TileTask for GroupBlock<'_, '_> {
         let (q0, q1) = item.panels;
         // One row tile uses each panel once: read B where it lives instead of packing it.
         let direct = m <= mr && (q0..q1).all(|q| BPanel::direct(b, 0, k, q * nr, nr).is_some());
-        for pc in (0..k).step_by(call.bl.kc) {
-            let kc = call.bl.kc.min(k - pc);
+        let k_slice = call.bl.kc_for(k);
+        for pc in (0..k).step_by(k_slice) {
+            let kc = k_slice.min(k - pc);
             let (first, last) = (pc == 0, pc + kc == k);
             if !direct {
                 pack_b_block(packed_b, b, pc, kc, q0 * nr, q1 - q0, nr);
