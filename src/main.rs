@@ -6,7 +6,7 @@ mod compare;
 mod lm_cmd;
 
 use bench::report::Report;
-use bench::timing::Plan;
+use bench::timing::{Clock, Plan};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -31,6 +31,10 @@ enum Command {
         /// With `gemm`: time every register tile and KC/MC candidate instead.
         #[arg(long)]
         sweep: bool,
+        /// Time with the process's CPU time instead of the wall clock: sharper single-thread
+        /// comparisons on a machine busy with other programs (see docs/kernels.md).
+        #[arg(long)]
+        cpu_time: bool,
     },
     /// Train dense and conditional models on generated tasks with a known optimum and compare
     /// quality at equal compute and speed at equal quality.
@@ -117,8 +121,8 @@ fn main() {
         std::process::exit(2);
     }
     match cli.command {
-        Command::Bench { area, json, quick, sweep } => {
-            let plan = Plan::new(quick);
+        Command::Bench { area, json, quick, sweep, cpu_time } => {
+            let plan = Plan::new(quick, if cpu_time { Clock::Process } else { Clock::Wall });
             bench::report::set_live(!json);
             let report: Report = match area {
                 Area::Gemm if sweep => bench::sweep::bench_sweep(plan),

@@ -308,7 +308,8 @@ fn gemv(plan: Plan, r: &mut Report, one: &rayon::ThreadPool) {
     );
     let gbps = bytes * layers as f64 / res.medians[0] / 1e9;
     let stream_gbps = bytes * layers as f64 / res.medians[1] / 1e9;
-    let fraction = 1.0 / res.ratios_to_first[1];
+    // time(stream) ÷ time(GEMV) for the same bytes = the GEMV's share of the stream's rate.
+    let fraction = res.ratios_to_first[1];
     r.row(vec![
         format!("gemv 1×{k}×{n} ×{layers} from DRAM"),
         threads,
