@@ -5,7 +5,7 @@
 //! monomorphised micro-kernel); the first in its list is the default, the one
 //! `elide bench gemm --sweep` measured fastest (docs/kernels.md has the table). KC, MC and NC
 //! follow from the tile and the cache sizes CPUID reports ([`CacheSizes`]):
-//! - KC: a 32-float-wide panel of depth KC fills L1d (see `KC_PANEL_WIDTH`);
+//! - KC: L1d ÷ 96 bytes, at most 512 (an empirical rule, see `KC_PANEL_WIDTH`);
 //! - MC: an `MC × KC` block of A takes half of L2;
 //! - NC: a `KC × NC` block of B takes half of L3.
 //!
@@ -177,11 +177,12 @@ impl std::fmt::Display for Blocking {
     }
 }
 
-/// KC is the depth at which a panel this many floats wide fills L1d, whatever the tile's NR:
-/// 384 on Zen 5 (48 KiB), 256 on Zen 3 (32 KiB). Measured on Zen 5: KC 256–384 within 2 % for
-/// every AVX-512 tile, KC 96–192 (a half-L1 B panel for NR 64–32) 3–10 % behind (the table in
-/// docs/kernels.md); on Zen 3, 256 measured ahead of 128 and 512 for the AVX2 6×2 tile.
-const KC_PANEL_WIDTH: usize = 32;
+/// KC = L1d ÷ (this many floats × 4 bytes), capped at 512: an empirical rule, not a
+/// cache-fit argument (the 6×4 tile's B panel at KC 512 is 128 KiB and streams from L2, which
+/// the hardware prefetcher keeps up with). On Zen 5 (48 KiB) it gives the cap, 512, which the
+/// sweep measured ahead of 384 by 4 % at 2048³ (CPU time) and level on the expert shapes, and
+/// 5–12 % ahead of 128–256 (the table in docs/kernels.md); on a 32 KiB L1 it gives 336.
+const KC_PANEL_WIDTH: usize = 24;
 /// MC beyond this buys nothing measurable and makes blocks too coarse to share between threads.
 const MC_CAP: usize = 512;
 /// NC beyond this buys nothing: the B block is re-read from L3 once per row block either way.
