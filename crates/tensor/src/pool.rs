@@ -10,8 +10,9 @@
 //! - tensors give their storage back when the last view of it is dropped, and any owner of a
 //!   `Vec<f32>` may [`give`] it back; a buffer is kept only if its size class has been asked
 //!   for, so memory nobody takes from the pool goes straight back to the allocator;
-//! - size classes are four per power of two (a request takes a buffer of its own class or the
-//!   next one up, so at most about 40 % larger than asked), and the pool holds at most [`limit`] bytes (512 MiB unless
+//! - size classes are four per power of two (a request takes a large enough buffer of its own
+//!   class or a neighbouring one, so at most about 40 % larger than asked); tensor constructors
+//!   and results that go through the fallible allocation take from the pool too; and the pool holds at most [`limit`] bytes (512 MiB unless
 //!   `ELIDE_POOL_MIB` or [`set_limit`] says otherwise): a buffer that would exceed it is freed;
 //! - [`release`] frees everything pooled; [`set_enabled`]`(false)` turns the pool off.
 //!
@@ -134,6 +135,52 @@ pub fn take_zeroed(len: usize) -> Vec<f32> {
     }
 }
 
+/// A pooled buffer of exactly `len` floats (contents unspecified) if one is free; never
+/// allocates. Marks the size as wanted, so buffers of it are kept from now on.
+pub(crate) fn take_pooled(len: usize) -> Option<Vec<f32>> {
+    if len < MIN_POOLED_LEN {
+        return None;
+    }
+    let (index, _) = class_at_least(len)?;
+    let mut pool = lock();
+    if !pool.enabled {
+        return None;
+    }
+    mark_demanded(&mut pool, index);
+    let found = pop_fitting(&mut pool, index, len);
+    drop(pool);
+    found.map(|mut v| {
+        v.truncate(len);
+        v.resize(len, 0.0);
+        v
+    })
+}
+
+fn mark_demanded(pool: &mut Pool, index: usize) {
+    if pool.demanded.len() <= index {
+        pool.demanded.resize(index + 1, false);
+    }
+    pool.demanded[index] = true;
+}
+
+/// Pops a buffer of at least `len` floats from the class of `len` (`index`), the one below
+/// (buffers allocated at exactly their length sit there) or the one above; updates the counts.
+fn pop_fitting(pool: &mut Pool, index: usize, len: usize) -> Option<Vec<f32>> {
+    let found = (index.saturating_sub(1)..index + 2).find_map(|i| {
+        let class = pool.classes.get_mut(i)?;
+        let at = class.iter().position(|v| v.capacity() >= len)?;
+        Some(class.swap_remove(at))
+    });
+    match &found {
+        Some(v) => {
+            pool.bytes -= v.capacity() * 4;
+            pool.hits += 1;
+        }
+        None => pool.misses += 1,
+    }
+    found
+}
+
 fn take_from_pool(len: usize) -> Option<Vec<f32>> {
     let (index, capacity) = class_at_least(len).filter(|_| len >= MIN_POOLED_LEN)?;
     let found = {
@@ -141,20 +188,8 @@ fn take_from_pool(len: usize) -> Option<Vec<f32>> {
         if !pool.enabled {
             return None;
         }
-        if pool.demanded.len() <= index {
-            pool.demanded.resize(index + 1, false);
-        }
-        pool.demanded[index] = true;
-        // Its own class first, then the next one up (at most a quarter larger).
-        let found = (index..index + 2).find_map(|i| pool.classes.get_mut(i).and_then(Vec::pop));
-        match &found {
-            Some(v) => {
-                pool.bytes -= v.capacity() * 4;
-                pool.hits += 1;
-            }
-            None => pool.misses += 1,
-        }
-        found
+        mark_demanded(&mut pool, index);
+        pop_fitting(&mut pool, index, len)
     };
     Some(match found {
         Some(mut v) => {
@@ -178,9 +213,9 @@ pub fn give(buffer: Vec<f32>) {
     let Some(index) = class_at_most(buffer.capacity()) else { return };
     let bytes = buffer.capacity() * 4;
     let mut pool = lock();
-    // A request of class i takes from classes i and i + 1 (see `take_from_pool`).
+    // A request of class i takes from classes i - 1, i and i + 1 (see `pop_fitting`).
     let wanted = |i: usize| pool.demanded.get(i).copied().unwrap_or(false);
-    let useful = wanted(index) || index.checked_sub(1).is_some_and(wanted);
+    let useful = wanted(index) || wanted(index + 1) || index.checked_sub(1).is_some_and(wanted);
     if !pool.enabled || !useful || pool.bytes + bytes > pool.limit() {
         drop(pool);
         return; // `buffer` is freed here, outside the lock
