@@ -6,7 +6,7 @@ mod compare;
 mod lm_cmd;
 
 use bench::report::Report;
-use bench::timing::Plan;
+use bench::timing::{Clock, Plan};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -28,6 +28,13 @@ enum Command {
         /// Fewer, shorter rounds: a smoke run, not a measurement.
         #[arg(long)]
         quick: bool,
+        /// With `gemm`: time every register tile and KC/MC candidate instead.
+        #[arg(long)]
+        sweep: bool,
+        /// Time with the process's CPU time instead of the wall clock: sharper single-thread
+        /// comparisons on a machine busy with other programs (see docs/kernels.md).
+        #[arg(long)]
+        cpu_time: bool,
     },
     /// Train dense and conditional models on generated tasks with a known optimum and compare
     /// quality at equal compute and speed at equal quality.
@@ -88,7 +95,7 @@ enum Command {
 enum Area {
     /// Our sgemm against matrixmultiply, peak fraction, threads, gathered, GEMV.
     Gemm,
-    /// Peak f32 FMA throughput of one core.
+    /// Peak f32 FMA throughput of one and two cores; streaming read bandwidth.
     Peak,
     /// Recording overhead with gradients off; backward over forward for a matmul.
     Autodiff,
@@ -106,25 +113,7 @@ enum Area {
     Attention,
 }
 
-/// Keeps freed tensor buffers in the process instead of handing them back to the OS.
-///
-/// glibc serves allocations above 128 KiB (soon 32 MiB, adaptively) with fresh `mmap`s and
-/// trims freed heap memory eagerly, so a layer that allocates its activations on every call pays
-/// page faults and TLB shootdowns proportional to the bytes it touches — measured at 30–40 % of a
-/// mixture-of-experts forward pass on this kind of machine, and as much on its dense twin. The
-/// benchmarks measure the kernels, not the kernel's page zeroing: they raise both thresholds, as
-/// any long-running program using elide should (or use a caching allocator such as mimalloc).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning parameters; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() {
-    keep_freed_memory();
     let cli = Cli::parse();
     // A bad ELIDE_ISA is reported here, once, instead of by the first kernel that runs.
     if let Err(e) = elide::kernels::Isa::try_active() {
@@ -132,11 +121,13 @@ fn main() {
         std::process::exit(2);
     }
     match cli.command {
-        Command::Bench { area, json, quick } => {
-            let plan = Plan::new(quick);
+        Command::Bench { area, json, quick, sweep, cpu_time } => {
+            let plan = Plan::new(quick, if cpu_time { Clock::Process } else { Clock::Wall });
+            bench::report::set_live(!json);
             let report: Report = match area {
+                Area::Gemm if sweep => bench::sweep::bench_sweep(plan),
                 Area::Gemm => bench::gemm::bench_gemm(plan),
-                Area::Peak => bench::gemm::bench_peak(plan),
+                Area::Peak => bench::peak::bench_peak(plan),
                 Area::Autodiff => bench::autodiff::bench_autodiff(plan),
                 Area::Moe => bench::moe::bench_moe(plan),
                 Area::Hier => bench::hier::bench_hier(plan),
@@ -192,6 +183,16 @@ fn main() {
                 elide::kernels::Isa::best_supported()
             );
             println!("threads: {}", rayon::current_num_threads());
+            let caches = elide::kernels::CacheSizes::get();
+            println!(
+                "caches: L1d {} KiB, L2 {} KiB, L3 {} KiB ({})",
+                caches.l1d >> 10,
+                caches.l2 >> 10,
+                caches.l3 >> 10,
+                if caches.from_cpuid { "CPUID" } else { "not reported; typical sizes assumed" }
+            );
+            let isa = elide::kernels::Isa::active();
+            println!("gemm blocking: {}", elide::kernels::gemm::Blocking::of(isa));
         }
     }
 }

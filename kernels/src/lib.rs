@@ -28,6 +28,7 @@
 pub mod activation_grad;
 pub mod attention;
 pub mod buffer;
+pub mod cache;
 pub mod elementwise;
 pub mod error;
 pub mod gather;
@@ -46,6 +47,7 @@ pub mod threading;
 pub mod topk;
 
 pub use activation_grad::activation_backward;
+pub use cache::CacheSizes;
 pub use elementwise::{binary, scale_add, unary, BinaryOp, UnaryOp};
 pub use error::{KernelError, Result};
 pub use gather::{gather_rows, scatter_add_rows};

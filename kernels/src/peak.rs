@@ -38,3 +38,49 @@ pub fn fma_loop(isa: Isa, iterations: usize) -> f64 {
     }
     with_simd(isa, Loop(iterations))
 }
+
+/// Reads every float of `data` once (a sum over eight independent vector chains) and returns
+/// the sum, so the reads cannot be optimised away. Time it over a buffer well past the last
+/// cache level to get the machine's streaming read bandwidth: the limit of every
+/// memory-bound kernel, such as a batch-1 GEMV over weights that do not fit in cache.
+pub fn stream_read(isa: Isa, data: &[f32]) -> f32 {
+    struct Read<'a>(&'a [f32]);
+    impl SimdTask for Read<'_> {
+        type Output = f32;
+        #[inline(always)]
+        fn run<S: Simd>(self, s: S) -> f32 {
+            const CHAINS: usize = 8;
+            let step = CHAINS * S::LANES;
+            let mut acc = [s.splat(0.0); CHAINS];
+            let body = self.0.len() / step * step;
+            for block in self.0[..body].chunks_exact(step) {
+                for (c, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: the block holds CHAINS·LANES floats; chain c reads LANES of them.
+                    *a = s.add(*a, unsafe { s.load(block.as_ptr().add(c * S::LANES)) });
+                }
+            }
+            let mut sum = s.splat(0.0);
+            for a in acc {
+                sum = s.add(sum, a);
+            }
+            s.reduce_sum(sum) + self.0[body..].iter().sum::<f32>()
+        }
+    }
+    with_simd(isa, Read(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_read_sums_every_element_on_every_path() {
+        // Small integers sum exactly in any order; 1000 is not a multiple of any block size.
+        let data: Vec<f32> = (0..1000).map(|i| (i % 7) as f32).collect();
+        let want: f32 = (0..1000).map(|i| (i % 7) as f32).sum();
+        for isa in Isa::supported() {
+            assert_eq!(stream_read(isa, &data), want, "{isa}");
+            assert_eq!(stream_read(isa, &data[..5]), 10.0, "{isa}");
+        }
+    }
+}

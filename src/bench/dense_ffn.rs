@@ -1,10 +1,12 @@
 //! The dense twin every mixture-of-experts figure is measured against: a GELU feed-forward
 //! layer `gelu(x·W1 + b1)·W2 + b2`, forward and backward, written directly on the same GEMM
 //! (bias and GELU fused into the store at inference), so the comparison is kernel against
-//! kernel with no routing machinery on the dense side.
+//! kernel with no routing machinery on the dense side. Buffers come from and go back to
+//! elide's buffer pool (`elide_tensor::pool`), as the MoE layer's tensors do.
 
 use elide::kernels::gemm::{Activation, Epilogue, Gemm, MatMut, MatRef};
 use elide::kernels::{activation_backward, unary, Isa, UnaryOp};
+use elide::tensor::pool;
 
 /// A dense FFN of width `d` and hidden size `h`, weights `[in, out]`.
 pub struct DenseFfn {
@@ -60,34 +62,36 @@ impl DenseFfn {
     /// Inference: bias and GELU fused into the first GEMM's store.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
         let (d, h) = (self.d, self.h);
-        let mut hidden = vec![0.0f32; t * h];
+        let mut hidden = pool::take(t * h);
         let epi = Epilogue { bias: Some(&self.b1), activation: Activation::Gelu, row_scale: None };
         gemm(out(&mut hidden, t, h), mat(x, t, d), mat(&self.w1, d, h), epi);
-        let mut y = vec![0.0f32; t * d];
+        let mut y = pool::take(t * d);
         gemm(
             out(&mut y, t, d),
             mat(&hidden, t, h),
             mat(&self.w2, h, d),
             Epilogue { bias: Some(&self.b2), ..Epilogue::default() },
         );
+        pool::give(hidden);
         y
     }
 
     /// Training step: forward keeping `Z` and `H`, then every gradient for `dy`. Returns `dx`
-    /// (the other gradients are computed and dropped, as an optimizer would consume them).
+    /// (the other gradients are computed and given back to the pool, as an optimizer would
+    /// consume them).
     pub fn forward_backward(&self, x: &[f32], t: usize, dy: &[f32]) -> Vec<f32> {
         let (d, h) = (self.d, self.h);
         let isa = Isa::active();
-        let mut z = vec![0.0f32; t * h];
+        let mut z = pool::take(t * h);
         gemm(
             out(&mut z, t, h),
             mat(x, t, d),
             mat(&self.w1, d, h),
             Epilogue { bias: Some(&self.b1), ..Epilogue::default() },
         );
-        let mut hidden = vec![0.0f32; t * h];
+        let mut hidden = pool::take(t * h);
         unary(isa, UnaryOp::Gelu, &z, &mut hidden).expect("lengths match");
-        let mut y = vec![0.0f32; t * d];
+        let mut y = pool::take(t * d);
         gemm(
             out(&mut y, t, d),
             mat(&hidden, t, h),
@@ -96,19 +100,22 @@ impl DenseFfn {
         );
         std::hint::black_box(&y);
         // Backward: dW2 = Hᵀ·dY, db2, dH = dY·W2ᵀ, dZ = dH ⊙ gelu'(Z), dW1 = Xᵀ·dZ, db1, dX = dZ·W1ᵀ.
-        let mut dw2 = vec![0.0f32; h * d];
+        let mut dw2 = pool::take(h * d);
         gemm(out(&mut dw2, h, d), mat(&hidden, t, h).t(), mat(dy, t, d), Epilogue::default());
         let db2 = column_sums(dy, d);
-        let mut dh = vec![0.0f32; t * h];
+        let mut dh = pool::take(t * h);
         gemm(out(&mut dh, t, h), mat(dy, t, d), mat(&self.w2, h, d).t(), Epilogue::default());
-        let mut dz = vec![0.0f32; t * h];
+        let mut dz = pool::take(t * h);
         activation_backward(isa, Activation::Gelu, &z, &dh, &mut dz).expect("lengths match");
-        let mut dw1 = vec![0.0f32; d * h];
+        let mut dw1 = pool::take(d * h);
         gemm(out(&mut dw1, d, h), mat(x, t, d).t(), mat(&dz, t, h), Epilogue::default());
         let db1 = column_sums(&dz, h);
-        let mut dx = vec![0.0f32; t * d];
+        let mut dx = pool::take(t * d);
         gemm(out(&mut dx, t, d), mat(&dz, t, h), mat(&self.w1, d, h).t(), Epilogue::default());
         std::hint::black_box((&dw1, &db1, &dw2, &db2));
+        for buffer in [z, hidden, y, dw2, dh, dz, dw1] {
+            pool::give(buffer);
+        }
         dx
     }
 }

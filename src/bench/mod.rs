@@ -7,8 +7,10 @@ pub mod exit;
 pub mod gemm;
 pub mod hier;
 pub mod moe;
+pub mod peak;
 pub mod report;
 pub mod skip;
+pub mod sweep;
 pub mod timing;
 
 /// `len` deterministic values in [-1, 1) from `seed` (the same on every machine).

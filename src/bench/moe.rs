@@ -5,11 +5,11 @@
 use super::dense_ffn::DenseFfn;
 use super::fill;
 use super::report::Report;
-use super::timing::{interleaved, Plan};
+use super::timing::{interleaved, median, Plan};
 use elide::autodiff::{no_grad, ParamStore, Var};
 use elide::cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
 use elide::kernels::gemm::Activation;
-use elide::tensor::{Rng, Tensor};
+use elide::tensor::{pool, Rng, Tensor};
 
 /// A GELU-expert, top-2, dropless layer of the given sizes.
 fn layer(d: usize, hidden: usize, experts: usize) -> MoeLayer {
@@ -43,6 +43,9 @@ struct Measured {
     params_over_moe: Option<f64>,
     fwd_s: f64,
     fwdbwd_s: f64,
+    /// (fwd+bwd) ÷ fwd of the MoE and of its equal-active dense twin, interleaved.
+    moe_bwd_ratio: f64,
+    dense_bwd_ratio: f64,
 }
 
 /// One measured configuration: `t` tokens of width `d` through `e` experts of hidden size
@@ -67,15 +70,20 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
     let xt = Tensor::from_vec(x.clone(), &[t, d]).expect("shape");
     let dyt = Tensor::from_vec(dy.clone(), &[t, d]).expect("shape");
     let xc = Var::constant(xt.clone());
+    // Every timed forward's phase times, so the split printed is the median of the timed runs.
+    let phases = std::cell::RefCell::new(Vec::new());
     let mut moe_fwd = || {
-        no_grad(|| std::hint::black_box(moe.forward(&xc).expect("forward")));
+        let out = no_grad(|| moe.forward(&xc).expect("forward"));
+        let p = &out.phases;
+        phases.borrow_mut().push([p.routing, p.plan, p.expert_gemms, p.combine].map(|d| d.as_secs_f64()));
+        std::hint::black_box(out);
     };
     let mut dense_fwd = || {
-        std::hint::black_box(active.forward(&x, t));
+        pool::give(std::hint::black_box(active.forward(&x, t)));
     };
     let mut params_fwd = || {
         if let Some(p) = &params {
-            std::hint::black_box(p.forward(&x, t));
+            pool::give(std::hint::black_box(p.forward(&x, t)));
         }
     };
     let res = if with_params {
@@ -84,6 +92,8 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
         interleaved(plan, &mut [&mut moe_fwd, &mut dense_fwd])
     };
     let out = no_grad(|| moe.forward(&xc).expect("forward"));
+    let phases = phases.into_inner();
+    let phase = |i: usize| ms(median(phases.iter().map(|p| p[i]).collect()));
     let moe_gflops = out.flops / res.medians[0] / 1e9;
     let dense_gflops = active.forward_flops(t) / res.medians[1] / 1e9;
     let fwd_vs_active = 1.0 / res.ratios_to_first[1];
@@ -95,13 +105,7 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
         ms(res.medians[1]),
         format!("{fwd_vs_active:.3}"),
         format!("{moe_gflops:.1} / {dense_gflops:.1}"),
-        format!(
-            "route {} plan {} GEMMs {} combine {}",
-            ms(out.phases.routing.as_secs_f64()),
-            ms(out.phases.plan.as_secs_f64()),
-            ms(out.phases.expert_gemms.as_secs_f64()),
-            ms(out.phases.combine.as_secs_f64())
-        ),
+        format!("route {} plan {} GEMMs {} combine {}", phase(0), phase(1), phase(2), phase(3)),
     ]);
     if let Some(p) = params_over_moe {
         r.row(vec![
@@ -115,6 +119,7 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
         ]);
     }
     let (mut fwdbwd_vs_active, mut fwdbwd_s) = (f64::NAN, f64::NAN);
+    let (mut moe_bwd_ratio, mut dense_bwd_ratio) = (f64::NAN, f64::NAN);
     if backward {
         let xl = Var::leaf(xt.clone());
         let mut moe_train = || {
@@ -122,11 +127,29 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
             std::hint::black_box(out.output.backward_with(&dyt).expect("backward"));
         };
         let mut dense_train = || {
-            std::hint::black_box(active.forward_backward(&x, t, &dy));
+            pool::give(std::hint::black_box(active.forward_backward(&x, t, &dy)));
         };
-        let res = interleaved(plan, &mut [&mut moe_train, &mut dense_train]);
+        // The forwards again, in the same rounds: (fwd+bwd) ÷ fwd side by side.
+        let mut moe_fwd = || {
+            no_grad(|| std::hint::black_box(moe.forward(&xc).expect("forward")));
+        };
+        let mut dense_fwd = || {
+            pool::give(std::hint::black_box(active.forward(&x, t)));
+        };
+        let res = interleaved(plan, &mut [&mut moe_train, &mut dense_train, &mut moe_fwd, &mut dense_fwd]);
         fwdbwd_vs_active = 1.0 / res.ratios_to_first[1];
         fwdbwd_s = res.medians[0];
+        moe_bwd_ratio = res.ratio(0, 2);
+        dense_bwd_ratio = res.ratio(1, 3);
+        r.row(vec![
+            format!("{name} (fwd+bwd) ÷ fwd"),
+            format!("T={t} E={e} h={hidden}"),
+            format!("{moe_bwd_ratio:.3}"),
+            format!("{dense_bwd_ratio:.3}"),
+            "".into(),
+            "".into(),
+            "FLOP ratio 3.0".into(),
+        ]);
         let moe_gflops = 3.0 * out.flops / res.medians[0] / 1e9;
         let dense_gflops = 3.0 * active.forward_flops(t) / res.medians[1] / 1e9;
         r.row(vec![
@@ -139,7 +162,39 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
             "".into(),
         ]);
     }
-    Measured { fwd_vs_active, fwdbwd_vs_active, params_over_moe, fwd_s: res.medians[0], fwdbwd_s }
+    Measured {
+        fwd_vs_active,
+        fwdbwd_vs_active,
+        params_over_moe,
+        fwd_s: res.medians[0],
+        fwdbwd_s,
+        moe_bwd_ratio,
+        dense_bwd_ratio,
+    }
+}
+
+/// Config A's forward with elide's buffer pool on and off, interleaved (glibc's default
+/// allocator settings either way: the `elide` binary does not tune them).
+fn pool_speedup(plan: Plan, r: &mut Report, t: usize, d: usize) {
+    let moe = layer(d, 1024, 8);
+    let xc = Var::constant(Tensor::from_vec(fill(t * d, 1), &[t, d]).expect("shape"));
+    let fwd = |enabled: bool| {
+        pool::set_enabled(enabled);
+        no_grad(|| std::hint::black_box(moe.forward(&xc).expect("forward")));
+    };
+    let res = interleaved(plan, &mut [&mut || fwd(true), &mut || fwd(false)]);
+    pool::set_enabled(true);
+    let speedup = res.ratios_to_first[1];
+    r.row(vec![
+        "A fwd, buffer pool on vs off".into(),
+        format!("T={t} E=8 h=1024"),
+        ms(res.medians[0]),
+        ms(res.medians[1]),
+        format!("{speedup:.3}× faster with the pool"),
+        "".into(),
+        "".into(),
+    ]);
+    r.figure("pool_speedup_moe_a_fwd", speedup);
 }
 
 /// `elide bench moe`.
@@ -163,6 +218,9 @@ pub fn bench_moe(plan: Plan) -> Report {
     r.figure("moe_a_fwdbwd_vs_dense_active", a.fwdbwd_vs_active);
     r.figure("moe_a_dense_params_over_moe", a.params_over_moe.unwrap_or(f64::NAN));
     r.figure("moe_a_fwd_ms", a.fwd_s * 1e3);
+    r.figure("moe_a_fwdbwd_over_fwd", a.moe_bwd_ratio);
+    r.figure("dense_a_fwdbwd_over_fwd", a.dense_bwd_ratio);
+    pool_speedup(plan, &mut r, t, d);
     r.figure("moe_a_fwdbwd_ms", a.fwdbwd_s * 1e3);
     // Config B, fine-grained: E=64, expert hidden 256; dense twin hidden 512.
     let b = measure(plan, &mut r, Case { name: "B", t, d, hidden: 256, e: 64, with_params: false, backward: true });

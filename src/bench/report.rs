@@ -1,25 +1,56 @@
 //! A benchmark report: a readable table, and one flat JSON object of named figures.
+//!
+//! In table mode ([`set_live`]) the title, header and every row are printed the moment they
+//! are added, so a long benchmark shows its progress instead of a minute of silence; the
+//! notes and figures follow at the end.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static LIVE: AtomicBool = AtomicBool::new(false);
+
+/// Print table rows as they are added (table mode) rather than collecting them (JSON mode).
+pub fn set_live(live: bool) {
+    LIVE.store(live, Ordering::Relaxed);
+}
+
+/// Narrowest column of a live table: rows are printed before the widest cell is known.
+const MIN_WIDTH: usize = 10;
 
 /// Rows of a table plus the named figures an issue asks for.
 #[derive(Default, Debug)]
 pub struct Report {
     title: String,
     header: Vec<String>,
+    widths: Vec<usize>,
     rows: Vec<Vec<String>>,
     figures: BTreeMap<String, f64>,
+    labels: BTreeMap<String, String>,
     notes: Vec<String>,
 }
 
 impl Report {
-    /// An empty report with a title and column names.
+    /// An empty report with a title and column names (printed at once in table mode). Every
+    /// report carries the instruction set and the thread count it ran with.
     pub fn new(title: &str, header: &[&str]) -> Report {
-        Report { title: title.into(), header: header.iter().map(|s| s.to_string()).collect(), ..Report::default() }
+        let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+        let widths = header.iter().map(|h| h.chars().count().max(MIN_WIDTH)).collect();
+        let mut r = Report { title: title.into(), header, widths, ..Report::default() };
+        r.label("isa", elide::kernels::Isa::active().name());
+        r.figure("threads", rayon::current_num_threads() as f64);
+        if LIVE.load(Ordering::Relaxed) {
+            println!("{}\n{}", r.title, r.line(&r.header));
+        }
+        r
     }
 
-    /// Adds a table row.
+    /// Adds a table row (printed at once in table mode).
     pub fn row(&mut self, cells: Vec<String>) {
+        if LIVE.load(Ordering::Relaxed) {
+            println!("{}", self.line(&cells));
+            let _ = std::io::stdout().flush();
+        }
         self.rows.push(cells);
     }
 
@@ -28,43 +59,53 @@ impl Report {
         self.figures.insert(key.into(), value);
     }
 
+    /// Records a named text value (a JSON key with a string value).
+    pub fn label(&mut self, key: &str, value: &str) {
+        self.labels.insert(key.into(), value.into());
+    }
+
     /// Adds a line printed under the table.
     pub fn note(&mut self, line: String) {
         self.notes.push(line);
     }
 
-    /// The flat JSON object of figures (values rounded to 4 significant digits).
+    /// The flat JSON object of figures (values rounded to 4 significant digits) and labels.
     pub fn to_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> =
+        let mut map: serde_json::Map<String, serde_json::Value> =
             self.figures.iter().map(|(k, v)| (k.clone(), serde_json::json!(round_sig(*v, 4)))).collect();
+        for (k, v) in &self.labels {
+            map.insert(k.clone(), serde_json::json!(v));
+        }
         serde_json::to_string_pretty(&serde_json::Value::Object(map)).expect("figures are finite numbers")
     }
 
-    /// The table, aligned, with the figures listed after it.
+    /// What is left to print after the live rows: the notes, then the figures.
     pub fn to_table(&self) -> String {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
+        let mut out = String::new();
+        if !LIVE.load(Ordering::Relaxed) {
+            out += &format!("{}\n{}\n", self.title, self.line(&self.header));
+            for row in &self.rows {
+                out += &self.line(row);
+                out.push('\n');
             }
-        }
-        let line = |cells: &[String]| {
-            cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  ")
-        };
-        let mut out = format!("{}\n{}\n", self.title, line(&self.header));
-        for row in &self.rows {
-            out += &line(row);
-            out.push('\n');
         }
         for note in &self.notes {
             out += note;
             out.push('\n');
         }
         out.push('\n');
+        for (k, v) in &self.labels {
+            out += &format!("{k:<40} {v}\n");
+        }
         for (k, v) in &self.figures {
             out += &format!("{k:<40} {}\n", round_sig(*v, 4));
         }
         out
+    }
+
+    /// One row, each cell right-aligned to its column's width.
+    fn line(&self, cells: &[String]) -> String {
+        cells.iter().zip(&self.widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  ")
     }
 }
 

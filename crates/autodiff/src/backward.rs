@@ -156,7 +156,8 @@ impl Var {
                         }
                         let Some(pnode) = &parent.node else { continue };
                         match pending.remove(&pnode.id) {
-                            Some(acc) => pending.insert(pnode.id, acc.add(&g)?),
+                            // In place when this pass owns the running sum (no new buffer per add).
+                            Some(acc) => pending.insert(pnode.id, acc.add_owned(&g)?),
                             None => pending.insert(pnode.id, g),
                         };
                     }

@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 use crate::tensor::checked_numel;
 use elide_kernels::buffer::try_zeroed_f32;
 
-/// A vector of `shape`'s element count, every element `value`. The memory comes zeroed from
-/// the allocator (`calloc`, as `vec![0.0; n]` would), so a zero fill costs no extra pass.
+/// A vector of `shape`'s element count, every element `value`: a buffer from the
+/// [pool](crate::pool) when one of that size is free, else memory that comes zeroed from the
+/// allocator (`calloc`, as `vec![0.0; n]` would), so a zero fill costs no extra pass.
 ///
 /// # Errors
 /// [`Error::Alloc`] naming `op` and `shape` when the element count overflows `usize` or the
@@ -22,6 +23,10 @@ pub(crate) fn filled(op: &'static str, shape: &[usize], value: f32) -> Result<Ve
         shape: shape.to_vec(),
         detail: "has more elements than fit in usize".into(),
     })?;
+    if let Some(mut out) = crate::pool::take_pooled(numel) {
+        out.fill(value);
+        return Ok(out);
+    }
     let mut out = try_zeroed_f32(numel).ok_or_else(|| Error::Alloc {
         op,
         shape: shape.to_vec(),

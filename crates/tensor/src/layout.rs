@@ -194,7 +194,7 @@ pub(crate) fn map_runs(
 
 /// The elements of `t` in row-major order.
 pub(crate) fn gather(t: &Tensor) -> Vec<f32> {
-    let mut out = vec![0.0f32; t.numel()];
+    let mut out = crate::pool::take(t.numel());
     let copy = |inputs: &[&[f32]], out: &mut [f32]| -> std::result::Result<(), Infallible> {
         if inputs[0].len() == out.len() {
             out.copy_from_slice(inputs[0]);

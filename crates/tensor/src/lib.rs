@@ -8,8 +8,10 @@
 //! softmax and norms, top-k, gather and scatter) check their arguments, return [`Result`] with
 //! an [`Error`] naming the operation and the shapes involved, and run on the vectorised,
 //! multi-threaded kernels of `elide-kernels`. Results are bit-identical for any number of
-//! threads, and the seeded [`Rng`] gives the same values on every machine. Through the `elide`
-//! facade this crate is `elide::tensor`.
+//! threads, and the seeded [`Rng`] gives the same values on every machine. Large buffers are
+//! recycled through a bounded process-wide [`pool`], so a layer called in a loop does not pay
+//! page faults for fresh memory on every call. Through the `elide` facade this crate is
+//! `elide::tensor`.
 //!
 //! ```
 //! use elide_tensor::{Rng, Tensor};
@@ -45,6 +47,7 @@ mod error;
 mod indices;
 mod layout;
 mod ops;
+pub mod pool;
 mod rng;
 mod tensor;
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::alloc;
 use crate::error::{Error, Result};
 use crate::layout;
+use crate::pool::Storage;
 
 /// An n-dimensional array of `f32` with shared, immutable storage.
 ///
@@ -28,7 +29,8 @@ use crate::layout;
 /// ```
 #[derive(Clone)]
 pub struct Tensor {
-    pub(crate) storage: Arc<Vec<f32>>,
+    /// Returned to the [buffer pool](crate::pool) when the last view of it is dropped.
+    pub(crate) storage: Arc<Storage>,
     pub(crate) shape: Vec<usize>,
     pub(crate) strides: Vec<usize>,
     pub(crate) offset: usize,
@@ -67,7 +69,7 @@ impl Tensor {
     pub(crate) fn from_contiguous(data: Vec<f32>, shape: Vec<usize>) -> Tensor {
         debug_assert_eq!(checked_numel(&shape), Some(data.len()));
         let strides = row_major_strides(&shape);
-        Tensor { storage: Arc::new(data), shape, strides, offset: 0 }
+        Tensor { storage: Arc::new(Storage(data)), shape, strides, offset: 0 }
     }
 
     /// A tensor of `shape` filled with `value`.

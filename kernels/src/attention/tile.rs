@@ -22,9 +22,9 @@ pub(super) fn tile_cols<S: Simd>() -> usize {
 /// registers).
 #[inline(always)]
 fn vectors<S: Simd>() -> usize {
-    match (S::LANES, S::GEMM_NV) {
+    match (S::LANES, S::REGISTERS_PER_VECTOR) {
         (16, _) => 4,
-        (_, 1) => 1,
+        (_, 2) => 1,
         _ => 2,
     }
 }

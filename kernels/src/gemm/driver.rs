@@ -12,12 +12,13 @@
 //! work items. Every element of C is still computed by exactly one micro-kernel call per KC
 //! slice, in the same order, so the result is bit-identical for any number of threads.
 
+use super::blocking::{Blocking, MAX_MR, MAX_NR};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
-use super::microkernel::{microkernel, BPanel, Blocking, MAX_MR, MAX_NR};
+use super::microkernel::{microkernel, BPanel};
 use super::pack::{pack_a, pack_b_block};
 use super::view::{MatMut, MatRef};
 use super::Gemm;
-use crate::simd::{with_simd, Simd, SimdTask};
+use crate::simd::{with_simd, Simd, SimdTask, TileTask};
 use crate::threading::{Par, SendPtr};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -124,8 +125,10 @@ pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 /// supported, and, for [`StoreMode::AddActivated`], `k ≤ KC`.
 pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
     let Gemm { alpha, epilogue, par, isa, .. } = *settings;
-    let bl = Blocking::of(isa);
+    let bl = settings.blocking_for(isa);
     let (m, n, k) = (a.rows, b.cols, a.cols);
+    let mc = bl.mc_for(m);
+    let k_slice = bl.kc_for(k);
     let threads = match par {
         Par::Rayon if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
         _ => 1,
@@ -145,7 +148,7 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
         epilogue,
         mode,
     };
-    let m_blocks = m.div_ceil(bl.mc);
+    let m_blocks = m.div_ceil(mc);
     // LOOP 5
     for jc in (0..n).step_by(bl.nc) {
         let nc = bl.nc.min(n - jc);
@@ -153,8 +156,8 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
         let n_chunks = if threads > 1 { column_chunks(m_blocks, threads).min(n_panels) } else { 1 };
         let panels_per_chunk = n_panels.div_ceil(n_chunks);
         // LOOP 4
-        for pc in (0..k).step_by(bl.kc) {
-            let kc = bl.kc.min(k - pc);
+        for pc in (0..k).step_by(k_slice) {
+            let kc = k_slice.min(k - pc);
             with_buffer(&PACK_B, n_panels * kc * bl.nr, |packed_b| {
                 // Each thread packs a contiguous group of panels, reading B's rows contiguously.
                 let group = if threads > 1 { n_panels.div_ceil(threads) } else { n_panels };
@@ -173,8 +176,8 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
                     (0..n_chunks).filter_map(move |ch| {
                         let first = ch * panels_per_chunk;
                         let last = ((ch + 1) * panels_per_chunk).min(n_panels);
-                        let ic = mb * bl.mc;
-                        (first < last).then_some(Item { ic, mc: bl.mc.min(m - ic), panels: (first, last), jc, pc, kc })
+                        let ic = mb * mc;
+                        (first < last).then_some(Item { ic, mc: mc.min(m - ic), panels: (first, last), jc, pc, kc })
                     })
                 });
                 // LOOP 3
@@ -221,8 +224,17 @@ impl SimdTask for Block<'_, '_> {
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
+        s.with_tile(self.call.bl.mr, self.call.bl.nv, self)
+    }
+}
+
+impl TileTask for Block<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
         let Block { call, item, packed_a, packed_b, k } = self;
-        let (mr, nr) = (call.bl.mr, call.bl.nr);
+        let (mr, nr) = (MR, NV * S::LANES);
         pack_a(packed_a, &call.a, item.ic, item.mc, item.pc, item.kc, mr);
         let first = item.pc == 0;
         let last = item.pc + item.kc == k;
@@ -234,7 +246,7 @@ impl SimdTask for Block<'_, '_> {
             for ir in (0..item.mc).step_by(mr) {
                 let a_panel = &packed_a[(ir / mr) * item.kc * mr..(ir / mr + 1) * item.kc * mr];
                 let tile = Tile { i0: item.ic + ir, j0, rows: mr.min(item.mc - ir), first, last };
-                store_tile(s, call, tile, item.kc, a_panel, b_panel);
+                store_tile::<S, MR, NV>(s, call, tile, item.kc, a_panel, b_panel);
             }
         }
     }
@@ -260,8 +272,15 @@ pub(crate) struct Tile {
 
 /// Runs the micro-kernel for one tile and writes it through the epilogue.
 #[inline(always)]
-pub(crate) fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_panel: &[f32], b_panel: BPanel) {
-    let (mr, nr) = (call.bl.mr, call.bl.nr);
+pub(crate) fn store_tile<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    call: &Call<'_>,
+    t: Tile,
+    kc: usize,
+    a_panel: &[f32],
+    b_panel: BPanel,
+) {
+    let (mr, nr) = (MR, NV * S::LANES);
     let n = call.n;
     let cols = nr.min(n - t.j0);
     let epi = &call.epilogue;
@@ -290,7 +309,7 @@ pub(crate) fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_p
         let accumulate = call.mode == StoreMode::AddLinear || !t.first;
         // SAFETY: panels hold kc·MR and kc·NR floats; each row pointer addresses NR
         // contiguous elements of C (col stride 1, full tile), distinct rows by the view check.
-        unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel, &rows, &alpha, accumulate) };
+        unsafe { microkernel::<S, MR, NV>(s, kc, a_panel.as_ptr(), b_panel, &rows, &alpha, accumulate) };
         if t.last {
             for (i, &row) in rows.iter().enumerate().take(mr) {
                 // SAFETY: row is valid for NR floats; bias for `cols` = NR floats.
@@ -307,7 +326,7 @@ pub(crate) fn store_tile<S: Simd>(s: S, call: &Call<'_>, t: Tile, kc: usize, a_p
         *row = unsafe { buf.as_mut_ptr().add(i * MAX_NR) };
     }
     // SAFETY: as above; the row pointers address disjoint NR-float rows of `buf`.
-    unsafe { microkernel(s, kc, a_panel.as_ptr(), b_panel, &rows, &alpha, false) };
+    unsafe { microkernel::<S, MR, NV>(s, kc, a_panel.as_ptr(), b_panel, &rows, &alpha, false) };
     for i in 0..t.rows {
         let row = &mut buf[i * MAX_NR..i * MAX_NR + cols];
         let dst = c_row(i);

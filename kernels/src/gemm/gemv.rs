@@ -18,13 +18,19 @@ use crate::threading::{Par, SendPtr};
 use crate::Isa;
 use rayon::prelude::*;
 
-/// Columns of `y` per work item (a 2 KiB chunk of `y` stays in L1 while B streams past).
+/// Columns of `y` per chunk of the skinny form (`SKINNY_MAX_ROWS` rows of 2 KiB stay in L1
+/// while B streams past).
 pub(crate) const CHUNK: usize = 512;
 /// Below this many multiply-adds a GEMV runs on the calling thread: a quarter of the GEMM's
 /// [`PARALLEL_MIN_MACS`], because a GEMV reads every weight from memory for a single
 /// multiply-add, so each of its multiply-adds costs several of a packed GEMM's and a fork/join
 /// pays off on a smaller product.
 const GEMV_PARALLEL_MIN_MACS: usize = PARALLEL_MIN_MACS / 4;
+/// Columns of `y` per work item of the one-row form (8 KiB of `y` in L1). Wide, because each
+/// row of B is read as one run of this many floats: with 2 KiB runs 16 KiB apart the hardware
+/// prefetcher kept restarting, and a GEMV from memory reached about 0.7 of the stream
+/// bandwidth. Which columns share a chunk does not change any `y_j`'s arithmetic.
+const GEMV_CHUNK: usize = 2048;
 
 /// Which streaming form fits B's layout, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +78,10 @@ pub(crate) fn run(
         form,
         scale: epilogue.row_scale.map(|s| s[0]),
     };
-    let chunks = n.div_ceil(CHUNK);
-    let work = |ch: usize| with_simd(isa, ChunkTask { gemv: &task, j0: ch * CHUNK, len: CHUNK.min(n - ch * CHUNK) });
+    let chunks = n.div_ceil(GEMV_CHUNK);
+    let work = |ch: usize| {
+        with_simd(isa, ChunkTask { gemv: &task, j0: ch * GEMV_CHUNK, len: GEMV_CHUNK.min(n - ch * GEMV_CHUNK) })
+    };
     if par == Par::Rayon && n * k >= GEMV_PARALLEL_MIN_MACS && chunks > 1 {
         (0..chunks).into_par_iter().for_each(work);
     } else {
@@ -106,7 +114,7 @@ impl SimdTask for ChunkTask<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
         let ChunkTask { gemv: g, j0, len } = self;
-        let mut y = [0.0f32; CHUNK];
+        let mut y = [0.0f32; GEMV_CHUNK];
         let y = &mut y[..len];
         match g.form {
             GemvForm::Rows => rows_form(s, g.x, &g.b, j0, y),

@@ -16,12 +16,12 @@
 use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_SLICE, PARALLEL_MIN_MACS};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::gemv::{self, SKINNY_MAX_ROWS};
-use super::microkernel::{BPanel, Blocking};
+use super::microkernel::BPanel;
 use super::pack::{pack_a, pack_b_block};
 use super::view::{MatMut, MatRef, RowOwners};
 use super::{empty_product, Gemm};
 use crate::error::{KernelError, Result};
-use crate::simd::{with_simd, Simd, SimdTask};
+use crate::simd::{with_simd, Simd, SimdTask, TileTask};
 use crate::threading::{Par, SendPtr};
 use rayon::prelude::*;
 
@@ -82,7 +82,7 @@ fn validate(c: &MatMut<'_>, problems: &[GroupProblem<'_>], settings: &Gemm<'_>) 
         }
         if settings.accum == Accum::Add
             && p.epilogue.activation != Activation::Identity
-            && k > Blocking::of(settings.isa).kc
+            && k > settings.blocking_for(settings.isa).kc
         {
             return Err(KernelError::Argument {
                 op: OP,
@@ -149,7 +149,7 @@ impl Gemm<'_> {
         let isa = self.isa.min(crate::Isa::best_supported());
         let settings = Gemm { isa, ..*self };
         validate(&c, problems, &settings)?;
-        let bl = Blocking::of(isa);
+        let bl = settings.blocking_for(isa);
         let n = c.cols;
         let (row_stride, col_stride) = (c.row_stride, c.col_stride);
         for p in problems.iter().filter(|p| p.a.cols == 0 && p.a.rows > 0) {
@@ -223,8 +223,8 @@ impl Gemm<'_> {
             .collect();
         let work = |item: &Item| {
             let p = &problems[item.g];
-            let kc = bl.kc.min(p.a.cols);
-            let mc = bl.mc.min(p.a.rows);
+            let kc = bl.kc_for(p.a.cols);
+            let mc = bl.mc_for(p.a.rows);
             with_buffer(&PACK_A, mc.div_ceil(bl.mr) * bl.mr * kc, |packed_a| {
                 with_buffer(&PACK_B_SLICE, (item.panels.1 - item.panels.0) * kc * bl.nr, |packed_b| {
                     let task = GroupBlock { call: &calls[item.g], b: &p.b, item: *item, packed_a, packed_b };
@@ -310,23 +310,35 @@ impl SimdTask for GroupBlock<'_, '_> {
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let GroupBlock { call, b, item, packed_a, packed_b } = self;
-        let (mr, nr, m, k) = (call.bl.mr, call.bl.nr, call.a.rows, call.a.cols);
-        let (q0, q1) = item.panels;
-        if m <= SKINNY_MAX_ROWS && gemv::form_of(b) == Some(gemv::GemvForm::Rows) {
-            skinny(s, call, b, q0 * nr, (q1 * nr).min(call.n));
+        let (call, b, (q0, q1)) = (self.call, self.b, self.item.panels);
+        if call.a.rows <= SKINNY_MAX_ROWS && gemv::form_of(b) == Some(gemv::GemvForm::Rows) {
+            skinny(s, call, b, q0 * call.bl.nr, (q1 * call.bl.nr).min(call.n));
             return;
         }
+        s.with_tile(call.bl.mr, call.bl.nv, self)
+    }
+}
+
+impl TileTask for GroupBlock<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let GroupBlock { call, b, item, packed_a, packed_b } = self;
+        let (mr, nr, m, k) = (MR, NV * S::LANES, call.a.rows, call.a.cols);
+        let (q0, q1) = item.panels;
         // One row tile uses each panel once: read B where it lives instead of packing it.
         let direct = m <= mr && (q0..q1).all(|q| BPanel::direct(b, 0, k, q * nr, nr).is_some());
-        for pc in (0..k).step_by(call.bl.kc) {
-            let kc = call.bl.kc.min(k - pc);
+        let k_slice = call.bl.kc_for(k);
+        for pc in (0..k).step_by(k_slice) {
+            let kc = k_slice.min(k - pc);
             let (first, last) = (pc == 0, pc + kc == k);
             if !direct {
                 pack_b_block(packed_b, b, pc, kc, q0 * nr, q1 - q0, nr);
             }
-            for ic in (0..m).step_by(call.bl.mc) {
-                let mc = call.bl.mc.min(m - ic);
+            let mc_block = call.bl.mc_for(m);
+            for ic in (0..m).step_by(mc_block) {
+                let mc = mc_block.min(m - ic);
                 pack_a(packed_a, &call.a, ic, mc, pc, kc, mr);
                 for q in q0..q1 {
                     let panel = match BPanel::direct(b, pc, kc, q * nr, nr).filter(|_| direct) {
@@ -336,7 +348,7 @@ impl SimdTask for GroupBlock<'_, '_> {
                     for ir in (0..mc).step_by(mr) {
                         let a_panel = &packed_a[(ir / mr) * kc * mr..(ir / mr + 1) * kc * mr];
                         let tile = Tile { i0: ic + ir, j0: q * nr, rows: mr.min(mc - ir), first, last };
-                        store_tile(s, call, tile, kc, a_panel, panel);
+                        store_tile::<S, MR, NV>(s, call, tile, kc, a_panel, panel);
                     }
                 }
             }

@@ -26,6 +26,7 @@
 //! # Ok::<(), elide_kernels::KernelError>(())
 //! ```
 
+mod blocking;
 mod driver;
 mod epilogue;
 mod gemv;
@@ -35,6 +36,7 @@ mod pack;
 pub mod reference;
 mod view;
 
+pub use blocking::{parse_tile, Blocking};
 pub use epilogue::{Accum, Activation, Epilogue};
 pub(crate) use epilogue::{GELU_A, GELU_C};
 pub use grouped::{GroupProblem, OutRows};
@@ -59,15 +61,30 @@ pub struct Gemm<'a> {
     pub par: Par,
     /// The instruction set; defaults to [`Isa::active`].
     pub isa: Isa,
+    /// Register tile and cache blocking; `None` (the default) takes [`Blocking::of`] the path.
+    /// One made for another path is ignored in favour of that default.
+    pub blocking: Option<Blocking>,
 }
 
 impl Default for Gemm<'_> {
     fn default() -> Self {
-        Gemm { alpha: 1.0, accum: Accum::Replace, epilogue: Epilogue::default(), par: Par::Rayon, isa: Isa::active() }
+        Gemm {
+            alpha: 1.0,
+            accum: Accum::Replace,
+            epilogue: Epilogue::default(),
+            par: Par::Rayon,
+            isa: Isa::active(),
+            blocking: None,
+        }
     }
 }
 
 impl Gemm<'_> {
+    /// The blocking used on `isa` (the path actually run).
+    pub(crate) fn blocking_for(&self, isa: Isa) -> Blocking {
+        self.blocking.filter(|b| b.isa == isa).unwrap_or_else(|| Blocking::of(isa))
+    }
+
     /// Computes `C ← accum(C, scale_i · act(alpha · (A·B)_ij + bias_j))` for `A: m×k`, `B: k×n`,
     /// `C: m×n`.
     ///
@@ -110,10 +127,8 @@ impl Gemm<'_> {
                 return Ok(());
             }
         }
-        if m <= microkernel::Blocking::of(isa).mr
-            && c.row_index.is_none()
-            && mode_allows_grouped(self.accum, epi, k, isa)
-        {
+        let bl = self.blocking_for(isa);
+        if m <= bl.mr && c.row_index.is_none() && mode_allows_grouped(self.accum, epi, k, bl.kc) {
             // A few rows: each weight is used once per row, so stream B in place (the skinny
             // form in grouped.rs) rather than packing all of it.
             let settings = Gemm { isa, epilogue: Epilogue::default(), ..*self };
@@ -121,7 +136,7 @@ impl Gemm<'_> {
             return settings.run_grouped(c, &[problem]);
         }
         let mode = StoreMode::of(self.accum, epi.activation);
-        if mode == StoreMode::AddActivated && k > microkernel::Blocking::of(isa).kc {
+        if mode == StoreMode::AddActivated && k > bl.kc {
             // The activation needs the whole sum before it meets C: finish the product in a
             // temporary, then add it. (Rare: activations usually go with Accum::Replace.)
             let mut tmp = vec![0.0f32; m * n];
@@ -137,8 +152,8 @@ impl Gemm<'_> {
 
 /// Whether the grouped driver takes this product (it refuses an activation after `Accum::Add`
 /// when K spans several KC slices; the dense driver handles that through a temporary).
-fn mode_allows_grouped(accum: Accum, epi: &Epilogue<'_>, k: usize, isa: Isa) -> bool {
-    !(accum == Accum::Add && epi.activation != Activation::Identity && k > microkernel::Blocking::of(isa).kc)
+fn mode_allows_grouped(accum: Accum, epi: &Epilogue<'_>, k: usize, kc: usize) -> bool {
+    !(accum == Accum::Add && epi.activation != Activation::Identity && k > kc)
 }
 
 /// `k = 0`: the product is zero, so each row is `scale_i · act(bias)`. The one place this

@@ -28,9 +28,12 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef<'_>, row0: usize, mc: usize, co
                 }
             };
             match mr {
+                2 => interleave::<2>(dst, std::array::from_fn(row), kc),
                 4 => interleave::<4>(dst, std::array::from_fn(row), kc),
                 6 => interleave::<6>(dst, std::array::from_fn(row), kc),
+                8 => interleave::<8>(dst, std::array::from_fn(row), kc),
                 12 => interleave::<12>(dst, std::array::from_fn(row), kc),
+                14 => interleave::<14>(dst, std::array::from_fn(row), kc),
                 _ => {
                     for i in 0..mr {
                         for (p, &x) in row(i).iter().enumerate() {
@@ -38,6 +41,16 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef<'_>, row0: usize, mc: usize, co
                         }
                     }
                 }
+            }
+            continue;
+        }
+        if a.row_index.is_none() && a.row_stride == 1 && valid == mr {
+            // Column-major source (Xᵀ, with or without gathered K): each step's MR values are
+            // contiguous, so copy them as one short block instead of MR strided reads.
+            let base = row_offsets[0];
+            for p in 0..kc {
+                let co = base + a.col_offset(col0 + p);
+                copy_short(&mut dst[p * mr..(p + 1) * mr], &a.data[co..co + mr]);
             }
             continue;
         }
@@ -56,7 +69,7 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef<'_>, row0: usize, mc: usize, co
 }
 
 /// Zero padding for the missing rows of a partial panel (KC never exceeds this).
-static ZEROS: [f32; 512] = [0.0; 512];
+static ZEROS: [f32; super::blocking::MAX_KC] = [0.0; super::blocking::MAX_KC];
 
 /// `dst[p·MR + i] = rows[i][p]`: MR rows of length `kc`, interleaved. With the row count a
 /// constant and every row sliced to `kc`, the compiler drops the bounds checks and keeps the
@@ -88,6 +101,10 @@ pub(crate) fn pack_b_panel(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usi
         for (j, off) in col_offsets.iter_mut().enumerate().take(valid) {
             *off = b.col_offset(col0 + j);
         }
+        if b.row_index.is_none() && b.row_stride == 1 {
+            pack_b_columns(dst, b.data, row0, kc, &col_offsets[..valid], nr);
+            return;
+        }
         for p in 0..kc {
             let ro = b.row_offset(row0 + p);
             let row = &mut dst[p * nr..(p + 1) * nr];
@@ -95,6 +112,31 @@ pub(crate) fn pack_b_panel(dst: &mut [f32], b: &MatRef<'_>, row0: usize, kc: usi
                 *d = b.data[ro + co];
             }
             row[valid..].fill(0.0);
+        }
+    }
+}
+
+/// [`pack_b_panel`] for a B whose columns are contiguous (`Wᵀ` of a row-major `W`, as in
+/// `dH·W1ᵀ`): column `j` of the panel is `data[col_offsets[j] + row0 ..][..kc]`. Read row by
+/// row, every element would come from a different column — 4 KiB apart for 1024-float rows,
+/// all in one L1 set, so each read missed (measured: 16 % of `dH·W1ᵀ`). Instead the panel is
+/// copied in blocks of 16 steps × 8 columns: 8 lines read, each used 16 times.
+fn pack_b_columns(dst: &mut [f32], data: &[f32], row0: usize, kc: usize, col_offsets: &[usize], nr: usize) {
+    const STEPS: usize = 16;
+    const COLS: usize = 8;
+    let valid = col_offsets.len();
+    for p0 in (0..kc).step_by(STEPS) {
+        let steps = STEPS.min(kc - p0);
+        for j0 in (0..valid).step_by(COLS) {
+            for (jj, &off) in col_offsets[j0..valid.min(j0 + COLS)].iter().enumerate() {
+                let column = &data[off + row0 + p0..off + row0 + p0 + steps];
+                for (pp, &x) in column.iter().enumerate() {
+                    dst[(p0 + pp) * nr + j0 + jj] = x;
+                }
+            }
+        }
+        for p in p0..p0 + steps {
+            dst[p * nr + valid..(p + 1) * nr].fill(0.0);
         }
     }
 }
@@ -134,20 +176,34 @@ pub(crate) fn pack_b_block(
     }
 }
 
-/// `dst.copy_from_slice(src)` for one panel row (NR = 8, 16 or 32 floats). With the length a
-/// constant in each arm the copy is a few vector moves; a plain copy — or an element loop, which
-/// the compiler turns back into one — is a call to `memcpy` per 64 bytes (measured: 6 % of a
-/// 64-expert forward, two million calls).
+/// `dst.copy_from_slice(src)` for one panel row (NR = 8 … 64 floats) or one step of an A panel
+/// (MR = 2 … 14 floats). With the length a constant in each arm the copy is a few vector moves;
+/// a plain copy — or an element loop, which the compiler turns back into one — is a call to
+/// `memcpy` (measured: 6 % of a 64-expert forward, two million calls; and 2.5 % of a GEMM with
+/// NR = 64, whose 256-byte array copy also became a call, hence 16-float pieces).
 #[inline(always)]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
     fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
         let d: &mut [f32; N] = dst.try_into().expect("length matched by the caller");
         *d = <[f32; N]>::try_from(src).expect("length matched by the caller");
     }
     match src.len() {
+        2 => fixed::<2>(dst, src),
+        4 => fixed::<4>(dst, src),
+        6 => fixed::<6>(dst, src),
         8 => fixed::<8>(dst, src),
-        16 => fixed::<16>(dst, src),
-        32 => fixed::<32>(dst, src),
+        12 => fixed::<12>(dst, src),
+        14 => fixed::<14>(dst, src),
+        len if len % 16 == 0 && len <= 64 => {
+            for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+                fixed::<16>(d, s);
+            }
+        }
+        24 => {
+            fixed::<16>(&mut dst[..16], &src[..16]);
+            fixed::<8>(&mut dst[16..], &src[16..]);
+        }
         _ => dst.copy_from_slice(src),
     }
 }

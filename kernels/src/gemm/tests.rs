@@ -238,3 +238,56 @@ fn shape_errors_name_the_op_and_shapes() {
         .unwrap_err();
     assert_eq!(err.to_string(), "gemm: shape mismatch: bias has 3 elements, C has 4 columns");
 }
+
+/// Every register tile of every path, with a small KC and MC so the odd shapes span several K
+/// slices and row blocks, on the layouts with their own packing paths.
+#[test]
+fn every_tile_matches_the_reference() {
+    let layouts = [Layout::RowMajor, Layout::Transposed, Layout::Gathered, Layout::GatheredCols];
+    for isa in Isa::supported() {
+        for &(mr, nv) in Blocking::tiles(isa) {
+            let bl = Blocking::for_tile(isa, mr, nv).unwrap().with_kc(40).unwrap().with_mc(2 * mr).unwrap();
+            let gemm = Gemm { blocking: Some(bl), ..Gemm::default() };
+            for (m, n, k) in [(1, 7, 33), (7, 33, 1), (33, 65, 97), (2 * mr + 1, 3 * bl.nr() + 5, 81)] {
+                for la in layouts {
+                    for lb in layouts {
+                        check_case(isa, m, n, k, la, lb, gemm, false);
+                    }
+                }
+                let bias = data(n, 9, -1.0, 1.0);
+                let epilogue = Epilogue { bias: Some(&bias), activation: Activation::Gelu, row_scale: None };
+                let add = Gemm { alpha: 0.5, accum: Accum::Add, ..gemm };
+                check_case(isa, m, n, k, Layout::Padded, Layout::Transposed, add, true);
+                check_case(isa, m, n, k, Layout::RowMajor, Layout::RowMajor, Gemm { epilogue, ..gemm }, false);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_tile_is_bit_identical_on_one_and_two_threads() {
+    let (m, n, k) = (131, 150, 300);
+    let a = data(m * k, 6, -1.0, 1.0);
+    let b = data(k * n, 7, -1.0, 1.0);
+    for isa in Isa::supported() {
+        for &(mr, nv) in Blocking::tiles(isa) {
+            let bl = Blocking::for_tile(isa, mr, nv).unwrap().with_kc(64).unwrap().with_mc(3 * mr).unwrap();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut c = vec![0.0f32; m * n];
+                pool.install(|| {
+                    Gemm { isa, blocking: Some(bl), par: Par::Rayon, ..Gemm::default() }
+                        .run(
+                            MatMut::row_major(&mut c, m, n).unwrap(),
+                            MatRef::row_major(&a, k, m).unwrap().t(),
+                            MatRef::row_major(&b, k, n).unwrap(),
+                        )
+                        .unwrap()
+                });
+                c
+            };
+            let (one, two) = (run(1), run(2));
+            assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa} {bl}: 1 vs 2 threads");
+        }
+    }
+}

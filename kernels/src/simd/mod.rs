@@ -19,10 +19,16 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     type V: Copy;
     /// Number of f32 lanes in [`Simd::V`].
     const LANES: usize;
-    /// Rows of the GEMM register tile on this instruction set.
-    const GEMM_MR: usize;
-    /// Vectors per row of the GEMM register tile (`NR = GEMM_NV · LANES`).
-    const GEMM_NV: usize;
+    /// Machine registers one [`Simd::V`] occupies (2 for the portable `f32x8` on SSE2, else 1):
+    /// register-tiled kernels size their tiles by it.
+    const REGISTERS_PER_VECTOR: usize;
+    /// The GEMM register tiles `(MR, NV)` this path has micro-kernels for (`NR = NV · LANES`),
+    /// the default first.
+    const GEMM_TILES: &'static [(usize, usize)];
+
+    /// Runs `task` with the tile `(mr, nv)` as compile-time constants. A tile not in
+    /// [`Simd::GEMM_TILES`] runs the default tile (callers pass only listed ones).
+    fn with_tile<T: TileTask>(self, mr: usize, nv: usize, task: T) -> T::Output;
 
     fn splat(self, x: f32) -> Self::V;
     /// Loads `LANES` floats.
@@ -153,6 +159,32 @@ pub(crate) trait SimdTask {
     type Output;
     fn run<S: Simd>(self, simd: S) -> Self::Output;
 }
+
+/// Something to run with a [`Simd`] token and a GEMM register tile: see [`Simd::with_tile`].
+pub(crate) trait TileTask {
+    type Output;
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, simd: S) -> Self::Output;
+}
+
+/// Implements [`Simd::with_tile`] for the listed tiles (the first is the default), and
+/// `GEMM_TILES` with the same list, so the two cannot disagree.
+macro_rules! gemm_tiles {
+    ($(($mr:literal, $nv:literal)),+ $(,)?) => {
+        const GEMM_TILES: &'static [(usize, usize)] = &[$(($mr, $nv)),+];
+
+        #[inline(always)]
+        fn with_tile<T: $crate::simd::TileTask>(self, mr: usize, nv: usize, task: T) -> T::Output {
+            $crate::simd::gemm_tiles!(@dispatch self, mr, nv, task, $(($mr, $nv)),+)
+        }
+    };
+    (@dispatch $s:ident, $m:ident, $n:ident, $task:ident, ($mr0:literal, $nv0:literal) $(, ($mr:literal, $nv:literal))*) => {
+        match ($m, $n) {
+            $(($mr, $nv) => $task.run::<Self, $mr, $nv>($s),)*
+            _ => $task.run::<Self, $mr0, $nv0>($s),
+        }
+    };
+}
+pub(crate) use gemm_tiles;
 
 /// Runs `task` on the instruction set `isa` (which the caller has checked is supported; an
 /// unsupported `isa` falls back to the best supported path below it).

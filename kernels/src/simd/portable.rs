@@ -10,9 +10,10 @@ pub(crate) struct Portable;
 impl Simd for Portable {
     type V = f32x8;
     const LANES: usize = 8;
-    // 16 vector registers on SSE2, each f32x8 taking two: 4 rows × 1 vector of accumulators.
-    const GEMM_MR: usize = 4;
-    const GEMM_NV: usize = 1;
+    const REGISTERS_PER_VECTOR: usize = 2;
+    // 16 vector registers on SSE2, each f32x8 taking two: 2 rows × 2 vectors or 4 × 1 of
+    // accumulators. 2 × 2 measured 2–9 % ahead (docs/kernels.md).
+    super::gemm_tiles!((2, 2), (4, 1));
 
     #[inline(always)]
     fn splat(self, x: f32) -> f32x8 {

@@ -31,9 +31,10 @@ pub(super) unsafe fn run_avx512<T: SimdTask>(task: T) -> T::Output {
 impl Simd for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
-    // 16 ymm registers: 6×2 accumulators + 2 B vectors + 1 broadcast A (the BLIS Haswell tile).
-    const GEMM_MR: usize = 6;
-    const GEMM_NV: usize = 2;
+    const REGISTERS_PER_VECTOR: usize = 1;
+    // 16 ymm registers: MR·NV accumulators + NV B vectors + 1 broadcast A (6×2 is BLIS's
+    // Haswell tile).
+    super::gemm_tiles!((6, 2), (4, 3));
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m256 {
@@ -135,9 +136,9 @@ impl Simd for Avx2 {
 impl Simd for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
-    // 32 zmm registers: 12×2 accumulators + 2 B vectors + 1 broadcast A.
-    const GEMM_MR: usize = 12;
-    const GEMM_NV: usize = 2;
+    const REGISTERS_PER_VECTOR: usize = 1;
+    // 32 zmm registers: MR·NV accumulators + NV B vectors + 1 broadcast A.
+    super::gemm_tiles!((6, 4), (8, 3), (12, 2), (14, 2));
 
     #[inline(always)]
     fn splat(self, x: f32) -> __m512 {

@@ -5,7 +5,7 @@
 //! of the vectorised kernel `elementwise::binary`. A broadcast operand reaches the kernel as a
 //! single value, a strided one as a copied run.
 
-use elide_kernels::elementwise::{binary, BinaryOp};
+use elide_kernels::elementwise::{binary, scale_add, BinaryOp};
 use elide_kernels::Isa;
 
 use crate::broadcast::broadcast_shape_for;
@@ -65,6 +65,35 @@ impl Tensor {
     /// Errors as [`Tensor::add`].
     pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
         self.binary_op(other, BinaryOp::Min, "minimum")
+    }
+
+    /// `self + other` for operands of the same shape, written into `self`'s buffer when `self`
+    /// is its only user (contiguous, unshared storage of exactly its size) — the gradient
+    /// accumulation of a backward pass, which would otherwise allocate a new tensor per add.
+    /// Otherwise (or for shapes that broadcast) the same as [`Tensor::add`]. The result is
+    /// bit-identical to [`Tensor::add`] either way.
+    ///
+    /// ```
+    /// use elide_tensor::Tensor;
+    /// let acc = Tensor::from_vec(vec![1.0, 2.0], &[2])?;
+    /// let sum = acc.add_owned(&Tensor::from_vec(vec![10.0, 20.0], &[2])?)?;
+    /// assert_eq!(sum.to_vec(), vec![11.0, 22.0]);
+    /// # Ok::<(), elide_tensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Tensor::add`]: shapes that do not broadcast.
+    pub fn add_owned(mut self, other: &Tensor) -> Result<Tensor> {
+        if self.shape == other.shape && self.offset == 0 && self.is_contiguous() {
+            if let (Some(storage), Some(src)) = (std::sync::Arc::get_mut(&mut self.storage), other.as_slice()) {
+                if storage.0.len() == src.len() {
+                    // y + 1·x: the multiply is exact, so this is the same sum as `add`.
+                    scale_add(Isa::active(), 1.0, src, &mut storage.0)?;
+                    return Ok(self);
+                }
+            }
+        }
+        self.add(other)
     }
 
     /// `self + v` for every element.
@@ -192,6 +221,27 @@ mod tests {
             let err = call(&a, &b, op).unwrap_err();
             assert_eq!(err.to_string(), format!("{name}: shapes [2, 3] and [4] do not broadcast"));
         }
+    }
+
+    #[test]
+    fn add_owned_reuses_an_unshared_buffer_and_leaves_a_shared_one_alone() {
+        let a = random(&[70, 33], 1);
+        let b = random(&[70, 33], 2);
+        let want: Vec<u32> = a.add(&b).unwrap().to_vec().iter().map(|v| v.to_bits()).collect();
+        // Shared: the clone keeps its values, the sum is a new tensor.
+        let kept = a.clone();
+        let sum = a.add_owned(&b).unwrap();
+        assert!(!sum.shares_storage(&kept));
+        assert_eq!(sum.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+        assert_eq!(kept.to_vec(), random(&[70, 33], 1).to_vec());
+        // Unshared: summed in place, same bits as `add`.
+        let ptr = kept.as_slice().unwrap().as_ptr();
+        let sum = kept.add_owned(&b).unwrap();
+        assert_eq!(sum.as_slice().unwrap().as_ptr(), ptr);
+        assert_eq!(sum.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+        // Broadcasting falls back to `add`.
+        let row = random(&[33], 3);
+        assert_eq!(sum.clone().add_owned(&row).unwrap().to_vec(), sum.add(&row).unwrap().to_vec());
     }
 
     #[test]

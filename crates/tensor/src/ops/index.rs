@@ -31,7 +31,7 @@ impl Tensor {
         let (outer, size, inner) = self.split_at_dim(dim);
         let mut shape = self.shape.clone();
         shape[dim] = index.len();
-        let mut out = vec![0.0f32; outer * index.len() * inner];
+        let mut out = crate::pool::take(outer * index.len() * inner);
         if !out.is_empty() {
             let x = self.contiguous();
             let src = x.as_slice().unwrap_or_default();
@@ -145,7 +145,7 @@ impl Tensor {
         let total: usize = tensors.iter().map(|t| t.shape[dim]).sum();
         let mut shape = first.shape.clone();
         shape[dim] = total;
-        let mut out = vec![0.0f32; outer * total * inner];
+        let mut out = crate::pool::take(outer * total * inner);
         let mut at = 0; // start of the current tensor's block within an output row
         for t in tensors {
             let t = t.contiguous();

@@ -73,7 +73,7 @@ impl Tensor {
         }
         let a = self.broadcast_to_for(OP, &[&batch[..], &[m, k]].concat())?;
         let b = rhs.broadcast_to_for(OP, &[&batch[..], &[k, n]].concat())?;
-        let mut out = vec![0.0f32; count * m * n];
+        let mut out = crate::pool::take(count * m * n);
 
         // Fold the batch into the rows of one GEMM when B is the same matrix for every batch
         // entry and A's batch and row dims merge into one stride.

@@ -25,7 +25,7 @@ impl Tensor {
         f: impl FnOnce(&[f32], usize, usize, &mut [f32]) -> elide_kernels::Result<()>,
     ) -> Result<Tensor> {
         let (rows, cols) = self.rows_cols(op)?;
-        let mut out = vec![0.0f32; rows * cols];
+        let mut out = crate::pool::take(rows * cols);
         if !out.is_empty() {
             let x = self.contiguous();
             f(x.as_slice().unwrap_or_default(), rows, cols, &mut out)?;

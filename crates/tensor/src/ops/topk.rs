@@ -65,7 +65,7 @@ impl Tensor {
         }
         let mut shape = self.shape.clone();
         *shape.last_mut().unwrap_or(&mut 0) = k;
-        let mut values = vec![0.0f32; rows * k];
+        let mut values = crate::pool::take(rows * k);
         let mut indices = vec![0u32; rows * k];
         if rows > 0 {
             let x = self.contiguous();
