@@ -28,7 +28,7 @@ use crate::plan::DispatchPlan;
 use elide_autodiff::Var;
 use elide_kernels::gemm::{Accum, Activation, Epilogue, Gemm, GroupProblem, MatMut, MatRef, OutRows};
 use elide_kernels::{activation_backward, unary, Isa, UnaryOp};
-use elide_tensor::Tensor;
+use elide_tensor::{pool, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Arc;
@@ -186,11 +186,13 @@ pub fn grouped_linear(
     let bv = w.bias.map(|b| dense(b.value()));
     // While recording, the GEMM stores the pre-activation and the activation runs after it.
     let store_act = if training { Activation::Identity } else { activation };
-    let mut z = vec![0.0f32; s * fan_out];
+    // Pooled buffers (`pool::take`: contents unspecified) wherever the GEMM or a kernel writes
+    // every element; zeroed ones where a sum accumulates.
+    let mut z = pool::take(s * fan_out);
     linear_forward(&shape, data(&xv), data(&wv), bv.as_ref().map(data), plan, store_act, &mut z)?;
     let (out, saved_z) = match (training, unary_of(activation)) {
         (true, Some(op)) => {
-            let mut h = vec![0.0f32; s * fan_out];
+            let mut h = pool::take(s * fan_out);
             unary(Isa::try_active().map_err(kernel_err)?, op, &z, &mut h).map_err(kernel_err)?;
             (h, Some(z))
         }
@@ -207,7 +209,7 @@ pub fn grouped_linear(
         let dy = dense(dy);
         let through_act = match &saved_z {
             Some(z) => {
-                let mut dz = vec![0.0f32; z.len()];
+                let mut dz = pool::take(z.len());
                 activation_backward(Isa::try_active().map_err(kernel_err)?, shape.activation, z, data(&dy), &mut dz)
                     .map_err(kernel_err)?;
                 Some(dz)
@@ -216,6 +218,9 @@ pub fn grouped_linear(
         };
         let dz = through_act.as_deref().unwrap_or(data(&dy));
         let grads = linear_backward(&shape, data(&xv), data(&wv), &plan, dz, wants)?;
+        if let Some(dz) = through_act {
+            pool::give(dz);
+        }
         let mut out = vec![grads.dx, grads.dw];
         if has_bias {
             out.push(grads.db);
@@ -287,7 +292,7 @@ fn linear_backward(
     let dz_of = |r: Range<usize>| view(&dz[r.start * fo..r.end * fo], r.len(), fo);
     let mut grads = LinearGrads { dx: None, dw: None, db: None };
     if wants.1 {
-        let mut dw = vec![0.0f32; g_count * fi * fo];
+        let mut dw = pool::take_zeroed(g_count * fi * fo); // idle destinations stay zero
         match sh.layout {
             // [G, in, out]: dW[g] = A_gᵀ · dZ_g, written to rows g·in.. of a [G·in, out] buffer.
             WeightLayout::InOut => grouped(
@@ -328,7 +333,7 @@ fn linear_backward(
     }
     if wants.0 {
         // dA[s] = dZ[s] · W[g]ᵀ: W's block read transposed, whatever its layout.
-        let mut da = vec![0.0f32; s * fi];
+        let mut da = pool::take(s * fi);
         grouped(
             Accum::Replace,
             &mut da,
@@ -363,7 +368,7 @@ fn unary_of(act: Activation) -> Option<UnaryOp> {
 
 /// Per-destination column sums of slot rows: the gradient of a per-destination bias.
 fn bias_grad(rows: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; plan.num_experts() * width];
+    let mut out = pool::take_zeroed(plan.num_experts() * width);
     out.par_chunks_mut(width.max(1)).enumerate().for_each(|(g, acc)| {
         for s in plan.expert_range(g) {
             for (a, &v) in acc.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
@@ -376,7 +381,7 @@ fn bias_grad(rows: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
 
 /// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`.
 fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
-    combine_rows_onto(vec![0.0f32; plan.num_tokens() * width], rows, scale, plan, width)
+    combine_rows_onto(pool::take_zeroed(plan.num_tokens() * width), rows, scale, plan, width)
 }
 
 /// [`combine_rows`] added onto `out` (`[T, width]`).
@@ -438,7 +443,7 @@ fn combine_impl(
     let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
     let base = match residual {
         Some(r) => r.value().to_vec(),
-        None => vec![0.0f32; t * d],
+        None => pool::take_zeroed(t * d),
     };
     let out = Tensor::from_vec(combine_rows_onto(base, data(&rv), &gv, plan, d), &[t, d])?;
     let mut parents = vec![rows];
@@ -453,7 +458,7 @@ fn combine_impl(
         let dout = dense(dout_view);
         let dout = data(&dout);
         let tokens = plan.tokens();
-        let mut drows = vec![0.0f32; s * d];
+        let mut drows = pool::take(s * d);
         let mut dgate = vec![0.0f32; if has_gates { s } else { 0 }];
         let fill = |slot: usize, row: &mut [f32]| {
             let src = &dout[tokens[slot] as usize * d..][..d];
@@ -499,7 +504,7 @@ pub fn gather(x: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
     let d = shape[1];
     let xv = dense(x.value());
     let src = data(&xv);
-    let mut out = vec![0.0f32; s * d];
+    let mut out = pool::take(s * d);
     let tokens = plan.tokens();
     out.par_chunks_mut(d.max(1)).enumerate().with_min_len(64).for_each(|(slot, row)| {
         row.copy_from_slice(&src[tokens[slot] as usize * d..][..d]);

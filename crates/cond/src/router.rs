@@ -255,7 +255,7 @@ fn select_top_k(scores: &Var, k: usize, renormalize: bool) -> Result<(Var, Vec<u
     let cols = columns.clone();
     let var = Var::from_op("select_top_k", value, &[scores], move |dg| {
         let dg = dg.to_vec();
-        let mut dp = vec![0.0f32; t * e];
+        let mut dp = elide_tensor::pool::take_zeroed(t * e);
         for (row, out) in dp.chunks_mut(e.max(1)).enumerate() {
             let span = row * k..(row + 1) * k;
             let (g, d, c) = (&gates[span.clone()], &dg[span.clone()], &cols[span]);
