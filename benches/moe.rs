@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use elide::autodiff::{no_grad, ParamStore, Var};
-use elide::cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+use elide::cond::{ExpertKind, MoeConfig, MoeLayer, RouterKind};
 use elide::kernels::gemm::Activation;
 use elide::tensor::{Rng, Tensor};
 use std::hint::black_box;
@@ -14,16 +14,8 @@ use std::time::Duration;
 fn moe(c: &mut Criterion) {
     let (t, d) = (4096, 512);
     let mut store = ParamStore::new();
-    let config = MoeConfig {
-        d_model: d,
-        hidden: 1024,
-        num_experts: 8,
-        router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
-        expert: ExpertKind::Mlp(Activation::Gelu),
-        capacity: Capacity::Dropless,
-        balance_coef: 0.01,
-        z_loss_coef: 1e-3,
-    };
+    let top2 = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
+    let config = MoeConfig::new(d, 1024, 8, top2, ExpertKind::Mlp(Activation::Gelu));
     let layer = MoeLayer::new(&mut store.scope("moe"), config, &mut Rng::seed(0)).unwrap();
     let x = Tensor::randn(&[t, d], &mut Rng::seed(1));
     let dy = Tensor::randn(&[t, d], &mut Rng::seed(2));

@@ -47,21 +47,13 @@
 //!
 //! ```
 //! use elide::autodiff::{ParamStore, Var};
-//! use elide::cond::{Activation, Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+//! use elide::cond::{Activation, ExpertKind, MoeConfig, MoeLayer, RouterKind};
 //! use elide::tensor::{Rng, Tensor};
 //!
 //! let mut rng = Rng::seed(0);
 //! let mut store = ParamStore::new();
-//! let config = MoeConfig {
-//!     d_model: 16,
-//!     hidden: 32,
-//!     num_experts: 4,
-//!     router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
-//!     expert: ExpertKind::Mlp(Activation::Gelu),
-//!     capacity: Capacity::Dropless,
-//!     balance_coef: 0.01,
-//!     z_loss_coef: 1e-3,
-//! };
+//! let top2 = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
+//! let config = MoeConfig::new(16, 32, 4, top2, ExpertKind::Mlp(Activation::Gelu));
 //! let moe = MoeLayer::new(&mut store.scope("blocks.0.moe"), config, &mut rng)?;
 //! let x = Var::constant(Tensor::try_randn(&[10, 16], &mut rng)?);
 //! let out = moe.forward(&x)?;

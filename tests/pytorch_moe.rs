@@ -5,7 +5,7 @@
 //! JSON).
 
 use elide::autodiff::{ParamStore, Var};
-use elide::cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+use elide::cond::{ExpertKind, MoeConfig, MoeLayer, RouterKind};
 use elide::tensor::{Rng, Tensor};
 use serde_json::Value;
 
@@ -22,16 +22,8 @@ fn mixtral_block_output_and_gradients_match_pytorch() {
     let fx: Value = serde_json::from_str(&text).unwrap();
     let size = |name: &str| fx["sizes"][name].as_u64().unwrap() as usize;
     let (t, k) = (size("tokens"), size("top_k"));
-    let config = MoeConfig {
-        d_model: size("d_model"),
-        hidden: size("hidden"),
-        num_experts: size("experts"),
-        router: RouterKind::TopK { k, renormalize: true, noisy: false },
-        expert: ExpertKind::SwiGlu,
-        capacity: Capacity::Dropless,
-        balance_coef: 0.01,
-        z_loss_coef: 1e-3,
-    };
+    let top_k = RouterKind::TopK { k, renormalize: true, noisy: false };
+    let config = MoeConfig::new(size("d_model"), size("hidden"), size("experts"), top_k, ExpertKind::SwiGlu);
     let mut store = ParamStore::new();
     let layer = MoeLayer::new(&mut store.scope("moe"), config, &mut Rng::seed(0)).unwrap();
     // Overwrite the random initialisation with the fixture's weights, by registered name.

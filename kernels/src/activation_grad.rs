@@ -8,7 +8,7 @@ use crate::threading::for_row_chunks;
 use crate::Isa;
 
 /// `z`, `dy`, `dz` are `[n]`: `dz[i] = dy[i] · act'(z[i])`, where `z` is the pre-activation.
-/// GELU uses the tanh form's exact derivative; ReLU's derivative at 0 is 0 (as PyTorch).
+/// GELU uses the tanh form's exact derivative, erf GELU `Φ(z) + z·φ(z)`; ReLU's derivative at 0 is 0 (as PyTorch).
 ///
 /// # Errors
 /// [`KernelError::Shape`] if the lengths differ.
@@ -39,6 +39,7 @@ impl SimdTask for Task<'_> {
             Activation::Identity => self.dz.copy_from_slice(self.dy),
             Activation::Relu => body(s, self.z, self.dy, self.dz, ReluGrad {}),
             Activation::Gelu => body(s, self.z, self.dy, self.dz, GeluGrad {}),
+            Activation::GeluErf => body(s, self.z, self.dy, self.dz, GeluErfGrad {}),
             Activation::Silu => body(s, self.z, self.dy, self.dz, SiluGrad {}),
         }
     }
@@ -57,6 +58,16 @@ lane_fn!(
         let left = s.mul(half, s.add(one, t));
         let right = s.mul(s.mul(s.mul(half, z), s.sub(one, s.mul(t, t))), du);
         s.mul(dy, s.add(left, right))
+    }
+);
+/// `1/√(2π)`, the standard normal density at 0.
+const FRAC_1_SQRT_2PI: f32 = (std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2 * 0.5) as f32;
+lane_fn!(
+    GeluErfGrad {} = |s, z, dy| {
+        // d/dz z·Φ(z) = Φ(z) + z·φ(z), Φ(z) = ½(1 + erf(z/√2)), φ(z) = e^{−z²/2}/√(2π).
+        let cdf = s.mul(s.splat(0.5), s.add(s.splat(1.0), s.erf(s.mul(z, s.splat(std::f32::consts::FRAC_1_SQRT_2)))));
+        let pdf = s.mul(s.splat(FRAC_1_SQRT_2PI), s.exp(s.mul(s.splat(-0.5), s.mul(z, z))));
+        s.mul(dy, s.mul_add(z, pdf, cdf))
     }
 );
 lane_fn!(
@@ -92,7 +103,8 @@ mod tests {
         let z: Vec<f32> = (0..257).map(|i| (i as f32 - 128.0) * 0.037 + 0.005).collect();
         let dy: Vec<f32> = (0..257).map(|i| 1.0 + (i % 5) as f32 * 0.25).collect();
         for isa in Isa::supported() {
-            for act in [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::Silu] {
+            for act in [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::GeluErf, Activation::Silu]
+            {
                 let mut dz = vec![0.0; 257];
                 activation_backward(isa, act, &z, &dy, &mut dz).unwrap();
                 for i in 0..257 {
@@ -108,5 +120,22 @@ mod tests {
         }
         let err = activation_backward(Isa::active(), Activation::Gelu, &z, &dy[..3], &mut [0.0; 257]).unwrap_err();
         assert_eq!(err.to_string(), "activation_backward: shape mismatch: z has 257 elements, dy 3, dz 257");
+    }
+
+    #[test]
+    fn erf_gelu_derivative_matches_f64_erf_on_every_path() {
+        // Φ(z) + z·φ(z) in f64, from libm's erf: not the formula the kernel evaluates in f32.
+        let z: Vec<f32> = (0..2001).map(|i| (i as f32 - 1000.0) * 0.0093 + 0.0001).collect();
+        let dy = vec![1.0f32; z.len()];
+        for isa in Isa::supported() {
+            let mut dz = vec![0.0; z.len()];
+            activation_backward(isa, Activation::GeluErf, &z, &dy, &mut dz).unwrap();
+            for (&x, &got) in z.iter().zip(&dz) {
+                let x = x as f64;
+                let cdf = 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+                let want = cdf + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{isa} z={x}: {got} vs {want}");
+            }
+        }
     }
 }

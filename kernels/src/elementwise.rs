@@ -36,6 +36,9 @@ pub enum UnaryOp {
     Relu,
     /// GELU, tanh form, the same arithmetic as the GEMM epilogue's [`Activation::Gelu`].
     Gelu,
+    /// GELU, exact erf form `0.5·x·(1 + erf(x/√2))`, the same arithmetic as the GEMM epilogue's
+    /// [`Activation::GeluErf`].
+    GeluErf,
     /// SiLU `x·σ(x)`, the same arithmetic as the GEMM epilogue's [`Activation::Silu`].
     Silu,
 }
@@ -61,6 +64,7 @@ impl UnaryOp {
                 }
             }
             UnaryOp::Gelu => Activation::Gelu.reference(x),
+            UnaryOp::GeluErf => Activation::GeluErf.reference(x),
             UnaryOp::Silu => Activation::Silu.reference(x),
         }
     }
@@ -105,6 +109,7 @@ impl SimdTask for UnaryTask<'_> {
             UnaryOp::Sigmoid => lanes::map(s, x, out, Sigmoid {}),
             UnaryOp::Relu => lanes::map(s, x, out, Relu {}),
             UnaryOp::Gelu => lanes::map(s, x, out, Gelu {}),
+            UnaryOp::GeluErf => lanes::map(s, x, out, GeluErf {}),
             UnaryOp::Silu => lanes::map(s, x, out, Silu {}),
         }
     }
@@ -122,6 +127,7 @@ lane_fn!(Sigmoid {} = |s, v| s.sigmoid(v));
 // The epilogue's ReLU is a plain max, which turns NaN into 0 on x86; keep the NaN.
 lane_fn!(Relu {} = |s, v| s.keep_nan(v, Activation::Relu.apply_simd(s, v)));
 lane_fn!(Gelu {} = |s, v| Activation::Gelu.apply_simd(s, v));
+lane_fn!(GeluErf {} = |s, v| Activation::GeluErf.apply_simd(s, v));
 lane_fn!(Silu {} = |s, v| Activation::Silu.apply_simd(s, v));
 
 /// `tanh x` with full relative accuracy near 0, where `1 - 2/(e^{2x}+1)` ([`Simd::tanh`])
@@ -318,7 +324,7 @@ mod tests {
     use super::*;
     use crate::testing::{assert_close, bits, data, in_pools, SIZES};
 
-    const UNARY: [UnaryOp; 12] = [
+    const UNARY: [UnaryOp; 13] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
         UnaryOp::Exp,
@@ -330,6 +336,7 @@ mod tests {
         UnaryOp::Sigmoid,
         UnaryOp::Relu,
         UnaryOp::Gelu,
+        UnaryOp::GeluErf,
         UnaryOp::Silu,
     ];
     const BINARY: [BinaryOp; 6] =
@@ -344,6 +351,9 @@ mod tests {
             UnaryOp::Recip => (data(n, seed, 0.01, 100.0), 1e-6, 0.0),
             // The tail of 1 + tanh(u) as u -> -inf cancels, so GELU is accurate in absolute terms.
             UnaryOp::Gelu => (data(n, seed, -10.0, 10.0), 2e-6, 1e-6),
+            // Against f64 erf: 1e-6 relative, 1e-6 absolute (the tail below x ≈ -5.7, where
+            // 1 + erf rounds to 0 in f32, is under 4e-8 in size).
+            UnaryOp::GeluErf => (data(n, seed, -10.0, 10.0), 1e-6, 1e-6),
             UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Silu => (data(n, seed, -10.0, 10.0), 2e-6, 0.0),
             _ => (data(n, seed, -10.0, 10.0), 1e-6, 0.0),
         }
@@ -374,7 +384,7 @@ mod tests {
                 for (&v, &got) in x.iter().zip(&out) {
                     let want = op.reference(v as f64) as f32;
                     // GELU and SiLU of infinities are inf·0 = NaN in the formulas; skip those.
-                    if v.is_infinite() && matches!(op, UnaryOp::Gelu | UnaryOp::Silu) {
+                    if v.is_infinite() && matches!(op, UnaryOp::Gelu | UnaryOp::GeluErf | UnaryOp::Silu) {
                         continue;
                     }
                     let same = (got.is_nan() && want.is_nan())

@@ -7,23 +7,15 @@ use super::fill;
 use super::report::Report;
 use super::timing::{interleaved, median, Plan};
 use elide::autodiff::{no_grad, ParamStore, Var};
-use elide::cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+use elide::cond::{ExpertKind, MoeConfig, MoeLayer, RouterKind};
 use elide::kernels::gemm::Activation;
 use elide::tensor::{pool, Rng, Tensor};
 
 /// A GELU-expert, top-2, dropless layer of the given sizes.
 fn layer(d: usize, hidden: usize, experts: usize) -> MoeLayer {
     let mut store = ParamStore::new();
-    let config = MoeConfig {
-        d_model: d,
-        hidden,
-        num_experts: experts,
-        router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
-        expert: ExpertKind::Mlp(Activation::Gelu),
-        capacity: Capacity::Dropless,
-        balance_coef: 0.01,
-        z_loss_coef: 1e-3,
-    };
+    let top2 = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
+    let config = MoeConfig::new(d, hidden, experts, top2, ExpertKind::Mlp(Activation::Gelu));
     MoeLayer::new(&mut store.scope("moe"), config, &mut Rng::seed(7)).expect("valid config")
 }
 

@@ -1,7 +1,9 @@
 //! Auxiliary losses that keep a router healthy, and the per-expert load statistics to log.
 //!
 //! - Load balancing (Switch, arXiv 2101.03961): `α·E·Σ_i f_i·P_i`, smallest (`α`) when both the
-//!   dispatched load `f` and the router's probability mass `P` are uniform over the experts.
+//!   load `f` and the router's probability mass `P` are uniform over the experts. `f` counts the
+//!   router's choices before any capacity drop by default, as the paper and Hugging Face do
+//!   ([`LoadCount::Routed`]); [`LoadCount::Kept`] counts what the experts actually processed.
 //! - Router z-loss (ST-MoE, arXiv 2202.08906): `mean_t (log Σ_e exp x_te)²`, which keeps the
 //!   logits small so the f32 softmax stays accurate and training stable.
 //!
@@ -13,18 +15,35 @@ use crate::routing::Routing;
 use elide_autodiff::Var;
 use elide_tensor::Tensor;
 
-/// The Switch load-balancing loss `α·E·Σ_i f_i·P_i` (arXiv 2101.03961, eq. 4).
+/// Which assignments the load `f_i` of [`load_balancing_loss`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LoadCount {
+    /// Every choice the router made, before capacity drops anything: Switch (arXiv
+    /// 2101.03961) eq. 5, `f_i = (1/T)·Σ_x 1{argmax p(x) = i}`, and Hugging Face's
+    /// `load_balancing_loss_func`. The default.
+    #[default]
+    Routed,
+    /// Only the assignments the plan kept (what the experts computed): `f_i` = kept
+    /// assignments of expert `i` / all kept. Equal to [`LoadCount::Routed`] when nothing is
+    /// dropped; with drops it sees an overloaded expert as no busier than its capacity.
+    Kept,
+}
+
+/// The Switch load-balancing loss `α·E·Σ_i f_i·P_i` (arXiv 2101.03961, eq. 4–6).
 ///
-/// `f_i` is the fraction of the plan's *kept* assignments that went to expert `i` (a count:
-/// a constant, no gradient); `P_i = mean_t probs[t, i]` is the router's mean probability for
-/// expert `i`, through which the gradient flows. With top-k routing, `f` counts all `k`
-/// choices of a token, so `Σ f = 1` and a perfectly balanced router scores `α`. The paper uses
-/// `α = 1e-2`. An empty batch (or a plan that keeps nothing) gives 0.
+/// `P_i = (1/T)·Σ_t probs[t, i]` (eq. 6) is the router's mean probability for expert `i`,
+/// through which the gradient flows. `f_i` (eq. 5) is the fraction of assignments that went to
+/// expert `i` — of the router's choices before capacity ([`LoadCount::Routed`], the paper's
+/// definition) or of the plan's kept ones ([`LoadCount::Kept`]) — a count, so a constant with
+/// no gradient. With top-k routing `f` counts all `k` choices of a token and is divided by
+/// their number, so `Σ f = 1` and a perfectly balanced router scores `α` for every `k`
+/// (Hugging Face's Mixtral loss divides by `T` only, which is `k` times this: use `α·k` to
+/// reproduce it). The paper uses `α = 1e-2`. An empty batch (or nothing counted) gives 0.
 ///
 /// # Errors
 /// [`Error::Shape`] if the plan was not built from this routing (token, expert or assignment
 /// counts differ) or `probs` is not `[T, E]`.
-pub fn load_balancing_loss(r: &Routing, plan: &DispatchPlan, alpha: f32) -> Result<Var> {
+pub fn load_balancing_loss(r: &Routing, plan: &DispatchPlan, count: LoadCount, alpha: f32) -> Result<Var> {
     const OP: &str = "load_balancing_loss";
     let (t, e) = (r.num_tokens, r.num_experts);
     let plan_assignments = plan.num_kept() + plan.dropped().len();
@@ -43,11 +62,21 @@ pub fn load_balancing_loss(r: &Routing, plan: &DispatchPlan, alpha: f32) -> Resu
     if r.probs.shape() != [t, e] {
         return Err(Error::shape(OP, format!("probs must be [{t}, {e}], got {:?}", r.probs.shape())));
     }
-    let kept = plan.num_kept();
-    if t == 0 || kept == 0 {
+    let per_expert = match count {
+        LoadCount::Routed => {
+            let mut n = vec![0usize; e];
+            for &x in &r.experts {
+                n[x as usize] += 1;
+            }
+            n
+        }
+        LoadCount::Kept => plan.tokens_per_expert(),
+    };
+    let total: usize = per_expert.iter().sum();
+    if t == 0 || total == 0 {
         return Ok(Var::constant(Tensor::scalar(0.0)));
     }
-    let f: Vec<f32> = plan.tokens_per_expert().iter().map(|&n| n as f32 / kept as f32).collect();
+    let f: Vec<f32> = per_expert.iter().map(|&n| n as f32 / total as f32).collect();
     let f = Var::constant(Tensor::from_vec(f, &[e])?);
     let p = r.probs.mean(0, false)?; // [E]
     Ok(p.mul(&f)?.sum_all().mul_scalar(alpha * e as f32))
@@ -108,21 +137,22 @@ impl ExpertStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Capacity;
+    use crate::plan::{Capacity, Rounding};
     use crate::router::RouterKind;
     use crate::testing::{assert_clear_choices, check_grad, separated_logits};
     use elide_tensor::Rng;
 
     const TOP2: RouterKind = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
 
-    /// Reference: `α·E·Σ_i f_i·P_i` with explicit loops, in f64.
-    fn naive_load_balancing(r: &Routing, plan: &DispatchPlan, alpha: f64) -> f64 {
+    /// Reference: `α·E·Σ_i f_i·P_i` with explicit loops, in f64; `f` over the assignments
+    /// `counted` (indices into the routing).
+    fn naive_load_balancing(r: &Routing, counted: &[u32], alpha: f64) -> f64 {
         let (t, e) = (r.num_tokens, r.num_experts);
         let probs = r.probs.value().to_vec();
         (0..e)
             .map(|i| {
-                let f = plan.assignment().iter().filter(|&&a| r.experts[a as usize] == i as u32).count() as f64
-                    / plan.num_kept() as f64;
+                let f = counted.iter().filter(|&&a| r.experts[a as usize] == i as u32).count() as f64
+                    / counted.len() as f64;
                 let p = (0..t).map(|row| probs[row * e + i] as f64).sum::<f64>() / t as f64;
                 f * p
             })
@@ -134,21 +164,61 @@ mod tests {
     #[test]
     fn load_balancing_matches_the_reference() {
         for (t, e, capacity) in
-            [(7, 3, Capacity::Dropless), (100, 8, Capacity::Factor(1.0)), (33, 64, Capacity::Dropless)]
+            [(7, 3, Capacity::Dropless), (100, 8, Capacity::factor(1.0)), (33, 64, Capacity::Dropless)]
         {
             let logits = Var::constant(Tensor::randn(&[t, e], &mut Rng::seed(t as u64)));
             let r = TOP2.route_logits(&logits).unwrap();
             let plan = DispatchPlan::from_routing(&r, capacity).unwrap();
-            let loss = load_balancing_loss(&r, &plan, 0.01).unwrap();
-            let want = naive_load_balancing(&r, &plan, 0.01);
-            assert_eq!(loss.shape(), &[] as &[usize]);
-            assert!((loss.value().item().unwrap() as f64 - want).abs() < 1e-6 * (1.0 + want), "T = {t}, E = {e}");
+            let all: Vec<u32> = (0..r.len() as u32).collect();
+            for (count, counted) in [(LoadCount::Routed, &all[..]), (LoadCount::Kept, plan.assignment())] {
+                let loss = load_balancing_loss(&r, &plan, count, 0.01).unwrap();
+                let want = naive_load_balancing(&r, counted, 0.01);
+                assert_eq!(loss.shape(), &[] as &[usize]);
+                let got = loss.value().item().unwrap() as f64;
+                assert!((got - want).abs() < 1e-6 * (1.0 + want), "T = {t}, E = {e}, {count:?}");
+            }
         }
         // Uniform probabilities and a balanced load score exactly α.
-        let r = RouterKind::ExpertChoice { capacity_factor: 1.0 }.route_logits(&Var::constant(Tensor::zeros(&[8, 4])));
+        let r = RouterKind::ExpertChoice { capacity_factor: 1.0, rounding: Rounding::Ceil }
+            .route_logits(&Var::constant(Tensor::zeros(&[8, 4])));
         let r = r.unwrap();
         let plan = DispatchPlan::from_routing(&r, Capacity::Dropless).unwrap();
-        assert!((load_balancing_loss(&r, &plan, 0.5).unwrap().value().item().unwrap() - 0.5).abs() < 1e-6);
+        for count in [LoadCount::Routed, LoadCount::Kept] {
+            let loss = load_balancing_loss(&r, &plan, count, 0.5).unwrap().value().item().unwrap();
+            assert!((loss - 0.5).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn switch_loss_counts_the_router_choices_before_drops() {
+        // Switch top-1 over E = 2: tokens 0–2 prefer expert 0 with p = (3/4, 1/4), token 3
+        // prefers expert 1 with p = (1/4, 3/4). Capacity ⌈1·4/2⌉ = 2 drops token 2.
+        // P = (2.5/4, 1.5/4) = (0.625, 0.375).
+        // Routed (eq. 5): f = (3/4, 1/4): 2·(0.75·0.625 + 0.25·0.375) = 1.125.
+        // Kept: f = (2/3, 1/3): 2·(2/3·0.625 + 1/3·0.375) = 1.0833….
+        let ln3 = 3f32.ln();
+        let logits = [ln3, 0.0, ln3, 0.0, ln3, 0.0, 0.0, ln3];
+        let r = RouterKind::Switch.route_logits(&Var::constant(Tensor::from_vec(logits.to_vec(), &[4, 2]).unwrap()));
+        let r = r.unwrap();
+        let plan = DispatchPlan::from_routing(&r, Capacity::factor(1.0)).unwrap();
+        assert_eq!((plan.dropped(), plan.tokens_per_expert()), (&[2][..], vec![2, 1]));
+        for (count, want) in [(LoadCount::Routed, 0.01 * 1.125), (LoadCount::Kept, 0.01 * 2.0 * (1.25 + 0.375) / 3.0)] {
+            let got = load_balancing_loss(&r, &plan, count, 0.01).unwrap().value().item().unwrap() as f64;
+            assert!((got - want).abs() < 1e-6 * want, "{count:?}: got {got}, want {want}");
+        }
+        assert_eq!(LoadCount::default(), LoadCount::Routed);
+        // The gradient at the logits, α·E/T · p_tj·(f_j − Σ_i f_i·p_ti), with p = (3/4, 1/4) or
+        // (1/4, 3/4): for f = (3/4, 1/4), Σ f·p is 5/8 on the first three rows, 3/8 on the last.
+        let leaf = Var::leaf(Tensor::from_vec(logits.to_vec(), &[4, 2]).unwrap());
+        let r = RouterKind::Switch.route_logits(&leaf).unwrap();
+        let grads = load_balancing_loss(&r, &plan, LoadCount::Routed, 1.0).unwrap().backward().unwrap();
+        let c = 2.0 / 4.0;
+        let row = |p: [f64; 2], fp: f64| [c * p[0] * (0.75 - fp), c * p[1] * (0.25 - fp)];
+        let want: Vec<f64> =
+            [row([0.75, 0.25], 0.625); 3].into_iter().flatten().chain(row([0.25, 0.75], 0.375)).collect();
+        for (g, w) in grads.of(&leaf).unwrap().to_vec().iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-7, "gradient {g}, want {w}");
+        }
     }
 
     #[test]
@@ -171,8 +241,10 @@ mod tests {
     #[test]
     fn an_empty_batch_costs_nothing() {
         let r = Routing::empty(4);
-        let plan = DispatchPlan::from_routing(&r, Capacity::Factor(1.0)).unwrap();
-        assert_eq!(load_balancing_loss(&r, &plan, 0.01).unwrap().value().item().unwrap(), 0.0);
+        let plan = DispatchPlan::from_routing(&r, Capacity::factor(1.0)).unwrap();
+        for count in [LoadCount::Routed, LoadCount::Kept] {
+            assert_eq!(load_balancing_loss(&r, &plan, count, 0.01).unwrap().value().item().unwrap(), 0.0);
+        }
         assert_eq!(z_loss(&r.logits).unwrap().value().item().unwrap(), 0.0);
         let stats = ExpertStats::from_plan(&plan);
         assert_eq!((stats.tokens_per_expert, stats.max_load_over_mean), (vec![0; 4], 0.0));
@@ -181,7 +253,7 @@ mod tests {
     #[test]
     fn losses_gradcheck_against_the_logits() {
         let logits = separated_logits(6, 4, 11);
-        for capacity in [Capacity::Dropless, Capacity::Factor(0.75)] {
+        for capacity in [Capacity::Dropless, Capacity::factor(0.75)] {
             let route_plan = |l: &Var| -> Result<(Routing, DispatchPlan)> {
                 let r = TOP2.route_logits(l)?;
                 let plan = DispatchPlan::from_routing(&r, capacity)?;
@@ -191,7 +263,8 @@ mod tests {
             check_grad(
                 |l| {
                     let (r, plan) = route_plan(l)?;
-                    load_balancing_loss(&r, &plan, 0.3)
+                    let kept = load_balancing_loss(&r, &plan, LoadCount::Kept, 0.2)?;
+                    Ok(load_balancing_loss(&r, &plan, LoadCount::Routed, 0.3)?.add(&kept)?)
                 },
                 &logits,
             );
@@ -205,7 +278,7 @@ mod tests {
         let r = TOP2.route_logits(&Var::constant(Tensor::randn(&[5, 3], &mut Rng::seed(0)))).unwrap();
         let other = DispatchPlan::new(&[0, 1], &[0, 1], 5, 3, Capacity::Dropless).unwrap();
         assert_eq!(
-            load_balancing_loss(&r, &other, 0.01).unwrap_err().to_string(),
+            load_balancing_loss(&r, &other, LoadCount::Routed, 0.01).unwrap_err().to_string(),
             "load_balancing_loss: the plan (5 tokens, 3 experts, 2 assignments) was not built from this routing \
              (5 tokens, 3 experts, 10 assignments)"
         );
@@ -219,7 +292,7 @@ mod tests {
     fn stats_count_load_and_drops() {
         // Expert 0 takes 3 (capacity 2: one dropped), expert 1 takes 1, expert 2 none.
         let (tokens, experts) = ([0, 1, 2, 3], [0, 0, 1, 0]);
-        let plan = DispatchPlan::new(&tokens, &experts, 4, 3, Capacity::Factor(1.5)).unwrap();
+        let plan = DispatchPlan::new(&tokens, &experts, 4, 3, Capacity::factor(1.5)).unwrap();
         let stats = ExpertStats::from_plan(&plan);
         assert_eq!(
             stats,

@@ -18,6 +18,7 @@
 use crate::error::{Error, Result};
 use crate::gathered::{combine, grouped_linear, GroupedWeight, RowSource, WeightLayout};
 use crate::plan::DispatchPlan;
+use crate::weights::ParamSource;
 use elide_autodiff::{init, Param, Scope, Var};
 use elide_kernels::gemm::Activation;
 use elide_tensor::{Rng, Tensor};
@@ -34,6 +35,14 @@ pub enum ExpertKind {
 }
 
 /// `E` experts of one kind, with stacked weights registered under a scope.
+///
+/// Parameters (names under the experts' scope, `<layer>.experts` in a [`crate::MoeLayer`]), all
+/// in the `[E, in, out]` layout of `x·W`:
+///
+/// | kind | name | shape |
+/// |---|---|---|
+/// | `Mlp` | `w1`, `b1`, `w2`, `b2` | `[E, d, h]`, `[E, h]`, `[E, h, d]`, `[E, d]` |
+/// | `SwiGlu` | `w_gate`, `w_up`, `w2` | `[E, d, h]`, `[E, d, h]`, `[E, h, d]` |
 pub struct Experts {
     kind: ExpertKind,
     num_experts: usize,
@@ -46,7 +55,7 @@ pub struct Experts {
 
 impl Experts {
     /// Registers the experts' weights under `scope` (`w1`, `b1`, `w2`, `b2`, or `w_gate`,
-    /// `w_up`, `w2`), initialised N(0, 1/fan_in) with zero biases.
+    /// `w_up`, `w2`), initialised LeCun-normal (N(0, 1/fan_in)) with zero biases.
     ///
     /// # Errors
     /// If a name is already registered, or a size is 0.
@@ -58,26 +67,59 @@ impl Experts {
         hidden: usize,
         rng: &mut Rng,
     ) -> Result<Experts> {
+        Experts::check(num_experts, d_model, hidden)?;
+        Experts::build(scope, kind, num_experts, d_model, hidden, &mut ParamSource::Random(rng), "")
+    }
+
+    /// Refuses a size of 0.
+    pub(crate) fn check(num_experts: usize, d_model: usize, hidden: usize) -> Result<()> {
         if num_experts == 0 || d_model == 0 || hidden == 0 {
             return Err(Error::argument(
                 "Experts::new",
                 format!("{num_experts} experts of width {d_model} and hidden size {hidden}: every size must be > 0"),
             ));
         }
+        Ok(())
+    }
+
+    /// The parameters of `E` experts of `kind`: names (relative to the experts' scope) and
+    /// shapes, in registration order.
+    pub fn parameters(
+        kind: ExpertKind,
+        num_experts: usize,
+        d_model: usize,
+        hidden: usize,
+    ) -> Vec<(String, Vec<usize>)> {
         let (e, d, h) = (num_experts, d_model, hidden);
-        let params = match kind {
-            ExpertKind::Mlp(_) => vec![
-                scope.param("w1", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng)?)?,
-                scope.param("b1", Tensor::try_zeros(&[e, h])?)?,
-                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng)?)?,
-                scope.param("b2", Tensor::try_zeros(&[e, d])?)?,
-            ],
-            ExpertKind::SwiGlu => vec![
-                scope.param("w_gate", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng)?)?,
-                scope.param("w_up", init::lecun_normal(&[e, d, h], WeightLayout::InOut, rng)?)?,
-                scope.param("w2", init::lecun_normal(&[e, h, d], WeightLayout::InOut, rng)?)?,
-            ],
+        let list: &[(&str, Vec<usize>)] = match kind {
+            ExpertKind::Mlp(_) => {
+                &[("w1", vec![e, d, h]), ("b1", vec![e, h]), ("w2", vec![e, h, d]), ("b2", vec![e, d])]
+            }
+            ExpertKind::SwiGlu => &[("w_gate", vec![e, d, h]), ("w_up", vec![e, d, h]), ("w2", vec![e, h, d])],
         };
+        list.iter().map(|(n, s)| (n.to_string(), s.clone())).collect()
+    }
+
+    /// Registers [`Experts::parameters`] under `scope`, from `source` (keys `prefix + name`):
+    /// weights drawn LeCun-normal (N(0, 1/fan_in)), biases zero.
+    pub(crate) fn build(
+        scope: &mut Scope<'_>,
+        kind: ExpertKind,
+        num_experts: usize,
+        d_model: usize,
+        hidden: usize,
+        source: &mut ParamSource<'_>,
+        prefix: &str,
+    ) -> Result<Experts> {
+        let mut params = Vec::new();
+        for (name, shape) in Experts::parameters(kind, num_experts, d_model, hidden) {
+            // Weights are [E, fan_in, fan_out]; biases [E, out] start at zero.
+            let draw = |rng: &mut Rng| match shape.len() {
+                3 => Ok(init::lecun_normal(&shape, WeightLayout::InOut, rng)?),
+                _ => Ok(Tensor::try_zeros(&shape)?),
+            };
+            params.push(source.param(scope, prefix, &name, &shape, draw)?);
+        }
         Ok(Experts { kind, num_experts, d_model, hidden, params })
     }
 

@@ -361,6 +361,7 @@ fn unary_of(act: Activation) -> Option<UnaryOp> {
     match act {
         Activation::Relu => Some(UnaryOp::Relu),
         Activation::Gelu => Some(UnaryOp::Gelu),
+        Activation::GeluErf => Some(UnaryOp::GeluErf),
         Activation::Silu => Some(UnaryOp::Silu),
         Activation::Identity => None,
     }

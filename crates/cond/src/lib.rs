@@ -28,15 +28,10 @@
 //!
 //! let mut rng = Rng::seed(0);
 //! let mut store = ParamStore::new();
+//! let top2 = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
 //! let config = MoeConfig {
-//!     d_model: 16,
-//!     hidden: 32,
-//!     num_experts: 4,
-//!     router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
-//!     expert: ExpertKind::Mlp(Activation::Gelu),
-//!     capacity: Capacity::Dropless,
-//!     balance_coef: 0.01,
-//!     z_loss_coef: 1e-3,
+//!     capacity: Capacity::factor(1.25), // ⌈1.25·S/E⌉ slots per expert
+//!     ..MoeConfig::new(16, 32, 4, top2, ExpertKind::Mlp(Activation::Gelu))
 //! };
 //! let moe = MoeLayer::new(&mut store.scope("blocks.0.moe"), config, &mut rng)?;
 //! let x = Var::constant(Tensor::randn(&[10, 16], &mut rng));
@@ -44,7 +39,7 @@
 //! let y = x.add(&out.output)?; // dropped tokens ride the residual
 //! let loss = y.square().mean_all().add(&out.aux_loss()?)?;
 //! let grads = loss.backward()?;
-//! assert_eq!(out.stats.tokens_per_expert.iter().sum::<usize>(), 20); // 10 tokens × top-2
+//! assert_eq!(out.stats.tokens_per_expert.iter().sum::<usize>() + out.stats.dropped_assignments, 20); // 10 tokens × top-2
 //! assert!(store.iter().all(|p| grads.get(p).is_some()));
 //! # Ok::<(), elide_cond::Error>(())
 //! ```
@@ -53,7 +48,7 @@
 //!
 //! ```
 //! use elide_autodiff::{ParamStore, Var};
-//! use elide_cond::{load_balancing_loss, z_loss, Capacity, DispatchPlan, ExpertStats, Router, RouterKind};
+//! use elide_cond::{load_balancing_loss, z_loss, Capacity, DispatchPlan, ExpertStats, LoadCount, Router, RouterKind};
 //! use elide_tensor::{Rng, Tensor};
 //!
 //! let mut rng = Rng::seed(0);
@@ -78,7 +73,7 @@
 //! assert_eq!(ExpertStats::from_plan(&plan).tokens_per_expert.iter().sum::<usize>(), 12);
 //!
 //! // The auxiliary losses are differentiable: their gradient reaches the router weight.
-//! let aux = load_balancing_loss(&routing, &plan, 0.01)?.add(&z_loss(&routing.logits)?.mul_scalar(1e-3))?;
+//! let aux = load_balancing_loss(&routing, &plan, LoadCount::Routed, 0.01)?.add(&z_loss(&routing.logits)?.mul_scalar(1e-3))?;
 //! let grads = aux.backward()?;
 //! assert!(grads.get(router.weight()).is_some());
 //! # Ok::<(), elide_cond::Error>(())
@@ -94,6 +89,7 @@ mod estimator;
 mod expert;
 pub mod gathered;
 mod hierarchical;
+pub mod import;
 mod mixture_of_depths;
 mod moe;
 mod plan;
@@ -101,8 +97,9 @@ mod router;
 mod routing;
 #[cfg(test)]
 mod testing;
+mod weights;
 
-pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats};
+pub use aux_loss::{load_balancing_loss, z_loss, ExpertStats, LoadCount};
 pub use block::{Block, MlpBlock, Residual};
 pub use early_exit::{Calibration, Confidence, EarlyExit, ExitInference, ExitLoss, ExitRule};
 /// The activation of an MLP expert ([`ExpertKind::Mlp`]), re-exported from the kernels that fuse it.
@@ -120,6 +117,9 @@ pub use mixture_of_depths::{
     capacity_rows, Causal, MixtureOfDepths, MixtureOfDepthsConfig, MixtureOfDepthsOutput, RowSelection,
 };
 pub use moe::{MoeConfig, MoeLayer, MoeOutput, MoePhases};
-pub use plan::{Capacity, DispatchPlan};
-pub use router::{expert_choice_capacity, noise_std, Router, RouterKind, ScoreFn, Selection};
+pub use plan::{Capacity, DispatchPlan, Rounding};
+pub use router::{
+    expert_choice_capacity, noise_std, NoiseScale, Router, RouterKind, RouterOptions, ScoreFn, Selection,
+};
 pub use routing::Routing;
+pub use weights::NamedTensors;

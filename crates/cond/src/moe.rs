@@ -15,18 +15,20 @@
 //! estimator is the softmax gate itself (Switch/Shazeer): the expert choice is discrete, the gate
 //! weight that scales its output is differentiable, and that is how the router learns.
 
-use crate::aux_loss::{load_balancing_loss, z_loss, ExpertStats};
+use crate::aux_loss::{load_balancing_loss, z_loss, ExpertStats, LoadCount};
 use crate::error::{Error, Result};
 use crate::expert::{ExpertKind, Experts};
 use crate::plan::{Capacity, DispatchPlan};
-use crate::router::{Router, RouterKind};
+use crate::router::{Router, RouterKind, RouterOptions};
 use crate::routing::Routing;
+use crate::weights::{check_given, NamedTensors, ParamSource};
 use elide_autodiff::{Scope, Var};
 use elide_tensor::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The shape and behaviour of a [`MoeLayer`].
+/// The shape and behaviour of a [`MoeLayer`]. [`MoeConfig::new`] fills in the paper defaults;
+/// change single fields with struct update syntax.
 #[derive(Clone, Copy, Debug)]
 pub struct MoeConfig {
     /// Token width `d`.
@@ -45,6 +47,70 @@ pub struct MoeConfig {
     pub balance_coef: f32,
     /// Weight of the router z-loss (ST-MoE uses 1e-3).
     pub z_loss_coef: f32,
+    /// What the load-balancing loss counts: the router's choices before capacity (Switch's
+    /// definition, the default) or the kept assignments.
+    pub balance_count: LoadCount,
+    /// A router bias, and the noise scale of a noisy router.
+    pub router_options: RouterOptions,
+}
+
+impl MoeConfig {
+    /// A layer of `num_experts` experts of `expert` kind, width `d_model` and hidden size
+    /// `hidden`, routed by `router`: dropless, `α = 0.01` (Switch), z-loss weight `1e-3`
+    /// (ST-MoE), the load counted before capacity, no router bias, fixed-scale noise.
+    pub fn new(d_model: usize, hidden: usize, num_experts: usize, router: RouterKind, expert: ExpertKind) -> MoeConfig {
+        MoeConfig {
+            d_model,
+            hidden,
+            num_experts,
+            router,
+            expert,
+            capacity: Capacity::Dropless,
+            balance_coef: 0.01,
+            z_loss_coef: 1e-3,
+            balance_count: LoadCount::Routed,
+            router_options: RouterOptions::default(),
+        }
+    }
+
+    /// The layer's parameters: names relative to its scope, and shapes, in registration order.
+    /// The names are API (checkpoints, [`MoeLayer::from_tensors`], [`crate::import`]); the table
+    /// on [`MoeLayer`] lists them.
+    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = self.router_options.parameters(self.d_model, self.num_experts);
+        let experts = Experts::parameters(self.expert, self.num_experts, self.d_model, self.hidden);
+        out.extend(experts.into_iter().map(|(n, s)| (format!("experts.{n}"), s)));
+        out
+    }
+
+    /// Refuses a size of 0, a router setting that does not fit `num_experts` or the options,
+    /// and a bad capacity factor.
+    fn check(&self) -> Result<()> {
+        const OP: &str = "MoeLayer::new";
+        if self.d_model == 0 || self.hidden == 0 || self.num_experts == 0 {
+            return Err(Error::argument(OP, format!("{self:?}: every size must be > 0")));
+        }
+        for (name, coef) in [("balance_coef", self.balance_coef), ("z_loss_coef", self.z_loss_coef)] {
+            if !(coef.is_finite() && coef >= 0.0) {
+                return Err(Error::argument(OP, format!("{name} = {coef} must be finite and >= 0")));
+            }
+        }
+        // The parameters' memory, checked before anything is drawn: an overflowing or
+        // unaddressable size is refused here; one the allocator cannot give fails the
+        // (fallible) initialisers with the byte count.
+        if self.param_count().and_then(|n| n.checked_mul(4)).filter(|&b| b <= isize::MAX as usize).is_none() {
+            let (d, h, e) = (self.d_model as f64, self.hidden as f64, self.num_experts as f64);
+            let bytes = 4.0 * (d * e + e * (3.0 * d * h + h + d));
+            return Err(Error::argument(
+                OP,
+                format!("d_model {d}, hidden {h}, {e} experts need about {bytes:.3e} bytes of parameters, more than memory can address"),
+            ));
+        }
+        Router::check(self.d_model, self.num_experts, self.router, self.router_options)?;
+        Experts::check(self.num_experts, self.d_model, self.hidden)?;
+        self.capacity.slots(1, self.num_experts)?;
+        Ok(())
+    }
 }
 
 impl MoeConfig {
@@ -83,6 +149,8 @@ pub struct MoeOutput {
     pub routing: Routing,
     /// `(balance_coef, z_loss_coef)` of the layer.
     coefs: (f32, f32),
+    /// What the load-balancing loss counts.
+    balance_count: LoadCount,
     /// Tokens per expert, drops, imbalance.
     pub stats: ExpertStats,
     /// FLOPs actually executed (router and experts; routed rows only).
@@ -94,12 +162,13 @@ pub struct MoeOutput {
 }
 
 impl MoeOutput {
-    /// The load-balancing loss `E·Σ fᵢ·Pᵢ`, unweighted (differentiable in the router).
+    /// The load-balancing loss `E·Σ fᵢ·Pᵢ`, unweighted (differentiable in the router), with
+    /// `f` counted as the layer's [`MoeConfig::balance_count`] says.
     ///
     /// # Errors
     /// Only if the routing is inconsistent with the plan (never for a layer's own output).
     pub fn balance_loss(&self) -> Result<Var> {
-        load_balancing_loss(&self.routing, &self.plan, 1.0)
+        load_balancing_loss(&self.routing, &self.plan, self.balance_count, 1.0)
     }
 
     /// The router z-loss `mean logsumexp²`, unweighted.
@@ -121,6 +190,20 @@ impl MoeOutput {
 }
 
 /// A mixture-of-experts layer: a router and `E` experts.
+///
+/// Its parameters, registered under the layer's scope (`<scope>.<name>`; the names are API:
+/// checkpoints, [`MoeLayer::from_tensors`] and [`crate::import`] use them), `d = d_model`,
+/// `h = hidden`, weights in the `[in, out]` layout of `x·W`:
+///
+/// | name | shape | when |
+/// |---|---|---|
+/// | `router` | `[d, E]` | always |
+/// | `router_bias` | `[E]` | [`RouterOptions::bias`] |
+/// | `router_noise` | `[d, E]` | [`crate::NoiseScale::Learned`] |
+/// | `experts.w1`, `experts.b1`, `experts.w2`, `experts.b2` | `[E, d, h]`, `[E, h]`, `[E, h, d]`, `[E, d]` | [`ExpertKind::Mlp`] |
+/// | `experts.w_gate`, `experts.w_up`, `experts.w2` | `[E, d, h]`, `[E, d, h]`, `[E, h, d]` | [`ExpertKind::SwiGlu`] |
+///
+/// [`MoeConfig::parameters`] lists them for a given configuration.
 pub struct MoeLayer {
     config: MoeConfig,
     router: Router,
@@ -135,41 +218,54 @@ impl MoeLayer {
     /// factor), a size of 0, or a name already registered.
     pub fn new(scope: &mut Scope<'_>, config: MoeConfig, rng: &mut Rng) -> Result<MoeLayer> {
         // Check everything before registering anything, so a refused layer leaves no names behind.
-        const OP: &str = "MoeLayer::new";
-        if config.d_model == 0 || config.hidden == 0 || config.num_experts == 0 {
-            return Err(Error::argument(OP, format!("{config:?}: every size must be > 0")));
-        }
-        for (name, coef) in [("balance_coef", config.balance_coef), ("z_loss_coef", config.z_loss_coef)] {
-            if !(coef.is_finite() && coef >= 0.0) {
-                return Err(Error::argument(OP, format!("{name} = {coef} must be finite and >= 0")));
-            }
-        }
-        // The parameters' memory, checked before anything is drawn: an overflowing or
-        // unaddressable size is refused here; one the allocator cannot give fails the
-        // (fallible) initialisers with the byte count.
-        match config.param_count().and_then(|n| n.checked_mul(4)).filter(|&b| b <= isize::MAX as usize) {
-            Some(_) => {}
-            None => {
-                let (d, h, e) = (config.d_model as f64, config.hidden as f64, config.num_experts as f64);
-                let bytes = 4.0 * (d * e + e * (3.0 * d * h + h + d));
-                return Err(Error::argument(
-                    OP,
-                    format!("d_model {d}, hidden {h}, {e} experts need about {bytes:.3e} bytes of parameters, more than memory can address"),
-                ));
-            }
-        }
-        config.router.validate(config.num_experts)?;
-        config.capacity.slots(1, config.num_experts)?;
-        let router = Router::new(scope, config.d_model, config.num_experts, config.router, rng)?;
-        let experts = Experts::new(
-            &mut scope.scope("experts"),
-            config.expert,
-            config.num_experts,
-            config.d_model,
-            config.hidden,
-            rng,
-        )?;
+        config.check()?;
+        MoeLayer::build(scope, config, &mut ParamSource::Random(rng))
+    }
+
+    /// A layer with the given weights instead of random ones (a checkpoint, a model trained
+    /// elsewhere: see [`crate::import`]), registered under `scope` like [`MoeLayer::new`].
+    /// `tensors` maps each parameter name *relative to the layer* (`router`,
+    /// `experts.w_gate`, …, the table above; [`MoeConfig::parameters`]) to its value; it must
+    /// hold exactly those names, with those shapes.
+    ///
+    /// ```
+    /// use elide_autodiff::ParamStore;
+    /// use elide_cond::{ExpertKind, MoeConfig, MoeLayer, NamedTensors, RouterKind};
+    /// use elide_tensor::Tensor;
+    ///
+    /// let top2 = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
+    /// let config = MoeConfig::new(4, 8, 3, top2, ExpertKind::SwiGlu);
+    /// let tensors: NamedTensors =
+    ///     config.parameters().into_iter().map(|(name, shape)| (name, Tensor::ones(&shape))).collect();
+    /// let mut store = ParamStore::new();
+    /// let layer = MoeLayer::from_tensors(&mut store.scope("moe"), config, tensors)?;
+    /// assert_eq!(store.get("moe.experts.w_up").unwrap().value().to_vec(), vec![1.0; 3 * 4 * 8]);
+    /// # let _ = layer;
+    /// # Ok::<(), elide_cond::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`MoeLayer::new`]; [`Error::Argument`] naming every missing or unknown tensor and
+    /// [`Error::Shape`] naming a mis-shaped one, before anything is registered.
+    pub fn from_tensors(scope: &mut Scope<'_>, config: MoeConfig, mut tensors: NamedTensors) -> Result<MoeLayer> {
+        config.check()?;
+        check_given("MoeLayer::from_tensors", &config.parameters(), &tensors)?;
+        MoeLayer::build(scope, config, &mut ParamSource::Given(&mut tensors))
+    }
+
+    fn build(scope: &mut Scope<'_>, config: MoeConfig, source: &mut ParamSource<'_>) -> Result<MoeLayer> {
+        let (d, e) = (config.d_model, config.num_experts);
+        let router = Router::build(scope, d, e, config.router, config.router_options, source, "")?;
+        let mut experts_scope = scope.scope("experts");
+        let experts = Experts::build(&mut experts_scope, config.expert, e, d, config.hidden, source, "experts.")?;
         Ok(MoeLayer { config, router, experts })
+    }
+
+    /// The current values of the layer's parameters, by name relative to the layer (what
+    /// [`MoeLayer::from_tensors`] takes).
+    pub fn tensors(&self) -> NamedTensors {
+        let params = self.router.params().into_iter().chain(self.experts.params());
+        self.config.parameters().into_iter().zip(params).map(|((name, _), p)| (name, p.value())).collect()
     }
 
     /// The configuration.
@@ -214,6 +310,7 @@ impl MoeLayer {
         Ok(MoeOutput {
             output,
             coefs: (self.config.balance_coef, self.config.z_loss_coef),
+            balance_count: self.config.balance_count,
             stats: ExpertStats::from_plan(&plan),
             flops: router_flops + self.experts.forward_flops(plan.num_kept()),
             phases: MoePhases {
@@ -231,21 +328,13 @@ impl MoeLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Rounding;
     use elide_autodiff::ParamStore;
     use elide_kernels::gemm::Activation;
     use elide_tensor::Tensor;
 
     fn config(router: RouterKind, capacity: Capacity) -> MoeConfig {
-        MoeConfig {
-            d_model: 8,
-            hidden: 12,
-            num_experts: 4,
-            router,
-            expert: ExpertKind::Mlp(Activation::Gelu),
-            capacity,
-            balance_coef: 0.01,
-            z_loss_coef: 1e-3,
-        }
+        MoeConfig { capacity, ..MoeConfig::new(8, 12, 4, router, ExpertKind::Mlp(Activation::Gelu)) }
     }
 
     #[test]
@@ -254,10 +343,10 @@ mod tests {
             RouterKind::TopK { k: 2, renormalize: true, noisy: false },
             RouterKind::TopK { k: 2, renormalize: false, noisy: true },
             RouterKind::Switch,
-            RouterKind::ExpertChoice { capacity_factor: 1.0 },
+            RouterKind::ExpertChoice { capacity_factor: 1.0, rounding: Rounding::Ceil },
         ];
         for router in routers {
-            for capacity in [Capacity::Dropless, Capacity::Factor(0.75)] {
+            for capacity in [Capacity::Dropless, Capacity::factor(0.75)] {
                 let mut store = ParamStore::new();
                 let mut rng = Rng::seed(1);
                 let layer = MoeLayer::new(&mut store.scope("moe"), config(router, capacity), &mut rng).unwrap();
@@ -286,7 +375,7 @@ mod tests {
             let layer = MoeLayer::new(&mut store.scope("moe"), config(router, capacity), &mut Rng::seed(3)).unwrap();
             layer.forward(&Var::constant(Tensor::randn(&[40, 8], &mut Rng::seed(4)))).unwrap()
         };
-        let (all, capped) = (run(Capacity::Dropless), run(Capacity::Factor(0.5)));
+        let (all, capped) = (run(Capacity::Dropless), run(Capacity::factor(0.5)));
         let dropped = capped.plan.dropped().len();
         assert_eq!((all.plan.num_kept(), capped.plan.num_kept() + dropped), (80, 80));
         assert!(dropped > 0);
@@ -334,7 +423,7 @@ mod tests {
         };
         let err = MoeLayer::new(&mut store.scope("moe2"), bad, &mut rng).err().unwrap().to_string();
         assert_eq!(err, "top_k: k = 5 must be in 1..=4 experts");
-        let bad = MoeConfig { capacity: Capacity::Factor(0.0), ..config(RouterKind::Switch, Capacity::Dropless) };
+        let bad = MoeConfig { capacity: Capacity::factor(0.0), ..config(RouterKind::Switch, Capacity::Dropless) };
         assert!(MoeLayer::new(&mut store.scope("moe3"), bad, &mut rng).is_err());
     }
 }

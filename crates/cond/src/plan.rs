@@ -6,8 +6,9 @@
 //! value, inspectable and testable on its own, with no reference back to the routing.
 //!
 //! Capacity (GShard arXiv 2006.16668, Switch arXiv 2101.03961): with a capacity factor, each
-//! expert takes at most `ceil(factor·S/E)` assignments, in assignment order; the rest are
-//! *dropped* and their tokens ride the residual for that assignment. Dropless routing (as in
+//! expert takes at most `round(factor·S/E)` assignments, in assignment order, where the
+//! [`Rounding`] is `ceil` unless the capacity says `floor`; the rest are *dropped* and their
+//! tokens ride the residual for that assignment. Dropless routing (as in
 //! MegaBlocks, arXiv 2211.15841) keeps everything.
 
 use crate::error::{Error, Result};
@@ -16,19 +17,59 @@ use elide_autodiff::Var;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+/// How a fractional capacity (`factor·S/E` slots per expert, or `T·factor/E` tokens under
+/// expert choice) becomes a whole number. Implementations differ, so a paper's numbers are
+/// reproduced only with its rule: at `T = 37`, `E = 8`, factor 1, ceil gives 5 slots and floor 4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rounding {
+    /// `⌈x⌉`: never fewer slots than the factor asks for (elide's default; DeepSpeed-MoE).
+    #[default]
+    Ceil,
+    /// `⌊x⌋`: truncation, as Mesh TensorFlow's `int(...)` (the Switch Transformer codebase).
+    Floor,
+}
+
+impl Rounding {
+    /// `x` rounded to a whole number this way (as a float; the caller clamps and converts).
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Rounding::Ceil => x.ceil(),
+            Rounding::Floor => x.floor(),
+        }
+    }
+}
+
 /// How many assignments an expert may take.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Capacity {
     /// Every assignment is kept.
     Dropless,
-    /// Per-expert capacity `ceil(factor·S/E)` for `S` assignments over `E` experts, clamped
-    /// to `[1, max(S, 1)]`: a capacity that computes to 0 slots (only possible for `S = 0`)
+    /// Per-expert capacity `rounding(factor·S/E)` for `S` assignments over `E` experts, clamped
+    /// to `[1, max(S, 1)]`: a capacity that computes to 0 slots (`S = 0`, or a floor below 1)
     /// becomes 1, and one above `S` can hold nothing more than `S`. The factor must be finite
-    /// and `> 0`.
-    Factor(f32),
+    /// and `> 0`. [`Capacity::factor`] builds the usual ceil form.
+    Factor {
+        /// Capacity factor `f` (Switch uses 1.0–2.0).
+        factor: f32,
+        /// How `f·S/E` becomes a whole number of slots.
+        rounding: Rounding,
+    },
 }
 
 impl Capacity {
+    /// `Capacity::Factor` with `⌈factor·S/E⌉` slots per expert.
+    pub const fn factor(factor: f32) -> Capacity {
+        Capacity::Factor { factor, rounding: Rounding::Ceil }
+    }
+
+    /// The same capacity with another rounding rule (no change for [`Capacity::Dropless`]).
+    pub const fn rounded(self, rounding: Rounding) -> Capacity {
+        match self {
+            Capacity::Dropless => Capacity::Dropless,
+            Capacity::Factor { factor, .. } => Capacity::Factor { factor, rounding },
+        }
+    }
+
     /// The per-expert slot count for `num_assignments` assignments over `num_experts`
     /// experts, or `None` when dropless.
     ///
@@ -37,11 +78,11 @@ impl Capacity {
     pub fn slots(self, num_assignments: usize, num_experts: usize) -> Result<Option<usize>> {
         match self {
             Capacity::Dropless => Ok(None),
-            Capacity::Factor(factor) if !(factor.is_finite() && factor > 0.0) => {
+            Capacity::Factor { factor, .. } if !(factor.is_finite() && factor > 0.0) => {
                 Err(Error::CapacityFactor { op: "DispatchPlan", factor })
             }
-            Capacity::Factor(factor) => {
-                let c = (factor as f64 * num_assignments as f64 / num_experts.max(1) as f64).ceil();
+            Capacity::Factor { factor, rounding } => {
+                let c = rounding.apply(factor as f64 * num_assignments as f64 / num_experts.max(1) as f64);
                 Ok(Some((c as usize).clamp(1, num_assignments.max(1))))
             }
         }
@@ -353,7 +394,13 @@ mod tests {
 
     #[test]
     fn plans_match_the_naive_reference() {
-        let capacities = [Capacity::Dropless, Capacity::Factor(1.0), Capacity::Factor(0.5), Capacity::Factor(1.25)];
+        let capacities = [
+            Capacity::Dropless,
+            Capacity::factor(1.0),
+            Capacity::factor(0.5),
+            Capacity::factor(1.25),
+            Capacity::factor(1.25).rounded(Rounding::Floor),
+        ];
         for e in [1, 3, 8, 64] {
             for t in [1, 7, 100] {
                 for k in [1, 2, 8].into_iter().filter(|&k| k <= e) {
@@ -389,17 +436,38 @@ mod tests {
         assert_eq!(plan.tokens_per_expert(), vec![0, 0, 10, 0]);
         assert_eq!(plan.expert_range(2), 0..10);
         // Capacity ceil(1.0·10/4) = 3: the first three stay, the later seven drop.
-        let plan = check_against_naive(&tokens, &experts, 10, 4, Capacity::Factor(1.0));
+        let plan = check_against_naive(&tokens, &experts, 10, 4, Capacity::factor(1.0));
         assert_eq!((plan.capacity, plan.tokens.clone()), (Some(3), vec![0, 1, 2]));
         assert_eq!(plan.dropped, (3..10).collect::<Vec<u32>>());
         assert_eq!(plan.dropped_tokens(), (3..10).collect::<Vec<u32>>());
     }
 
     #[test]
+    fn capacity_rounds_floor_or_ceil_at_t37_e8() {
+        // Switch top-1, T = 37 tokens over E = 8 experts, cf = 1: cf·S/E = 4.625 slots.
+        // Token t goes to expert t mod 3: experts 0, 1, 2 receive 13, 12, 12 assignments.
+        let tokens: Vec<u32> = (0..37).collect();
+        let experts: Vec<u32> = (0..37).map(|t| t % 3).collect();
+        let ceil = Capacity::factor(1.0);
+        let floor = ceil.rounded(Rounding::Floor);
+        assert_eq!(floor, Capacity::Factor { factor: 1.0, rounding: Rounding::Floor });
+        assert_eq!((ceil.slots(37, 8).unwrap(), floor.slots(37, 8).unwrap()), (Some(5), Some(4)));
+        let plan = check_against_naive(&tokens, &experts, 37, 8, ceil);
+        assert_eq!((plan.tokens_per_expert(), plan.dropped().len()), (vec![5, 5, 5, 0, 0, 0, 0, 0], 37 - 15));
+        let plan = check_against_naive(&tokens, &experts, 37, 8, floor);
+        assert_eq!((plan.tokens_per_expert(), plan.dropped().len()), (vec![4, 4, 4, 0, 0, 0, 0, 0], 37 - 12));
+        // Expert 0 keeps its first four tokens 0, 3, 6, 9 under floor (the fifth, 12, drops).
+        assert_eq!(plan.tokens()[..4], [0, 3, 6, 9]);
+        // A floor below one slot is clamped to 1, like a ceil of 0.
+        assert_eq!(Capacity::factor(0.1).rounded(Rounding::Floor).slots(37, 8).unwrap(), Some(1));
+        assert_eq!(Capacity::Dropless.rounded(Rounding::Floor), Capacity::Dropless);
+    }
+
+    #[test]
     fn dropped_tokens_are_listed_once() {
         // Token 1 loses both of its assignments, token 2 one of its two.
         let (tokens, experts) = ([0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 2, 0]);
-        let plan = DispatchPlan::new(&tokens, &experts, 3, 3, Capacity::Factor(0.5)).unwrap();
+        let plan = DispatchPlan::new(&tokens, &experts, 3, 3, Capacity::factor(0.5)).unwrap();
         assert_eq!(plan.capacity, Some(1));
         assert_eq!(plan.dropped, vec![2, 3, 5]);
         assert_eq!(plan.dropped_token, vec![1, 1, 2]);
@@ -409,10 +477,10 @@ mod tests {
     #[test]
     fn zero_slot_capacity_is_clamped_to_one() {
         // S = 0 would give ceil(factor·0/E) = 0 slots: the capacity is clamped to 1.
-        let plan = DispatchPlan::new(&[], &[], 0, 3, Capacity::Factor(1.0)).unwrap();
+        let plan = DispatchPlan::new(&[], &[], 0, 3, Capacity::factor(1.0)).unwrap();
         assert_eq!((plan.capacity, plan.offsets.clone(), plan.num_kept()), (Some(1), vec![0; 4], 0));
-        assert_eq!(Capacity::Factor(1e-30).slots(5, 64).unwrap(), Some(1));
-        assert_eq!(Capacity::Factor(1e30).slots(5, 2).unwrap(), Some(5));
+        assert_eq!(Capacity::factor(1e-30).slots(5, 64).unwrap(), Some(1));
+        assert_eq!(Capacity::factor(1e30).slots(5, 2).unwrap(), Some(5));
         assert_eq!(Capacity::Dropless.slots(5, 2).unwrap(), None);
         // An empty routing gives an empty plan.
         let plan = DispatchPlan::from_routing(&Routing::empty(4), Capacity::Dropless).unwrap();
@@ -435,7 +503,7 @@ mod tests {
         );
         // Refused even when the duplicate would have been dropped for capacity.
         assert_eq!(
-            err(&[0, 1, 0], &[1, 1, 1], Capacity::Factor(0.5)),
+            err(&[0, 1, 0], &[1, 1, 1], Capacity::factor(0.5)),
             "DispatchPlan: token 0 is assigned to expert 1 twice (assignments 0 and 2); duplicate expert ids refused"
         );
         assert_eq!(
@@ -452,7 +520,7 @@ mod tests {
         );
         for factor in [0.0, -0.5, f32::NAN, f32::INFINITY] {
             assert_eq!(
-                err(&[0], &[0], Capacity::Factor(factor)),
+                err(&[0], &[0], Capacity::factor(factor)),
                 format!("DispatchPlan: capacity factor {factor} must be finite and > 0")
             );
         }

@@ -13,7 +13,9 @@
 //! constant 1.
 
 use crate::error::{Error, Result};
+use crate::plan::Rounding;
 use crate::routing::Routing;
+use crate::weights::ParamSource;
 use elide_autodiff::{Param, Scope, Var};
 use elide_tensor::{Rng, Tensor};
 
@@ -56,12 +58,14 @@ pub enum Selection {
         renormalize: bool,
     },
     /// Destination choice: each destination keeps its `C` highest-scoring tokens, `C =`
-    /// [`expert_choice_capacity`]`(T, E, capacity_factor)` (expert choice, arXiv 2202.09368;
-    /// with one destination, the top `ceil(capacity_factor·T)` tokens, as mixture-of-depths).
-    /// Destination-major order.
+    /// [`expert_choice_capacity`]`(T, E, capacity_factor, rounding)` (expert choice, arXiv
+    /// 2202.09368; with one destination and ceil, the top `⌈capacity_factor·T⌉` tokens, as
+    /// mixture-of-depths). Destination-major order.
     TopC {
         /// Average number of destinations per token; finite and `> 0`.
         capacity_factor: f32,
+        /// How `T·capacity_factor/E` becomes a whole number of tokens.
+        rounding: Rounding,
     },
     /// Every (token, destination) whose score is at least `threshold` (SkipNet-style gating,
     /// arXiv 1711.09485). Token-major order. A token may get no destination.
@@ -82,12 +86,12 @@ pub enum RouterKind {
     /// GShard arXiv 2006.16668).
     ///
     /// `noisy`: noisy top-k gating (arXiv 1701.06538). When [`Router::route`] is given a noise
-    /// generator (training), Gaussian noise of a fixed standard deviation [`noise_std`]`(E) =
-    /// 1/E` is added to the logits before the softmax and the selection; without one
-    /// (inference), no noise. The paper learns a per-token noise scale
-    /// (`softplus(x·W_noise)`); a fixed scale needs no second weight and, at the router's
-    /// initial scale (logits of order 0.1–1), still breaks near-ties and spreads the load early
-    /// in training, its relative effect fading as the logits grow.
+    /// generator (training), Gaussian noise `ε ~ N(0, 1)` times a scale is added to the logits
+    /// before the softmax and the selection; without one (inference), no noise. The scale is
+    /// the router's [`NoiseScale`]: fixed at [`noise_std`]`(E) = 1/E` (the default: no second
+    /// weight; at the router's initial scale it breaks near-ties and spreads the load early in
+    /// training, its relative effect fading as the logits grow), or learned per token and
+    /// expert as in the paper, `H(x) = x·W_g + ε ⊙ softplus(x·W_noise)`.
     TopK {
         /// Experts per token, in `1..=E`.
         k: usize,
@@ -100,12 +104,15 @@ pub enum RouterKind {
     /// (not renormalised, or it would be 1 and carry no gradient).
     Switch,
     /// Expert choice (arXiv 2202.09368): each expert takes its `C` most probable tokens, with
-    /// `C = ceil(T·capacity_factor/E)` clamped to `[1, T]` ([`expert_choice_capacity`]). A token
-    /// may be taken by several experts or by none (it then rides the residual). The gate of a
-    /// pair is `probs[t, e]`, the probability over experts as in the paper.
+    /// `C = rounding(T·capacity_factor/E)` clamped to `[1, T]` ([`expert_choice_capacity`]). A
+    /// token may be taken by several experts or by none (it then rides the residual). The gate
+    /// of a pair is `probs[t, e]`, the probability over experts as in the paper.
     ExpertChoice {
         /// Average number of experts per token; finite and `> 0`.
         capacity_factor: f32,
+        /// How `T·capacity_factor/E` becomes a whole number of tokens ([`Rounding::Ceil`]:
+        /// `⌈·⌉`, or [`Rounding::Floor`]).
+        rounding: Rounding,
     },
     /// Any score function with any selection rule. The kinds above are the common pairings
     /// with a softmax score: `TopK` is `(Softmax, TopK)`, `Switch` is `(Softmax, TopK { k: 1,
@@ -124,14 +131,19 @@ pub fn noise_std(num_experts: usize) -> f32 {
     1.0 / num_experts.max(1) as f32
 }
 
-/// The number of tokens each expert takes under expert choice: `ceil(T·capacity_factor/E)`,
-/// clamped to `[1, T]` (so an expert always takes at least one token and never more than
-/// exist). For `T = 0` it is 0.
-pub fn expert_choice_capacity(num_tokens: usize, num_experts: usize, capacity_factor: f32) -> usize {
+/// The number of tokens each expert takes under expert choice: `rounding(T·capacity_factor/E)`
+/// (`⌈·⌉` or `⌊·⌋`), clamped to `[1, T]` (so an expert always takes at least one token and
+/// never more than exist). For `T = 0` it is 0.
+pub fn expert_choice_capacity(
+    num_tokens: usize,
+    num_experts: usize,
+    capacity_factor: f32,
+    rounding: Rounding,
+) -> usize {
     if num_tokens == 0 {
         return 0;
     }
-    let c = (num_tokens as f64 * capacity_factor as f64 / num_experts.max(1) as f64).ceil();
+    let c = rounding.apply(num_tokens as f64 * capacity_factor as f64 / num_experts.max(1) as f64);
     // `as` saturates (a huge factor) and maps NaN to 0; the clamp does the rest.
     (c as usize).clamp(1, num_tokens)
 }
@@ -142,7 +154,9 @@ impl RouterKind {
         match *self {
             RouterKind::TopK { k, renormalize, .. } => (ScoreFn::Softmax, Selection::TopK { k, renormalize }),
             RouterKind::Switch => (ScoreFn::Softmax, Selection::TopK { k: 1, renormalize: false }),
-            RouterKind::ExpertChoice { capacity_factor } => (ScoreFn::Softmax, Selection::TopC { capacity_factor }),
+            RouterKind::ExpertChoice { capacity_factor, rounding } => {
+                (ScoreFn::Softmax, Selection::TopC { capacity_factor, rounding })
+            }
             RouterKind::Scored { score, selection } => (score, selection),
         }
     }
@@ -157,7 +171,7 @@ impl RouterKind {
         let (score, selection) = self.parts();
         match selection {
             Selection::TopK { k, .. } if k == 0 || k > num_experts => Err(Error::TopK { k, num_experts }),
-            Selection::TopC { capacity_factor } if !(capacity_factor.is_finite() && capacity_factor > 0.0) => {
+            Selection::TopC { capacity_factor, .. } if !(capacity_factor.is_finite() && capacity_factor > 0.0) => {
                 Err(Error::CapacityFactor { op: "ExpertChoice", factor: capacity_factor })
             }
             Selection::Threshold { threshold }
@@ -195,8 +209,8 @@ impl RouterKind {
         let scores = score.apply(logits)?;
         match selection {
             Selection::TopK { k, renormalize } => token_choice(logits, scores, k, renormalize),
-            Selection::TopC { capacity_factor } => {
-                expert_choice(logits, scores, expert_choice_capacity(t, e, capacity_factor))
+            Selection::TopC { capacity_factor, rounding } => {
+                expert_choice(logits, scores, expert_choice_capacity(t, e, capacity_factor, rounding))
             }
             Selection::Threshold { threshold } => above_threshold(logits, scores, threshold),
         }
@@ -307,18 +321,80 @@ fn above_threshold(logits: &Var, scores: Var, threshold: f32) -> Result<Routing>
     })
 }
 
-/// A learned router: `logits = x · W` with `W` of shape `[d_model, E]`, then a [`RouterKind`]'s
-/// selection.
+/// The scale of a noisy top-k router's training noise (see [`RouterKind::TopK`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum NoiseScale {
+    /// `ε · `[`noise_std`]`(E)`: a fixed standard deviation of `1/E`, no extra weight.
+    #[default]
+    Fixed,
+    /// `ε ⊙ softplus(x·W_noise)` (arXiv 1701.06538, eq. 4): a learned `[d_model, E]` weight,
+    /// registered as `<scope>.router_noise` and zero-initialised as in the paper (a noise
+    /// standard deviation of `ln 2` at the start). It learns through the gates: the noise
+    /// moves the logits the softmax gates are computed from.
+    Learned,
+}
+
+/// What a [`Router`] has besides its `[d_model, E]` weight. The default is neither a bias nor
+/// a learned noise weight (Switch, Mixtral).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RouterOptions {
+    /// A learned `[E]` bias added to the logits, `<scope>.router_bias`, zero-initialised.
+    pub bias: bool,
+    /// The noise scale of a noisy top-k router; [`NoiseScale::Learned`] needs a kind with
+    /// `noisy: true`.
+    pub noise: NoiseScale,
+}
+
+impl RouterOptions {
+    /// Checks that the options fit `kind`.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] for learned noise on a router that adds no noise (its weight would
+    /// never be used).
+    pub fn validate(&self, kind: RouterKind) -> Result<()> {
+        if self.noise == NoiseScale::Learned && !matches!(kind, RouterKind::TopK { noisy: true, .. }) {
+            return Err(Error::argument(
+                "router",
+                format!(
+                    "learned noise needs a noisy top-k router (RouterKind::TopK {{ noisy: true, .. }}), got {kind:?}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The router's parameters for `d_model` and `num_experts`: names relative to the layer's
+    /// scope, and shapes, in registration order.
+    pub fn parameters(&self, d_model: usize, num_experts: usize) -> Vec<(String, Vec<usize>)> {
+        let mut out = vec![("router".to_string(), vec![d_model, num_experts])];
+        if self.bias {
+            out.push(("router_bias".to_string(), vec![num_experts]));
+        }
+        if self.noise == NoiseScale::Learned {
+            out.push(("router_noise".to_string(), vec![d_model, num_experts]));
+        }
+        out
+    }
+}
+
+/// A learned router: `logits = x · W (+ b)` with `W` of shape `[d_model, E]`, then a
+/// [`RouterKind`]'s selection.
+///
+/// Parameters, under the scope it is built in: `router` `[d_model, E]`; with
+/// [`RouterOptions::bias`], `router_bias` `[E]`; with [`NoiseScale::Learned`], `router_noise`
+/// `[d_model, E]`.
 #[derive(Clone, Debug)]
 pub struct Router {
     weight: Param,
+    bias: Option<Param>,
+    noise_weight: Option<Param>,
     kind: RouterKind,
 }
 
 impl Router {
     /// A router over `num_experts` experts for inputs of width `d_model`, its weight drawn from
     /// `N(0, 0.02²)` (the GPT-2/Switch scale: near-uniform probabilities at the start) and
-    /// registered as `"<scope>.router"`.
+    /// registered as `"<scope>.router"`; no bias, fixed-scale noise.
     ///
     /// # Errors
     /// [`Error::Argument`] for `d_model = 0` or `num_experts = 0`; the errors of
@@ -330,6 +406,28 @@ impl Router {
         kind: RouterKind,
         rng: &mut Rng,
     ) -> Result<Router> {
+        Router::with_options(scope, d_model, num_experts, kind, RouterOptions::default(), rng)
+    }
+
+    /// As [`Router::new`], with a bias and/or a learned noise weight as `options` ask (both
+    /// zero-initialised, registered as `<scope>.router_bias` and `<scope>.router_noise`).
+    ///
+    /// # Errors
+    /// As [`Router::new`], and those of [`RouterOptions::validate`].
+    pub fn with_options(
+        scope: &mut Scope,
+        d_model: usize,
+        num_experts: usize,
+        kind: RouterKind,
+        options: RouterOptions,
+        rng: &mut Rng,
+    ) -> Result<Router> {
+        Router::check(d_model, num_experts, kind, options)?;
+        Router::build(scope, d_model, num_experts, kind, options, &mut ParamSource::Random(rng), "")
+    }
+
+    /// Checks sizes, kind and options before anything is registered.
+    pub(crate) fn check(d_model: usize, num_experts: usize, kind: RouterKind, options: RouterOptions) -> Result<()> {
         if d_model == 0 || num_experts == 0 {
             return Err(Error::argument(
                 "Router::new",
@@ -339,11 +437,38 @@ impl Router {
             ));
         }
         kind.validate(num_experts)?;
-        let weight = scope.param("router", Tensor::try_randn(&[d_model, num_experts], rng)?.mul_scalar(0.02))?;
-        Ok(Router { weight, kind })
+        options.validate(kind)
     }
 
-    /// A router around an existing `[d_model, E]` weight (a loaded checkpoint, a test).
+    /// Registers the parameters [`RouterOptions::parameters`] lists, from `source` (keys
+    /// `prefix + name`).
+    pub(crate) fn build(
+        scope: &mut Scope,
+        d_model: usize,
+        num_experts: usize,
+        kind: RouterKind,
+        options: RouterOptions,
+        source: &mut ParamSource<'_>,
+        prefix: &str,
+    ) -> Result<Router> {
+        let (d, e) = (d_model, num_experts);
+        let weight = source
+            .param(scope, prefix, "router", &[d, e], |rng| Ok(Tensor::try_randn(&[d, e], rng)?.mul_scalar(0.02)))?;
+        let bias = match options.bias {
+            true => Some(source.param(scope, prefix, "router_bias", &[e], |_| Ok(Tensor::try_zeros(&[e])?))?),
+            false => None,
+        };
+        let noise_weight = match options.noise {
+            NoiseScale::Learned => {
+                Some(source.param(scope, prefix, "router_noise", &[d, e], |_| Ok(Tensor::try_zeros(&[d, e])?))?)
+            }
+            NoiseScale::Fixed => None,
+        };
+        Ok(Router { weight, bias, noise_weight, kind })
+    }
+
+    /// A router around an existing `[d_model, E]` weight (a loaded checkpoint, a test), with
+    /// no bias and fixed-scale noise.
     ///
     /// # Errors
     /// [`Error::Shape`] unless the weight is 2-D with both dims `≥ 1`; the errors of
@@ -357,12 +482,27 @@ impl Router {
             ));
         }
         kind.validate(shape[1])?;
-        Ok(Router { weight, kind })
+        Ok(Router { weight, bias: None, noise_weight: None, kind })
     }
 
     /// The `[d_model, E]` weight.
     pub fn weight(&self) -> &Param {
         &self.weight
+    }
+
+    /// The `[E]` bias, if the router has one.
+    pub fn bias(&self) -> Option<&Param> {
+        self.bias.as_ref()
+    }
+
+    /// The `[d_model, E]` learned noise weight `W_noise`, if the noise scale is learned.
+    pub fn noise_weight(&self) -> Option<&Param> {
+        self.noise_weight.as_ref()
+    }
+
+    /// The parameters: the weight, then the bias and the noise weight if present.
+    pub fn params(&self) -> Vec<&Param> {
+        std::iter::once(&self.weight).chain(&self.bias).chain(&self.noise_weight).collect()
     }
 
     /// The selection rule.
@@ -380,7 +520,7 @@ impl Router {
         self.weight.shape()[1]
     }
 
-    /// The `[T, E]` router logits `x · W` of `x` `[T, d_model]`.
+    /// The `[T, E]` router logits `x · W (+ b)` of `x` `[T, d_model]`, without noise.
     ///
     /// # Errors
     /// [`Error::Shape`] naming both shapes if `x` is not `[T, d_model]`.
@@ -389,11 +529,17 @@ impl Router {
         if x.shape().len() != 2 || x.shape()[1] != d {
             return Err(Error::shape("router", format!("input must be [tokens, d_model = {d}], got {:?}", x.shape())));
         }
-        Ok(x.matmul(&self.weight.var())?)
+        let logits = x.matmul(&self.weight.var())?;
+        Ok(match &self.bias {
+            Some(b) => logits.add(&b.var())?,
+            None => logits,
+        })
     }
 
     /// Routes the tokens `x` `[T, d_model]`. `noise_rng` is the training-time noise source of
-    /// a noisy top-k router (ignored by the other kinds); `None` routes without noise.
+    /// a noisy top-k router (ignored by the other kinds); `None` routes without noise. The
+    /// noise is `ε ⊙ scale` with `ε` a `[T, E]` draw of `N(0, 1)` from `noise_rng` (row-major)
+    /// and the scale `1/E` or `softplus(x·W_noise)` ([`NoiseScale`]).
     ///
     /// An empty batch (`T = 0`) gives an empty [`Routing`] (no assignments, `[0, E]` logits).
     ///
@@ -407,8 +553,14 @@ impl Router {
         check_finite(logits.value(), e)?;
         let logits = match (self.kind, noise_rng) {
             (RouterKind::TopK { noisy: true, .. }, Some(rng)) if t > 0 => {
-                let noise = Tensor::randn(&[t, e], rng).mul_scalar(noise_std(e));
-                logits.add(&Var::constant(noise))?
+                let eps = Var::constant(Tensor::try_randn(&[t, e], rng)?);
+                let noise = match &self.noise_weight {
+                    Some(w) => eps.mul(&softplus(&x.matmul(&w.var())?)?)?,
+                    None => eps.mul_scalar(noise_std(e)),
+                };
+                let noised = logits.add(&noise)?;
+                check_finite(noised.value(), e)?;
+                noised
             }
             _ => logits,
         };
@@ -416,299 +568,12 @@ impl Router {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{
-        assert_clear_choices, assert_clear_choices_many, assert_close, check_grad, check_grad_many, separated_logits,
-    };
-    use elide_autodiff::ParamStore;
-
-    const TOP2: RouterKind = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
-
-    /// Reference token choice: sort each row of `probs` (descending, ties to the lower expert).
-    fn naive_token_choice(probs: &[f32], e: usize, k: usize, renormalize: bool) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
-        let (mut tokens, mut experts, mut gates) = (Vec::new(), Vec::new(), Vec::new());
-        for (t, row) in probs.chunks(e).enumerate() {
-            let mut order: Vec<usize> = (0..e).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            let sum: f32 = order[..k].iter().map(|&i| row[i]).sum();
-            for &i in &order[..k] {
-                tokens.push(t as u32);
-                experts.push(i as u32);
-                gates.push(if renormalize { row[i] / sum } else { row[i] });
-            }
-        }
-        (tokens, experts, gates)
-    }
-
-    /// Reference expert choice: sort each column of `probs` (descending, ties to the lower token).
-    fn naive_expert_choice(probs: &[f32], t: usize, e: usize, c: usize) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
-        let (mut tokens, mut experts, mut gates) = (Vec::new(), Vec::new(), Vec::new());
-        for x in 0..e {
-            let col: Vec<f32> = (0..t).map(|i| probs[i * e + x]).collect();
-            let mut order: Vec<usize> = (0..t).collect();
-            order.sort_by(|&a, &b| col[b].total_cmp(&col[a]).then(a.cmp(&b)));
-            for &i in &order[..c] {
-                tokens.push(i as u32);
-                experts.push(x as u32);
-                gates.push(col[i]);
-            }
-        }
-        (tokens, experts, gates)
-    }
-
-    fn router(d: usize, e: usize, kind: RouterKind, seed: u64) -> Router {
-        let mut store = ParamStore::new();
-        Router::new(&mut store.scope("moe"), d, e, kind, &mut Rng::seed(seed)).unwrap()
-    }
-
-    fn input(t: usize, d: usize, seed: u64) -> Var {
-        Var::constant(Tensor::randn(&[t, d], &mut Rng::seed(seed)))
-    }
-
-    #[test]
-    fn every_router_matches_the_naive_reference() {
-        for (t, e) in [(1, 1), (7, 3), (100, 8), (33, 64)] {
-            let x = input(t, 16, t as u64);
-            let mut kinds = vec![RouterKind::Switch];
-            for k in [1, 2, 8].into_iter().filter(|&k| k <= e) {
-                for renormalize in [false, true] {
-                    kinds.push(RouterKind::TopK { k, renormalize, noisy: false });
-                }
-            }
-            for capacity_factor in [0.01, 1.0, 2.0, 1e9] {
-                kinds.push(RouterKind::ExpertChoice { capacity_factor });
-            }
-            for kind in kinds {
-                let r = router(16, e, kind, e as u64).route(&x, None).unwrap();
-                let probs = r.probs.value().to_vec();
-                let (tokens, experts, gates) = match kind {
-                    RouterKind::TopK { k, renormalize, .. } => naive_token_choice(&probs, e, k, renormalize),
-                    RouterKind::Switch => naive_token_choice(&probs, e, 1, false),
-                    RouterKind::ExpertChoice { capacity_factor } => {
-                        naive_expert_choice(&probs, t, e, expert_choice_capacity(t, e, capacity_factor))
-                    }
-                    RouterKind::Scored { .. } => unreachable!("only the softmax kinds are listed"),
-                };
-                assert_eq!((&r.tokens, &r.experts), (&tokens, &experts), "{kind:?}, T = {t}, E = {e}");
-                assert_close(&r.gate_values(), &gates, 1e-6, "gates");
-                assert_eq!((r.num_tokens, r.num_experts, r.logits.shape()), (t, e, &[t, e][..]));
-            }
-        }
-    }
-
-    /// Reference scores, and the pairs `selection` keeps, one token and one destination at a time.
-    fn naive_scored(logits: &[f32], t: usize, e: usize, kind: RouterKind) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
-        let (score, selection) = kind.parts();
-        let scores: Vec<f32> = match score {
-            ScoreFn::Softmax => logits
-                .chunks(e)
-                .flat_map(|row| {
-                    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-                    let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
-                    row.iter().map(move |&v| ((v as f64 - m).exp() / z) as f32).collect::<Vec<_>>()
-                })
-                .collect(),
-            ScoreFn::Sigmoid => logits.iter().map(|&v| (1.0 / (1.0 + (-(v as f64)).exp())) as f32).collect(),
-            ScoreFn::Raw => logits.to_vec(),
-        };
-        match selection {
-            Selection::TopK { k, renormalize } => naive_token_choice(&scores, e, k, renormalize),
-            Selection::TopC { capacity_factor } => {
-                naive_expert_choice(&scores, t, e, expert_choice_capacity(t, e, capacity_factor))
-            }
-            Selection::Threshold { threshold } => {
-                let (mut tokens, mut experts, mut gates) = (Vec::new(), Vec::new(), Vec::new());
-                for (i, &score) in scores.iter().enumerate().filter(|(_, &v)| v >= threshold) {
-                    tokens.push((i / e) as u32);
-                    experts.push((i % e) as u32);
-                    gates.push(score);
-                }
-                (tokens, experts, gates)
-            }
-        }
-    }
-
-    fn scored_kinds(e: usize) -> Vec<RouterKind> {
-        let mut kinds = Vec::new();
-        for score in [ScoreFn::Softmax, ScoreFn::Sigmoid, ScoreFn::Raw] {
-            let threshold = if score == ScoreFn::Raw { 0.1 } else { 0.3 };
-            let selections = [
-                Selection::TopK { k: e.min(2), renormalize: false },
-                Selection::TopK { k: 1, renormalize: true },
-                Selection::TopC { capacity_factor: 0.125 },
-                Selection::TopC { capacity_factor: 1.5 },
-                Selection::Threshold { threshold },
-            ];
-            kinds.extend(selections.into_iter().map(|selection| RouterKind::Scored { score, selection }));
-        }
-        kinds
-    }
-
-    #[test]
-    fn every_score_and_selection_matches_the_naive_reference() {
-        for (t, e) in [(1, 1), (7, 1), (33, 3), (100, 8)] {
-            let logits = Tensor::randn(&[t, e], &mut Rng::seed(t as u64 + 3));
-            for kind in scored_kinds(e) {
-                let r = kind.route_logits(&Var::constant(logits.clone())).unwrap();
-                let (tokens, experts, gates) = naive_scored(&logits.to_vec(), t, e, kind);
-                assert_eq!((&r.tokens, &r.experts), (&tokens, &experts), "{kind:?}, T = {t}, E = {e}");
-                assert_close(&r.gate_values(), &gates, 1e-6, "gates");
-            }
-        }
-    }
-
-    #[test]
-    fn a_one_destination_gate_has_a_real_gradient() {
-        // Softmax over one destination is the constant 1; sigmoid and raw scores are not.
-        let logits = separated_logits(8, 1, 4);
-        for score in [ScoreFn::Sigmoid, ScoreFn::Raw] {
-            for selection in [Selection::TopC { capacity_factor: 0.25 }, Selection::TopK { k: 1, renormalize: false }] {
-                let kind = RouterKind::Scored { score, selection };
-                check_grad(|l| Ok(kind.route_logits(l)?.gates), &logits);
-                let leaf = Var::leaf(logits.clone());
-                let grads = kind.route_logits(&leaf).unwrap().gates.sum_all().backward().unwrap();
-                assert!(grads.of(&leaf).unwrap().to_vec().iter().any(|&g| g != 0.0), "{kind:?}");
-            }
-        }
-        let softmax =
-            RouterKind::Scored { score: ScoreFn::Softmax, selection: Selection::TopK { k: 1, renormalize: false } };
-        assert!(softmax.route_logits(&Var::constant(logits)).unwrap().gate_values().iter().all(|&g| g == 1.0));
-    }
-
-    #[test]
-    fn thresholds_are_checked_against_the_score_range() {
-        let kind = |score, threshold| RouterKind::Scored { score, selection: Selection::Threshold { threshold } };
-        assert_eq!(
-            kind(ScoreFn::Sigmoid, 1.5).validate(4).unwrap_err().to_string(),
-            "router: threshold 1.5 must be finite, and in [0, 1] for Sigmoid scores"
-        );
-        assert!(kind(ScoreFn::Softmax, -0.1).validate(4).is_err());
-        assert!(kind(ScoreFn::Raw, f32::NAN).validate(4).is_err());
-        assert!(kind(ScoreFn::Raw, -3.0).validate(4).is_ok());
-        let top_c = RouterKind::Scored { score: ScoreFn::Raw, selection: Selection::TopC { capacity_factor: 0.0 } };
-        assert_eq!(
-            top_c.validate(1).unwrap_err().to_string(),
-            "ExpertChoice: capacity factor 0 must be finite and > 0"
-        );
-    }
-
-    #[test]
-    fn expert_choice_capacity_rounds_up_and_clamps() {
-        assert_eq!(expert_choice_capacity(7, 3, 1.0), 3); // ceil(7/3)
-        assert_eq!(expert_choice_capacity(100, 8, 2.0), 25);
-        assert_eq!(expert_choice_capacity(7, 64, 0.01), 1); // would be 0 slots: clamped to 1
-        assert_eq!(expert_choice_capacity(7, 3, 1e30), 7); // never more than T
-        assert_eq!(expert_choice_capacity(0, 3, 1.0), 0);
-    }
-
-    #[test]
-    fn an_empty_batch_gives_an_empty_routing() {
-        for kind in [TOP2, RouterKind::Switch, RouterKind::ExpertChoice { capacity_factor: 1.0 }] {
-            let r = router(4, 3, kind, 1).route(&input(0, 4, 0), Some(&mut Rng::seed(0))).unwrap();
-            assert_eq!((r.num_tokens, r.num_experts, r.len()), (0, 3, 0));
-            assert_eq!((r.gates.shape(), r.probs.shape(), r.logits.shape()), (&[0][..], &[0, 3][..], &[0, 3][..]));
-        }
-    }
-
-    #[test]
-    fn noise_is_added_only_when_a_generator_is_given() {
-        let noisy = RouterKind::TopK { k: 2, renormalize: false, noisy: true };
-        let r = router(8, 6, noisy, 3);
-        let x = input(50, 8, 4);
-        let clean = r.route(&x, None).unwrap();
-        let plain = router(8, 6, RouterKind::TopK { k: 2, renormalize: false, noisy: false }, 3).route(&x, None);
-        assert_eq!(clean.experts, plain.unwrap().experts);
-
-        let noised = r.route(&x, Some(&mut Rng::seed(9))).unwrap();
-        // The same noise, added by hand, gives the same routing.
-        let noise = Tensor::randn(&[50, 6], &mut Rng::seed(9)).mul_scalar(noise_std(6));
-        let by_hand = noisy.route_logits(&r.logits(&x).unwrap().add(&Var::constant(noise)).unwrap()).unwrap();
-        assert_eq!(noised.experts, by_hand.experts);
-        assert_eq!(noised.logits.value().to_vec(), by_hand.logits.value().to_vec());
-        assert_ne!(noised.experts, clean.experts, "noise of std 1/E should move some near-tied choice");
-        // A non-noisy kind ignores the generator.
-        assert_eq!(router(8, 6, TOP2, 3).route(&x, Some(&mut Rng::seed(9))).unwrap().experts, {
-            router(8, 6, TOP2, 3).route(&x, None).unwrap().experts
-        });
-    }
-
-    #[test]
-    fn bad_input_is_refused_with_a_clear_message() {
-        let mut store = ParamStore::new();
-        let mut rng = Rng::seed(0);
-        let mut new = |e, kind| Router::new(&mut store.scope("m"), 4, e, kind, &mut rng).map(|_| ()).unwrap_err();
-        let k = |k| RouterKind::TopK { k, renormalize: true, noisy: false };
-        assert_eq!(new(8, k(0)).to_string(), "top_k: k = 0 must be in 1..=8 experts");
-        assert_eq!(new(3, k(4)).to_string(), "top_k: k = 4 must be in 1..=3 experts");
-        for factor in [0.0, -1.0, f32::NAN, f32::INFINITY] {
-            let err = new(4, RouterKind::ExpertChoice { capacity_factor: factor }).to_string();
-            assert_eq!(err, format!("ExpertChoice: capacity factor {factor} must be finite and > 0"));
-        }
-        assert_eq!(
-            new(0, RouterKind::Switch).to_string(),
-            "Router::new: needs d_model >= 1 and num_experts >= 1, got d_model = 4, num_experts = 0"
-        );
-
-        let r = router(4, 3, TOP2, 0);
-        let err = r.route(&input(5, 3, 0), None).unwrap_err();
-        assert_eq!(err.to_string(), "router: input must be [tokens, d_model = 4], got [5, 3]");
-        let err = r.route(&Var::constant(Tensor::zeros(&[2, 5, 4])), None).unwrap_err();
-        assert_eq!(err.to_string(), "router: input must be [tokens, d_model = 4], got [2, 5, 4]");
-
-        let mut x = Tensor::randn(&[5, 4], &mut Rng::seed(1)).to_vec();
-        x[3 * 4 + 2] = f32::NAN;
-        let err = r.route(&Var::constant(Tensor::from_vec(x, &[5, 4]).unwrap()), None).unwrap_err();
-        assert_eq!(err.to_string(), "router: NaN or infinite logit in row 3 (expert 0 is NaN)");
-        let mut logits = vec![0.5; 12];
-        logits[7] = f32::NEG_INFINITY;
-        let err = TOP2.route_logits(&Var::constant(Tensor::from_vec(logits, &[4, 3]).unwrap())).unwrap_err();
-        assert_eq!(err.to_string(), "router: NaN or infinite logit in row 2 (expert 1 is -inf)");
-        let err = TOP2.route_logits(&Var::constant(Tensor::zeros(&[4]))).unwrap_err();
-        assert_eq!(err.to_string(), "router: logits must be [tokens, experts >= 1], got [4]");
-        let err = Router::from_weight(Param::new("w", Tensor::zeros(&[4])), TOP2).unwrap_err();
-        assert_eq!(err.to_string(), "Router::from_weight: weight must be [d_model, experts], got [4]");
-    }
-
-    #[test]
-    fn the_weight_is_registered_under_the_scope() {
-        let mut store = ParamStore::new();
-        let r = Router::new(&mut store.scope("blocks.2.moe"), 6, 5, TOP2, &mut Rng::seed(0)).unwrap();
-        assert_eq!((r.weight().name(), r.d_model(), r.num_experts(), r.kind()), ("blocks.2.moe.router", 6, 5, TOP2));
-        assert!(store.get("blocks.2.moe.router").is_some());
-    }
-
-    #[test]
-    fn gates_gradcheck_against_the_logits() {
-        let kinds = [
-            RouterKind::TopK { k: 2, renormalize: true, noisy: false },
-            RouterKind::TopK { k: 2, renormalize: false, noisy: false },
-            RouterKind::TopK { k: 3, renormalize: true, noisy: false },
-            RouterKind::Switch,
-            RouterKind::ExpertChoice { capacity_factor: 1.5 },
-        ];
-        for kind in kinds {
-            let logits = separated_logits(6, 5, 11);
-            assert_clear_choices(&logits, |l| kind.route_logits(l));
-            check_grad(|l| Ok(kind.route_logits(l)?.gates), &logits);
-        }
-    }
-
-    #[test]
-    fn the_gradient_reaches_the_router_weight() {
-        // Through x·W as well: gradcheck the gates against both the input and the weight.
-        let (x, w) = (separated_logits(6, 4, 2), Tensor::randn(&[4, 5], &mut Rng::seed(5)));
-        for kind in [TOP2, RouterKind::ExpertChoice { capacity_factor: 1.0 }] {
-            let route = |v: &[Var]| kind.route_logits(&v[0].matmul(&v[1])?);
-            assert_clear_choices_many(&[x.clone(), w.clone()], route);
-            check_grad_many(|v| Ok(route(v)?.gates), &[x.clone(), w.clone()]);
-        }
-        // And `Router::route` hands it to the parameter.
-        let r = Router::from_weight(Param::new("router", w.clone()), TOP2).unwrap();
-        let gates = r.route(&Var::constant(x.clone()), None).unwrap().gates;
-        let grads = gates.square().sum_all().backward().unwrap();
-        let g = grads.get(r.weight()).expect("the router weight takes a gradient").to_vec();
-        assert!(g.iter().any(|&v| v != 0.0));
-    }
+/// `softplus(z) = ln(1 + e^z)`, computed as `max(z, 0) + ln(1 + e^{−|z|})` so a large `|z|`
+/// neither overflows nor loses the small term.
+fn softplus(z: &Var) -> Result<Var> {
+    let neg_abs = z.minimum(&z.neg())?;
+    Ok(z.relu().add(&neg_abs.exp().add_scalar(1.0).log())?)
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,10 @@
 //! `cargo test --release -p elide-cond --test fuzz_constructors -- --ignored`.
 
 use elide_autodiff::{no_grad, ParamStore, Var};
-use elide_cond::{Activation, Capacity, DispatchPlan, ExpertKind, MoeConfig, MoeLayer, RouterKind, ScoreFn, Selection};
+use elide_cond::{
+    Activation, Capacity, DispatchPlan, ExpertKind, MoeConfig, MoeLayer, NoiseScale, Rounding, RouterKind,
+    RouterOptions, ScoreFn, Selection,
+};
 use elide_tensor::{Rng, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -25,7 +28,12 @@ fn float() -> impl Strategy<Value = f32> {
 }
 
 fn capacity() -> impl Strategy<Value = Capacity> {
-    prop_oneof![Just(Capacity::Dropless), float().prop_map(Capacity::Factor)]
+    let factor = (float(), rounding()).prop_map(|(factor, rounding)| Capacity::Factor { factor, rounding });
+    prop_oneof![Just(Capacity::Dropless), factor]
+}
+
+fn rounding() -> impl Strategy<Value = Rounding> {
+    prop_oneof![Just(Rounding::Ceil), Just(Rounding::Floor)]
 }
 
 fn check_plan(
@@ -56,12 +64,14 @@ fn router() -> impl Strategy<Value = RouterKind> {
             noisy
         }),
         Just(RouterKind::Switch),
-        float().prop_map(|capacity_factor| RouterKind::ExpertChoice { capacity_factor }),
+        (float(), rounding())
+            .prop_map(|(capacity_factor, rounding)| RouterKind::ExpertChoice { capacity_factor, rounding }),
         (
             prop_oneof![Just(ScoreFn::Softmax), Just(ScoreFn::Sigmoid), Just(ScoreFn::Raw)],
             prop_oneof![
                 (0usize..6, any::<bool>()).prop_map(|(k, renormalize)| Selection::TopK { k, renormalize }),
-                float().prop_map(|capacity_factor| Selection::TopC { capacity_factor }),
+                (float(), rounding())
+                    .prop_map(|(capacity_factor, rounding)| Selection::TopC { capacity_factor, rounding }),
                 float().prop_map(|threshold| Selection::Threshold { threshold }),
             ]
         )
@@ -72,8 +82,14 @@ fn router() -> impl Strategy<Value = RouterKind> {
 fn expert() -> impl Strategy<Value = ExpertKind> {
     prop_oneof![
         Just(ExpertKind::SwiGlu),
-        prop_oneof![Just(Activation::Identity), Just(Activation::Relu), Just(Activation::Gelu), Just(Activation::Silu)]
-            .prop_map(ExpertKind::Mlp),
+        prop_oneof![
+            Just(Activation::Identity),
+            Just(Activation::Relu),
+            Just(Activation::Gelu),
+            Just(Activation::GeluErf),
+            Just(Activation::Silu)
+        ]
+        .prop_map(ExpertKind::Mlp),
     ]
 }
 
@@ -85,10 +101,20 @@ prop_compose! {
         router in router(),
         expert in expert(),
         capacity in capacity(),
+        router_options in (any::<bool>(), any::<bool>()).prop_map(|(bias, learned)| RouterOptions {
+            bias,
+            noise: if learned { NoiseScale::Learned } else { NoiseScale::Fixed },
+        }),
         balance_coef in float(),
         z_loss_coef in float(),
     ) -> MoeConfig {
-        MoeConfig { d_model, hidden, num_experts, router, expert, capacity, balance_coef, z_loss_coef }
+        MoeConfig {
+            capacity,
+            balance_coef,
+            z_loss_coef,
+            router_options,
+            ..MoeConfig::new(d_model, hidden, num_experts, router, expert)
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! kinds (the combine sums each token's slots in a fixed order, with no atomics).
 
 use elide_autodiff::{ParamStore, Var};
-use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, Rounding, RouterKind};
 use elide_kernels::gemm::Activation;
 use elide_tensor::{Rng, Tensor};
 
@@ -36,22 +36,17 @@ fn forward_and_backward_are_bit_identical_on_one_and_two_threads() {
     let gelu = ExpertKind::Mlp(Activation::Gelu);
     let cases = [
         (RouterKind::TopK { k: 2, renormalize: true, noisy: false }, Capacity::Dropless, ExpertKind::SwiGlu),
-        (RouterKind::TopK { k: 4, renormalize: false, noisy: true }, Capacity::Factor(1.0), gelu),
-        (RouterKind::Switch, Capacity::Factor(1.25), ExpertKind::SwiGlu),
-        (RouterKind::ExpertChoice { capacity_factor: 4.0 }, Capacity::Dropless, gelu),
-        (RouterKind::ExpertChoice { capacity_factor: 4.0 }, Capacity::Factor(0.75), ExpertKind::SwiGlu),
+        (RouterKind::TopK { k: 4, renormalize: false, noisy: true }, Capacity::factor(1.0), gelu),
+        (RouterKind::Switch, Capacity::factor(1.25), ExpertKind::SwiGlu),
+        (RouterKind::ExpertChoice { capacity_factor: 4.0, rounding: Rounding::Ceil }, Capacity::Dropless, gelu),
+        (
+            RouterKind::ExpertChoice { capacity_factor: 4.0, rounding: Rounding::Ceil },
+            Capacity::factor(0.75),
+            ExpertKind::SwiGlu,
+        ),
     ];
     for (router, capacity, expert) in cases {
-        let config = MoeConfig {
-            d_model: d,
-            hidden: h,
-            num_experts: e,
-            router,
-            expert,
-            capacity,
-            balance_coef: 0.01,
-            z_loss_coef: 1e-3,
-        };
+        let config = MoeConfig { capacity, ..MoeConfig::new(d, h, e, router, expert) };
         let mut store = ParamStore::new();
         let mut rng = Rng::seed(3);
         let layer = MoeLayer::new(&mut store.scope("moe"), config, &mut rng).unwrap();

@@ -55,6 +55,7 @@ fn activate(x: &Var, act: Activation) -> Var {
         Activation::Identity => x.clone(),
         Activation::Relu => x.relu(),
         Activation::Gelu => x.gelu(),
+        Activation::GeluErf => x.gelu_erf(),
         Activation::Silu => x.silu(),
     }
 }
@@ -126,12 +127,18 @@ mod tests {
     use super::*;
     use crate::testing::{assert_close, check_grad};
     use elide_autodiff::ParamStore;
-    use elide_cond::{Capacity, ExpertKind};
+    use elide_cond::ExpertKind;
     use elide_tensor::Tensor;
 
     #[test]
     fn ffn_matches_the_naive_reference() {
-        for kind in [FfnKind::Mlp(Activation::Gelu), FfnKind::Mlp(Activation::Relu), FfnKind::SwiGlu] {
+        let kinds = [
+            FfnKind::Mlp(Activation::Gelu),
+            FfnKind::Mlp(Activation::GeluErf),
+            FfnKind::Mlp(Activation::Relu),
+            FfnKind::SwiGlu,
+        ];
+        for kind in kinds {
             let (d, h) = (5, 7);
             let mut store = ParamStore::new();
             let mut rng = Rng::seed(4);
@@ -173,16 +180,8 @@ mod tests {
 
     #[test]
     fn moe_ffn_adds_its_aux_loss_in_training_only() {
-        let config = MoeConfig {
-            d_model: 8,
-            hidden: 12,
-            num_experts: 4,
-            router: RouterKind::TopK { k: 2, renormalize: true, noisy: true },
-            expert: ExpertKind::Mlp(Activation::Gelu),
-            capacity: Capacity::Dropless,
-            balance_coef: 0.01,
-            z_loss_coef: 1e-3,
-        };
+        let noisy = RouterKind::TopK { k: 2, renormalize: true, noisy: true };
+        let config = MoeConfig::new(8, 12, 4, noisy, ExpertKind::Mlp(Activation::Gelu));
         let mut store = ParamStore::new();
         let moe = MoeFfn::new(&mut store.scope("moe"), config, &mut Rng::seed(5)).unwrap();
         let x = Var::constant(Tensor::randn(&[2, 3, 8], &mut Rng::seed(6)));

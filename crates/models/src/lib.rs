@@ -10,7 +10,7 @@
 //! ```
 //! use elide_autodiff::optim::{AdamW, Optimizer};
 //! use elide_autodiff::{ParamStore, Var};
-//! use elide_cond::{Activation, Capacity, ExpertKind, MoeConfig, RouterKind};
+//! use elide_cond::{Activation, ExpertKind, MoeConfig, RouterKind};
 //! use elide_models::{Ctx, Linear, Module, MoeFfn, RmsNorm};
 //! use elide_cond::gathered::WeightLayout;
 //! use elide_tensor::{Rng, Tensor};
@@ -18,16 +18,9 @@
 //! let mut rng = Rng::seed(0);
 //! let mut store = ParamStore::new();
 //! let norm = RmsNorm::new(&mut store.scope("norm"), 16, 1e-5)?;
-//! let moe = MoeFfn::new(&mut store.scope("moe"), MoeConfig {
-//!     d_model: 16,
-//!     hidden: 32,
-//!     num_experts: 4,
-//!     router: RouterKind::TopK { k: 2, renormalize: true, noisy: false },
-//!     expert: ExpertKind::Mlp(Activation::Gelu),
-//!     capacity: Capacity::Dropless,
-//!     balance_coef: 0.01,
-//!     z_loss_coef: 1e-3,
-//! }, &mut rng)?;
+//! let top2 = RouterKind::TopK { k: 2, renormalize: true, noisy: false };
+//! let config = MoeConfig::new(16, 32, 4, top2, ExpertKind::Mlp(Activation::Gelu));
+//! let moe = MoeFfn::new(&mut store.scope("moe"), config, &mut rng)?;
 //! let head = Linear::new(&mut store.scope("head"), 16, 3, true, WeightLayout::InOut, &mut rng)?;
 //!
 //! let x = Var::constant(Tensor::randn(&[2, 5, 16], &mut rng)); // [batch, seq, d]

@@ -269,15 +269,12 @@ impl TransformerLm {
                     FeedForward::Dense(Ffn::new(&mut ffn_scope, FfnKind::SwiGlu, d, hidden, rng)?)
                 }
                 FfnConfig::Moe { hidden, experts, top_k, capacity_factor, balance_coef, z_loss_coef } => {
+                    let router = RouterKind::TopK { k: top_k, renormalize: true, noisy: false };
                     let config = MoeConfig {
-                        d_model: d,
-                        hidden,
-                        num_experts: experts,
-                        router: RouterKind::TopK { k: top_k, renormalize: true, noisy: false },
-                        expert: ExpertKind::Mlp(Activation::Gelu),
-                        capacity: capacity_factor.map_or(Capacity::Dropless, Capacity::Factor),
+                        capacity: capacity_factor.map_or(Capacity::Dropless, Capacity::factor),
                         balance_coef,
                         z_loss_coef,
+                        ..MoeConfig::new(d, hidden, experts, router, ExpertKind::Mlp(Activation::Gelu))
                     };
                     FeedForward::Moe(MoeFfn::new(&mut ffn_scope, config, rng)?)
                 }

@@ -25,6 +25,9 @@ pub enum Activation {
     Relu,
     /// GELU, tanh form: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (arXiv 1606.08415).
     Gelu,
+    /// GELU, exact erf form: `x·Φ(x) = 0.5·x·(1 + erf(x/√2))` (arXiv 1606.08415; PyTorch's
+    /// default `F.gelu`). Differs from the tanh form by up to about 5e-4.
+    GeluErf,
     /// SiLU / swish: `x·σ(x)` (arXiv 1702.03118).
     Silu,
 }
@@ -65,6 +68,10 @@ impl Activation {
                 let half_x = s.mul(s.splat(0.5), x);
                 s.mul_add(half_x, s.tanh(inner), half_x)
             }
+            Activation::GeluErf => {
+                let half_x = s.mul(s.splat(0.5), x);
+                s.mul_add(half_x, s.erf(s.mul(x, s.splat(std::f32::consts::FRAC_1_SQRT_2))), half_x)
+            }
             Activation::Silu => s.mul(x, s.sigmoid(x)),
         }
     }
@@ -77,6 +84,7 @@ impl Activation {
             Activation::Gelu => {
                 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
             }
+            Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
             Activation::Silu => x / (1.0 + (-x).exp()),
         }
     }

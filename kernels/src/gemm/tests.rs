@@ -129,7 +129,9 @@ fn epilogues_and_accumulation_modes() {
     let bias = data(n, 9, -1.0, 1.0);
     let scale = data(m, 10, -1.0, 1.0);
     for isa in Isa::supported() {
-        for activation in [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::Silu] {
+        for activation in
+            [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::GeluErf, Activation::Silu]
+        {
             for accum in [Accum::Replace, Accum::Add] {
                 for k in [0, 5, 256, 600] {
                     for (bias, scale) in [(None, None), (Some(&bias[..]), None), (Some(&bias[..]), Some(&scale[..]))] {

@@ -62,6 +62,7 @@ fn unary_maps() {
     check("tanh", |v| Ok(v[0].tanh()), vec![x.clone()]);
     check("sigmoid", |v| Ok(v[0].sigmoid()), vec![x.clone()]);
     check("gelu", |v| Ok(v[0].gelu()), vec![x.clone()]);
+    check("gelu_erf", |v| Ok(v[0].gelu_erf()), vec![x.clone()]);
     check("silu", |v| Ok(v[0].silu()), vec![x.clone()]);
     // Keep relu's inputs away from the kink.
     let away: Vec<f32> = x.to_vec().iter().map(|v| if v.abs() < 0.1 { v + 0.3 } else { *v }).collect();

@@ -86,6 +86,13 @@ impl Var {
         self.unary("gelu", self.value.gelu(), move |g| activation_grad(Activation::Gelu, &x, g))
     }
 
+    /// GELU, exact erf form `x·Φ(x)` (arXiv 1606.08415; PyTorch's default); its derivative is
+    /// `Φ(x) + x·φ(x)`.
+    pub fn gelu_erf(&self) -> Var {
+        let x = self.value.clone();
+        self.unary("gelu_erf", self.value.gelu_erf(), move |g| activation_grad(Activation::GeluErf, &x, g))
+    }
+
     /// SiLU `x·σ(x)` (arXiv 1702.03118).
     pub fn silu(&self) -> Var {
         let x = self.value.clone();

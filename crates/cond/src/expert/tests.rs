@@ -85,7 +85,7 @@ fn matches_the_naive_reference() {
     let kinds = [ExpertKind::Mlp(Activation::Gelu), ExpertKind::Mlp(Activation::Relu), ExpertKind::SwiGlu];
     for kind in kinds {
         for (t, e, k) in [(1, 1, 1), (7, 3, 2), (100, 8, 2), (33, 64, 3)] {
-            for capacity in [Capacity::Dropless, Capacity::Factor(1.0)] {
+            for capacity in [Capacity::Dropless, Capacity::factor(1.0)] {
                 let (d, h) = (9, 17);
                 let (_, experts) = build(kind, e, d, h, 3);
                 let (tokens, ex, g) = routing(t, e, k, 5);

@@ -6,7 +6,8 @@ use crate::plan::Capacity;
 use crate::testing::{assert_close, check_grad_many, random_token_choice};
 use elide_tensor::Rng;
 
-const ACTIVATIONS: [Activation; 4] = [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::Silu];
+const ACTIVATIONS: [Activation; 5] =
+    [Activation::Identity, Activation::Relu, Activation::Gelu, Activation::GeluErf, Activation::Silu];
 
 fn plan(t: usize, g: usize, k: usize, seed: u64) -> Arc<DispatchPlan> {
     let (tokens, dest) = random_token_choice(t, g, k, seed);

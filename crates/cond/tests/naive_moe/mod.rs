@@ -6,7 +6,7 @@
 //! and the two auxiliary losses.
 
 use elide_autodiff::ParamStore;
-use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, RouterKind};
+use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, Rounding, RouterKind};
 use elide_kernels::gemm::Activation;
 use elide_tensor::{Rng, Tensor};
 use std::collections::HashMap;
@@ -31,14 +31,10 @@ pub struct Case {
 impl Case {
     pub fn config(&self) -> MoeConfig {
         MoeConfig {
-            d_model: self.d,
-            hidden: self.h,
-            num_experts: self.e,
-            router: self.router,
-            expert: self.expert,
             capacity: self.capacity,
             balance_coef: BALANCE_COEF,
             z_loss_coef: Z_LOSS_COEF,
+            ..MoeConfig::new(self.d, self.h, self.e, self.router, self.expert)
         }
     }
 }
@@ -77,6 +73,8 @@ pub fn act(a: Activation, x: f64) -> f64 {
         Activation::Relu => x.max(0.0),
         // The tanh form, as elide's GELU.
         Activation::Gelu => 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh()),
+        // The exact form x·Φ(x), from libm's f64 erf.
+        Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
         Activation::Silu => x / (1.0 + (-x).exp()),
     }
 }
@@ -88,7 +86,7 @@ pub struct Reference {
     /// Per expert, the tokens it computed, in assignment order.
     pub kept: Vec<Vec<u32>>,
     pub dropped: usize,
-    /// Unweighted Switch load-balancing loss `E·Σ f_i·P_i`.
+    /// Unweighted Switch load-balancing loss `E·Σ f_i·P_i`, `f` over the router's choices.
     pub balance: f64,
     /// Unweighted router z-loss `mean_t logsumexp(logits_t)²`.
     pub z: f64,
@@ -153,10 +151,11 @@ pub fn reference(case: &Case, x: &[f64], w: &HashMap<String, Vec<f64>>) -> Refer
     match case.router {
         RouterKind::TopK { k, renormalize, .. } => token_choice(k, renormalize, &mut assignments, &mut margin),
         RouterKind::Switch => token_choice(1, false, &mut assignments, &mut margin),
-        RouterKind::ExpertChoice { capacity_factor } => {
-            // C = ceil(T·cf/E) clamped to [1, T] (arXiv 2202.09368).
-            let c =
-                if t == 0 { 0 } else { ((t as f64 * capacity_factor as f64 / e as f64).ceil() as usize).clamp(1, t) };
+        RouterKind::ExpertChoice { capacity_factor, rounding } => {
+            // C = ceil or floor of T·cf/E, clamped to [1, T] (arXiv 2202.09368).
+            let c = t as f64 * capacity_factor as f64 / e as f64;
+            let c = if rounding == Rounding::Floor { c.floor() } else { c.ceil() };
+            let c = if t == 0 { 0 } else { (c as usize).clamp(1, t) };
             for j in 0..e {
                 let (order, m) = ranked(t, c, |tok| probs[tok * e + j]);
                 margin = margin.min(m);
@@ -170,7 +169,11 @@ pub fn reference(case: &Case, x: &[f64], w: &HashMap<String, Vec<f64>>) -> Refer
     let s = assignments.len();
     let cap = match case.capacity {
         Capacity::Dropless => usize::MAX,
-        Capacity::Factor(f) => ((f as f64 * s as f64 / e as f64).ceil() as usize).clamp(1, s.max(1)),
+        Capacity::Factor { factor, rounding } => {
+            let c = factor as f64 * s as f64 / e as f64;
+            let c = if rounding == Rounding::Floor { c.floor() } else { c.ceil() };
+            (c as usize).clamp(1, s.max(1))
+        }
     };
     let mut kept = vec![Vec::new(); e];
     let mut out = vec![0.0; t * d];
@@ -187,13 +190,16 @@ pub fn reference(case: &Case, x: &[f64], w: &HashMap<String, Vec<f64>>) -> Refer
         }
     }
 
-    // Load balancing (arXiv 2101.03961): f_i = kept share of expert i, P_i = mean_t probs.
-    let total: usize = kept.iter().map(Vec::len).sum();
+    // Load balancing (arXiv 2101.03961 eq. 4–6): f_i = expert i's share of the router's
+    // choices (before capacity), P_i = mean_t probs.
+    let mut chosen = vec![0usize; e];
+    assignments.iter().for_each(|&(_, j, _)| chosen[j] += 1);
+    let total = assignments.len();
     let balance = if t == 0 || total == 0 {
         0.0
     } else {
         (0..e)
-            .map(|j| kept[j].len() as f64 / total as f64 * (0..t).map(|tok| probs[tok * e + j]).sum::<f64>() / t as f64)
+            .map(|j| chosen[j] as f64 / total as f64 * (0..t).map(|tok| probs[tok * e + j]).sum::<f64>() / t as f64)
             .sum::<f64>()
             * e as f64
     };

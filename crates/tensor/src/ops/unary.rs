@@ -88,6 +88,11 @@ impl Tensor {
         self.map(UnaryOp::Gelu)
     }
 
+    /// GELU, exact erf form: `0.5·x·(1 + erf(x/√2))` (arXiv 1606.08415; PyTorch's default).
+    pub fn gelu_erf(&self) -> Tensor {
+        self.map(UnaryOp::GeluErf)
+    }
+
     /// SiLU / swish: `x·σ(x)` (arXiv 1702.03118).
     pub fn silu(&self) -> Tensor {
         self.map(UnaryOp::Silu)
@@ -102,7 +107,7 @@ mod tests {
     #[test]
     fn every_op_matches_the_reference_on_contiguous_strided_and_broadcast_inputs() {
         type Method = fn(&Tensor) -> Tensor;
-        let ops: [(Method, UnaryOp); 12] = [
+        let ops: [(Method, UnaryOp); 13] = [
             (Tensor::neg, UnaryOp::Neg),
             (Tensor::abs, UnaryOp::Abs),
             (Tensor::exp, UnaryOp::Exp),
@@ -114,6 +119,7 @@ mod tests {
             (Tensor::sigmoid, UnaryOp::Sigmoid),
             (Tensor::relu, UnaryOp::Relu),
             (Tensor::gelu, UnaryOp::Gelu),
+            (Tensor::gelu_erf, UnaryOp::GeluErf),
             (Tensor::silu, UnaryOp::Silu),
         ];
         let x = random(&[4, 7], 1).mul_scalar(3.0);
