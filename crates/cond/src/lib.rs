@@ -10,7 +10,9 @@
 //! auxiliary losses ([`load_balancing_loss`], [`z_loss`]) keep the router balanced and its
 //! logits small, and [`ExpertStats`] reports the load for logging. [`Experts`] compute only the
 //! rows routed to them, forward and backward, on the grouped gathered GEMM, and [`MoeLayer`] puts
-//! router, plan, experts and losses together (`docs/moe.md` walks through it).
+//! router, plan, experts and losses together (`docs/moe.md` walks through it). A layer can also
+//! be built from existing weights ([`MoeLayer::from_tensors`]), and [`import`] reads and writes
+//! other frameworks' safetensors files through a name map (a Hugging Face Mixtral block's ships).
 //! Around any [`Block`] (`[rows, d] → [rows, d]`), [`MixtureOfDepths`] runs the block on the
 //! rows a one-destination router picks and lets the rest ride the residual, and [`EarlyExit`]
 //! stacks blocks with classifier heads so confident rows leave the batch early

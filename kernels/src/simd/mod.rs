@@ -145,7 +145,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
         self.sub(one, self.div(self.splat(2.0), self.add(e, one)))
     }
 
-    /// Lane-wise error function `erf(x)`, absolute and relative error below 2e-7: the odd
+    /// Lane-wise error function `erf(x)`, absolute and relative error below 4e-7: the odd
     /// rational minimax form `x·P(x²)/Q(x²)` (degrees 13/8) of Eigen's and XLA's `erf`, on
     /// `x` clamped to `[-4, 4]`, and exactly ±1 beyond `|x| = 3.9`, where erf rounds to ±1 in
     /// f32 (so `1 + erf(x)` is exactly 0 in the far tail). NaN stays NaN.
@@ -159,7 +159,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
         p = self.mul_add(p, z, self.splat(-2.101_024e-6));
         p = self.mul_add(p, z, self.splat(-5.692_506_4e-5));
         p = self.mul_add(p, z, self.splat(-7.349_906_3e-4));
-        p = self.mul_add(p, z, self.splat(-2.954_600e-3));
+        p = self.mul_add(p, z, self.splat(-2.954_6e-3));
         p = self.mul_add(p, z, self.splat(-1.609_603_3e-2));
         let mut q = self.splat(-1.456_607_2e-5);
         q = self.mul_add(q, z, self.splat(-2.133_740_6e-4));
