@@ -345,18 +345,21 @@ mod tests {
             RouterKind::Switch,
             RouterKind::ExpertChoice { capacity_factor: 1.0, rounding: Rounding::Ceil },
         ];
-        for router in routers {
+        let learned = RouterOptions { bias: true, noise: crate::NoiseScale::Learned };
+        let cases = routers.iter().map(|&r| (r, RouterOptions::default())).chain([(routers[1], learned)]);
+        for (router, router_options) in cases {
             for capacity in [Capacity::Dropless, Capacity::factor(0.75)] {
                 let mut store = ParamStore::new();
                 let mut rng = Rng::seed(1);
-                let layer = MoeLayer::new(&mut store.scope("moe"), config(router, capacity), &mut rng).unwrap();
+                let config = MoeConfig { router_options, ..config(router, capacity) };
+                let layer = MoeLayer::new(&mut store.scope("moe"), config, &mut rng).unwrap();
                 let x = Var::constant(Tensor::randn(&[10, 8], &mut rng));
                 let out = layer.forward_with_noise(&x, Some(&mut rng)).unwrap();
                 assert_eq!(out.output.shape(), &[10, 8]);
                 let loss = out.output.square().mean_all().add(&out.aux_loss().unwrap()).unwrap();
                 let grads = loss.backward().unwrap();
-                assert!(grads.get(layer.router().weight()).is_some(), "{router:?}: no router gradient");
-                for p in layer.experts().params() {
+                assert_eq!(store.len(), config.parameters().len());
+                for p in store.iter() {
                     assert!(grads.get(p).is_some(), "{router:?}: no gradient for {}", p.name());
                 }
                 let kept = out.plan.num_kept();
@@ -425,5 +428,45 @@ mod tests {
         assert_eq!(err, "top_k: k = 5 must be in 1..=4 experts");
         let bad = MoeConfig { capacity: Capacity::factor(0.0), ..config(RouterKind::Switch, Capacity::Dropless) };
         assert!(MoeLayer::new(&mut store.scope("moe3"), bad, &mut rng).is_err());
+    }
+
+    #[test]
+    fn from_tensors_takes_exactly_the_listed_parameters() {
+        let options = RouterOptions { bias: true, noise: crate::NoiseScale::Learned };
+        let noisy = RouterKind::TopK { k: 2, renormalize: true, noisy: true };
+        let config = MoeConfig { router_options: options, ..config(noisy, Capacity::Dropless) };
+        let names: Vec<String> = config.parameters().into_iter().map(|(n, _)| n).collect();
+        let documented =
+            ["router", "router_bias", "router_noise", "experts.w1", "experts.b1", "experts.w2", "experts.b2"];
+        assert_eq!(names, documented);
+
+        // A layer rebuilt from another's tensors computes the same thing.
+        let mut store = ParamStore::new();
+        let mut rng = Rng::seed(3);
+        let layer = MoeLayer::new(&mut store.scope("a"), config, &mut rng).unwrap();
+        let rebuilt = MoeLayer::from_tensors(&mut store.scope("b"), config, layer.tensors()).unwrap();
+        let x = Var::constant(Tensor::randn(&[9, 8], &mut rng));
+        let (y, z) = (layer.forward(&x).unwrap().output, rebuilt.forward(&x).unwrap().output);
+        assert_eq!(y.value().to_vec(), z.value().to_vec());
+        let registered: Vec<&str> = store.iter().filter(|p| p.name().starts_with("b.")).map(|p| p.name()).collect();
+        assert_eq!(registered, documented.map(|n| format!("b.{n}")));
+
+        // Missing, unknown and mis-shaped tensors are named; nothing is registered.
+        let mut fresh = ParamStore::new();
+        let mut tensors = layer.tensors();
+        tensors.remove("router_bias");
+        tensors.insert("router.bias".into(), Tensor::zeros(&[4]));
+        let err = MoeLayer::from_tensors(&mut fresh.scope("c"), config, tensors).err().unwrap().to_string();
+        assert!(
+            err.starts_with(
+                "MoeLayer::from_tensors: missing tensors [\"router_bias\"], unknown tensors [\"router.bias\"]"
+            ),
+            "{err}"
+        );
+        let mut tensors = layer.tensors();
+        tensors.insert("experts.w2".into(), Tensor::zeros(&[4, 8, 12]));
+        let err = MoeLayer::from_tensors(&mut fresh.scope("c"), config, tensors).err().unwrap().to_string();
+        assert_eq!(err, "MoeLayer::from_tensors: experts.w2 must be [4, 12, 8], got [4, 8, 12]");
+        assert!(fresh.is_empty());
     }
 }
