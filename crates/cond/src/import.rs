@@ -262,3 +262,48 @@ pub fn export(tensors: &NamedTensors, map: &NameMap, prefix: &str) -> Result<Vec
     let info = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize(views, Some(info)).map_err(|e| Error::argument(OP, e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of one `[rows, cols]` tensor `w` of `dtype`, from its little-endian bytes.
+    fn file(name: &str, dtype: Dtype, shape: &[usize], bytes: &[u8]) -> Vec<u8> {
+        let view = TensorView::new(dtype, shape.to_vec(), bytes).unwrap();
+        safetensors::serialize([(name.to_string(), view)], None).unwrap()
+    }
+
+    #[test]
+    fn half_and_double_precision_tensors_are_read_as_f32() {
+        // Values exact in every format (bf16 keeps 8 significant bits).
+        let values = [1.5f32, -0.25, 3.0, 0.0, -8.0, 0.125];
+        let map =
+            NameMap { entries: vec![MapEntry { param: "w".into(), foreign: "lin.weight".into(), transpose: true }] };
+        let expected = [("w".to_string(), vec![3, 2])];
+        let encodings: [(Dtype, Vec<u8>); 4] = [
+            (Dtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            (Dtype::F16, values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
+            (Dtype::BF16, values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect()),
+            (Dtype::F64, values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect()),
+        ];
+        for (dtype, bytes) in encodings {
+            // Stored [out = 2, in = 3] as PyTorch's Linear; read transposed to [3, 2].
+            let got = read(&file("lin.weight", dtype, &[2, 3], &bytes), &map, "", &expected).unwrap();
+            assert_eq!(got["w"].to_vec(), vec![1.5, 0.0, -0.25, -8.0, 3.0, 0.125], "{dtype:?}");
+        }
+        let ints: Vec<u8> = [1i32, 2, 3, 4, 5, 6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let err = read(&file("lin.weight", Dtype::I32, &[2, 3], &ints), &map, "", &expected).unwrap_err();
+        assert_eq!(err.to_string(), "import: lin.weight is I32; only F32, F16, BF16 and F64 are read");
+    }
+
+    #[test]
+    fn export_refuses_what_the_map_cannot_write() {
+        let map = NameMap::mixtral();
+        let err = export(&NamedTensors::new(), &map, "").unwrap_err();
+        assert_eq!(err.to_string(), "import: no tensor for parameter router");
+        let mut tensors = NamedTensors::new();
+        tensors.insert("router".into(), Tensor::zeros(&[2, 3, 4]));
+        let err = export(&tensors, &map, "").unwrap_err();
+        assert_eq!(err.to_string(), "import: router [2, 3, 4] cannot be written as gate.weight");
+    }
+}
