@@ -3,7 +3,7 @@
 //! kinds (the combine sums each token's slots in a fixed order, with no atomics).
 
 use elide_autodiff::{ParamStore, Var};
-use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, Rounding, RouterKind};
+use elide_cond::{Capacity, ExpertKind, MoeConfig, MoeLayer, NoiseScale, Rounding, RouterKind, RouterOptions};
 use elide_kernels::gemm::Activation;
 use elide_tensor::{Rng, Tensor};
 
@@ -19,7 +19,7 @@ fn step_bits(layer: &MoeLayer, x: &Tensor, r: &Tensor, threads: usize) -> Vec<u3
         let mut bits: Vec<u32> = out.output.value().to_vec().iter().map(|v| v.to_bits()).collect();
         bits.push(loss.value().item().unwrap().to_bits());
         bits.extend(grads.of(&xv).unwrap().to_vec().iter().map(|v| v.to_bits()));
-        for p in layer.experts().params().iter().chain([layer.router().weight()]) {
+        for p in layer.experts().params().iter().chain(layer.router().params()) {
             let g = grads.get(p).unwrap_or_else(|| panic!("no gradient for {}", p.name()));
             bits.extend(g.to_vec().iter().map(|v| v.to_bits()));
         }
@@ -45,8 +45,16 @@ fn forward_and_backward_are_bit_identical_on_one_and_two_threads() {
             ExpertKind::SwiGlu,
         ),
     ];
-    for (router, capacity, expert) in cases {
-        let config = MoeConfig { capacity, ..MoeConfig::new(d, h, e, router, expert) };
+    let plain = RouterOptions::default();
+    let cases = cases.into_iter().map(|(r, c, x)| (r, c, x, plain)).chain([(
+        // Learned noise and a bias on the router, exact-GELU experts, floor capacity.
+        RouterKind::TopK { k: 4, renormalize: true, noisy: true },
+        Capacity::factor(1.0).rounded(Rounding::Floor),
+        ExpertKind::Mlp(Activation::GeluErf),
+        RouterOptions { bias: true, noise: NoiseScale::Learned },
+    )]);
+    for (router, capacity, expert, router_options) in cases {
+        let config = MoeConfig { capacity, router_options, ..MoeConfig::new(d, h, e, router, expert) };
         let mut store = ParamStore::new();
         let mut rng = Rng::seed(3);
         let layer = MoeLayer::new(&mut store.scope("moe"), config, &mut rng).unwrap();
