@@ -191,7 +191,7 @@ fn unchosen_rows_are_never_read() {
 
 #[test]
 fn bit_identical_on_one_and_two_threads() {
-    let (t, units, d) = (16, 96, 520);
+    let (t, units, d) = (16, 160, 520);
     let (chosen, offsets, tokens) = random_groups(t, units, 0.3, 9);
     assert!(tokens.len() * d >= PARALLEL_MIN_MACS, "the case must be large enough to run in parallel");
     let x = data(t * d, 1, -1.0, 1.0);
