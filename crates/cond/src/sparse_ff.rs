@@ -258,7 +258,7 @@ impl SparseFeedForward {
             self.b2.value().contiguous(),
         );
         let (c1, c2, w1, b1, w2, b2) = (contig(&c1), contig(&c2), contig(&w1), contig(&b1), contig(&w2), contig(&b2));
-        let isa = Isa::active();
+        let isa = Isa::try_active().map_err(kernel)?;
         let xm = MatRef::row_major(x, t, d).map_err(kernel)?;
         // The controller: two small GEMMs (GEMVs at batch 1).
         let mut low = vec![0.0f32; t * r];
