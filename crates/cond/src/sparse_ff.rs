@@ -32,7 +32,7 @@
 //! ```
 //! use elide_autodiff::{no_grad, ParamStore, Var};
 //! use elide_cond::{SparseFeedForward, SparseFfConfig, SparseFfMode};
-//! use elide_tensor::{Rng, Tensor};
+//! use elide_tensor::{pool, Rng, Tensor};
 //!
 //! let mut rng = Rng::seed(0);
 //! let mut store = ParamStore::new();
@@ -59,7 +59,7 @@ use elide_autodiff::{is_recording, Param, Scope, Var};
 use elide_kernels::gemm::{Activation, Gemm, MatMut, MatRef};
 use elide_kernels::unit_rows::{accumulate_unit_rows, unit_row_dots, UnitGroups};
 use elide_kernels::{Isa, KernelError, Par};
-use elide_tensor::{Rng, Tensor};
+use elide_tensor::{pool, Rng, Tensor};
 
 const OP: &str = "SparseFeedForward";
 
@@ -261,11 +261,11 @@ impl SparseFeedForward {
         let isa = Isa::try_active().map_err(kernel)?;
         let xm = MatRef::row_major(x, t, d).map_err(kernel)?;
         // The controller: two small GEMMs (GEMVs at batch 1).
-        let mut low = vec![0.0f32; t * r];
+        let mut low = pool::take(t * r); // pooled: every element is written by the GEMM
         Gemm::default()
             .run(MatMut::row_major(&mut low, t, r).map_err(kernel)?, xm, MatRef::row_major(c1, d, r).map_err(kernel)?)
             .map_err(kernel)?;
-        let mut logits = vec![0.0f32; t * f];
+        let mut logits = pool::take(t * f);
         Gemm::default()
             .run(
                 MatMut::row_major(&mut logits, t, f).map_err(kernel)?,
@@ -274,16 +274,20 @@ impl SparseFeedForward {
             )
             .map_err(kernel)?;
         let pick = pick_units(&logits, n).ok_or_else(|| nonfinite_logits(&logits, f))?;
+        pool::give(low);
+        pool::give(logits);
         let choices: Vec<u32> = pick.iter().enumerate().map(|(i, &c)| ((i % nb) * n) as u32 + c).collect();
         let (units, offsets, tokens) = group_by_unit(&choices, t, nb, f);
         let groups = UnitGroups::new(&units, &offsets, &tokens, f, t).map_err(kernel)?;
-        let mut h = vec![0.0f32; tokens.len()];
+        let mut h = pool::take(tokens.len()); // one dot product per slot
         let w1m = MatRef::row_major(w1, f, d).map_err(kernel)?;
         unit_row_dots(isa, &groups, xm, w1m, Some(b1), Activation::Relu, &mut h, Par::Rayon).map_err(kernel)?;
-        let mut y: Vec<f32> = b2.iter().copied().cycle().take(t * d).collect();
+        let mut y = pool::take(t * d);
+        y.chunks_mut(d).for_each(|row| row.copy_from_slice(b2));
         let w2m = MatRef::row_major(w2, f, d).map_err(kernel)?;
         accumulate_unit_rows(isa, &groups, &h, w2m, MatMut::row_major(&mut y, t, d).map_err(kernel)?, Par::Rayon)
             .map_err(kernel)?;
+        pool::give(h);
         let units_read = units.len();
         Ok(SparseFfOutput {
             output: Var::constant(Tensor::from_vec(y, &[t, d])?),
