@@ -111,6 +111,8 @@ enum Area {
     Exit,
     /// Fused causal attention against the unfused matmul → softmax → matmul, forward and backward.
     Attention,
+    /// Unit-sparse feed-forward at inference against the dense layer of the same weights.
+    SparseFf,
 }
 
 fn main() {
@@ -134,6 +136,7 @@ fn main() {
                 Area::Skip => bench::skip::bench_skip(plan),
                 Area::Exit => bench::exit::bench_exit(plan),
                 Area::Attention => bench::attention::bench_attention(plan),
+                Area::SparseFf => bench::sparse_ff::bench_sparse_ff(plan),
             };
             if json {
                 println!("{}", report.to_json());

@@ -4,7 +4,9 @@
 //! The centre is one GEMM ([`gemm`]) that reads its operands through strided views whose rows
 //! may be gathered through an index list and writes through views whose rows may be scattered,
 //! with a bias, activation and per-row scale fused into the store. The mixture-of-experts layer
-//! of `elide-cond` is this GEMM with one index list per expert. Around it: vectorised elementwise ops, reductions, softmax, norms, top-k and row
+//! of `elide-cond` is this GEMM with one index list per expert; its unit-sparse feed-forward
+//! layer at inference streams only its chosen unit rows ([`unit_rows`]). Around it: vectorised
+//! elementwise ops, reductions, softmax, norms, top-k and row
 //! gather/scatter. Every kernel runs on the best instruction set the CPU has, chosen at run
 //! time ([`Isa`]; `ELIDE_ISA` forces a lower one), and splits work over rayon's pool in fixed
 //! chunks, so results are bit-identical for any number of threads.
@@ -45,6 +47,7 @@ pub mod softmax;
 mod testing;
 pub mod threading;
 pub mod topk;
+pub mod unit_rows;
 
 pub use activation_grad::activation_backward;
 pub use cache::CacheSizes;

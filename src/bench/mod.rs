@@ -10,6 +10,7 @@ pub mod moe;
 pub mod peak;
 pub mod report;
 pub mod skip;
+pub mod sparse_ff;
 pub mod sweep;
 pub mod timing;
 

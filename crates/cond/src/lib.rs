@@ -17,6 +17,9 @@
 //! rows a one-destination router picks and lets the rest ride the residual, and [`EarlyExit`]
 //! stacks blocks with classifier heads so confident rows leave the batch early
 //! (`docs/skip-depth-exit.md`).
+//! [`SparseFeedForward`] routes units instead of rows: a low-rank controller picks one hidden
+//! unit per block for each token (Terraformer, arXiv 2111.12763), trained through
+//! Gumbel/straight-through masks and run at inference on the chosen unit rows only.
 //!
 //! Through the `elide` facade this crate is `elide::cond` (and its neighbours `elide::tensor`,
 //! `elide::autodiff`); the facade's documentation shows the examples below with those paths.
@@ -97,6 +100,7 @@ mod moe;
 mod plan;
 mod router;
 mod routing;
+mod sparse_ff;
 #[cfg(test)]
 mod testing;
 mod weights;
@@ -124,4 +128,5 @@ pub use router::{
     expert_choice_capacity, noise_std, NoiseScale, Router, RouterKind, RouterOptions, ScoreFn, Selection,
 };
 pub use routing::Routing;
+pub use sparse_ff::{SparseFeedForward, SparseFfConfig, SparseFfMode, SparseFfOutput};
 pub use weights::NamedTensors;
