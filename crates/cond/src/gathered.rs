@@ -103,16 +103,58 @@ fn grouped<'a>(
     problems: impl Iterator<Item = Result<GroupProblem<'a>>>,
 ) -> Result<()> {
     let problems = problems.collect::<Result<Vec<_>>>()?;
-    let out = MatMut::row_major(out, out_rows, cols).map_err(kernel_err)?;
-    // One problem writing every output row in order is a dense product (a one-destination plan:
-    // a block run on all its rows, a mixture-of-depths block). The dense driver splits its rows
-    // over the threads; the grouped work list splits columns, each slice re-packing all of A.
-    if let [p] = problems[..] {
-        if matches!(p.rows, OutRows::Range(0)) && p.a.rows() == out_rows {
-            return Gemm { accum, epilogue: p.epilogue, ..Gemm::default() }.run(out, p.a, p.b).map_err(kernel_err);
+    // One problem, or problems of many rows each, writing contiguous row ranges (a one-destination plan, the
+    // branches of a large batch, experts of a thousand tokens) run one after another on the
+    // dense driver, which splits each one's rows over the threads and packs A once per row
+    // block; the grouped work list splits columns, each slice re-packing all of its problem's A,
+    // which only pays for itself when problems are small. The choice depends on the shapes
+    // alone, never on the thread count.
+    let single = problems.len() == 1;
+    let ranges: Option<Vec<usize>> = problems
+        .iter()
+        .map(|p| match p.rows {
+            OutRows::Range(start) if (single || p.a.rows() >= DENSE_MIN_ROWS) && start + p.a.rows() <= out_rows => {
+                Some(start)
+            }
+            _ => None,
+        })
+        .collect();
+    if let Some(starts) = ranges {
+        let mut order: Vec<usize> = (0..problems.len()).collect();
+        order.sort_by_key(|&i| starts[i]);
+        let mut rest = &mut out[..];
+        let mut at = 0;
+        for i in order {
+            let (p, start) = (&problems[i], starts[i]);
+            if start < at {
+                // Overlapping ranges: let the grouped driver refuse them by name.
+                return run_grouped(accum, out_rows, cols, out, &problems);
+            }
+            let tail = std::mem::take(&mut rest);
+            let (_, tail) = tail.split_at_mut((start - at) * cols);
+            let (mine, tail) = tail.split_at_mut(p.a.rows() * cols);
+            rest = tail;
+            at = start + p.a.rows();
+            let c = MatMut::row_major(mine, p.a.rows(), cols).map_err(kernel_err)?;
+            Gemm { accum, epilogue: p.epilogue, ..Gemm::default() }.run(c, p.a, p.b).map_err(kernel_err)?;
         }
+        return Ok(());
     }
-    Gemm { accum, ..Gemm::default() }.run_grouped(out, &problems).map_err(kernel_err)
+    run_grouped(accum, out_rows, cols, out, &problems)
+}
+
+/// Rows a problem needs before it runs on the dense driver instead of the grouped work list.
+const DENSE_MIN_ROWS: usize = 512;
+
+fn run_grouped(
+    accum: Accum,
+    out_rows: usize,
+    cols: usize,
+    out: &mut [f32],
+    problems: &[GroupProblem<'_>],
+) -> Result<()> {
+    let out = MatMut::row_major(out, out_rows, cols).map_err(kernel_err)?;
+    Gemm { accum, ..Gemm::default() }.run_grouped(out, problems).map_err(kernel_err)
 }
 
 /// The contiguous data of a tensor (a copy only if it is a strided view).

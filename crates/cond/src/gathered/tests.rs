@@ -56,7 +56,8 @@ fn naive_linear(
 #[test]
 fn grouped_linear_matches_the_naive_reference() {
     // Odd sizes, a destination with no rows (g = 64 > t·k for t = 7), and both input kinds.
-    for (t, g, k) in [(1, 1, 1), (7, 3, 2), (33, 64, 3), (257, 5, 2)] {
+    // 1100 rows over 2 destinations: problems large enough for the dense driver, one after another.
+    for (t, g, k) in [(1, 1, 1), (7, 3, 2), (33, 64, 3), (257, 5, 2), (1100, 2, 1)] {
         let p = plan(t, g, k, t as u64);
         for (fi, fo) in [(1, 7), (9, 17), (33, 5)] {
             for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
@@ -193,7 +194,13 @@ fn combine_and_gather_match_the_naive_reference_and_gradcheck() {
 
 #[test]
 fn bit_identical_on_one_and_two_threads() {
-    let (t, g, k, fi, fo) = (300, 8, 2, 64, 96);
+    for (t, g) in [(300, 8), (1200, 2)] {
+        bit_identical_case(t, g);
+    }
+}
+
+fn bit_identical_case(t: usize, g: usize) {
+    let (k, fi, fo) = (2, 64, 96);
     let p = plan(t, g, k, 17);
     let mut rng = Rng::seed(19);
     let inputs = [
