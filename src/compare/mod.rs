@@ -95,25 +95,15 @@ pub fn report(outcome: &Outcome) -> Report {
             "gap to Bayes",
         ],
     );
-    for run in &outcome.lm {
+    let runs = outcome.lm.iter().map(|r| (r, "loss")).chain(outcome.pets.iter().map(|r| (r, "accuracy")));
+    for (run, quality) in runs {
         r.row(vec![
             run.name.clone(),
             run.params.to_string(),
             format!("{:.3}", run.active_flops / 1e6),
             format!("{:.0}", run.train_per_s),
             format!("{:.0}", run.infer_per_s),
-            format!("loss {:.4}", run.quality),
-            format!("{:+.4}", run.gap),
-        ]);
-    }
-    for run in &outcome.pets {
-        r.row(vec![
-            run.name.clone(),
-            run.params.to_string(),
-            format!("{:.3}", run.active_flops / 1e6),
-            format!("{:.0}", run.train_per_s),
-            format!("{:.0}", run.infer_per_s),
-            format!("accuracy {:.4}", run.quality),
+            format!("{quality} {:.4}", run.quality),
             format!("{:+.4}", run.gap),
         ]);
     }
