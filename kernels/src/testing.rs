@@ -1,4 +1,7 @@
-//! Helpers shared by the kernels' unit tests: deterministic data, tolerance checks, thread pools.
+//! Helpers shared by the kernels' unit tests: deterministic data, tolerance checks, thread pools,
+//! matrix operands in every layout a caller may hand over.
+
+use crate::gemm::MatRef;
 
 /// Vector lengths every elementwise test sweeps: around and across the 8- and 16-lane widths.
 pub(crate) const SIZES: [usize; 6] = [1, 3, 7, 33, 65, 257];
@@ -48,4 +51,66 @@ pub(crate) fn in_pools<R: Send>(threads: &[usize], f: impl Fn() -> R + Sync) -> 
 /// Bit patterns of a float slice, for exact comparisons that treat NaN as equal to itself.
 pub(crate) fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Layout of an operand in a test case.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Layout {
+    RowMajor,
+    /// Stored transposed (column-major), read through `.t()`.
+    Transposed,
+    /// Row-major inside a wider buffer (row stride > cols).
+    Padded,
+    /// Rows gathered from a larger matrix through a shuffled index list.
+    Gathered,
+    /// Columns gathered: the transpose of a row-gathered matrix (Xᵀ with K gathered, as in a
+    /// mixture-of-experts weight gradient).
+    GatheredCols,
+}
+
+/// Backing storage for an `r × c` operand in `layout`.
+pub(crate) struct Operand {
+    pub(crate) data: Vec<f32>,
+    pub(crate) index: Vec<u32>,
+    pub(crate) layout: Layout,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+}
+
+impl Operand {
+    pub(crate) fn new(rows: usize, cols: usize, layout: Layout, seed: u64) -> Self {
+        let (len, index) = match layout {
+            Layout::RowMajor | Layout::Transposed => (rows * cols, vec![]),
+            Layout::Padded => (rows * (cols + 3), vec![]),
+            Layout::Gathered => {
+                let src_rows = 2 * rows + 1;
+                let index = (0..rows).map(|i| ((i * 7 + 3) % src_rows) as u32).collect();
+                (src_rows * cols, index)
+            }
+            Layout::GatheredCols => {
+                let src_cols = 2 * cols + 1;
+                let index = (0..cols).map(|j| ((j * 5 + 1) % src_cols) as u32).collect();
+                (src_cols * rows, index)
+            }
+        };
+        Operand { data: data(len, seed, -1.0, 1.0), index, layout, rows, cols }
+    }
+
+    pub(crate) fn view(&self) -> MatRef<'_> {
+        let (r, c) = (self.rows, self.cols);
+        match self.layout {
+            Layout::RowMajor => MatRef::row_major(&self.data, r, c).unwrap(),
+            Layout::Transposed => MatRef::row_major(&self.data, c, r).unwrap().t(),
+            Layout::Padded => MatRef::new(&self.data, r, c, c + 3, 1).unwrap(),
+            Layout::Gathered => MatRef::row_major(&self.data, 2 * r + 1, c).unwrap().gather_rows(&self.index).unwrap(),
+            Layout::GatheredCols => {
+                MatRef::row_major(&self.data, 2 * c + 1, r).unwrap().gather_rows(&self.index).unwrap().t()
+            }
+        }
+    }
+
+    /// Element `(i, j)` through the view, in f64.
+    pub(crate) fn get(&self, i: usize, j: usize) -> f64 {
+        self.view().get(i, j) as f64
+    }
 }

@@ -3,7 +3,7 @@
 
 use super::reference::gemm_reference;
 use super::*;
-use crate::testing::{assert_close, data};
+use crate::testing::{assert_close, data, Layout, Operand};
 
 /// Checks a GEMM result against the reference, to a tolerance that grows with `√k`.
 #[track_caller]
@@ -11,63 +11,6 @@ fn assert_gemm_close(got: &[f32], want: &[f32], k: usize, what: &str) {
     let tol = 1e-5 * (k as f64).sqrt().max(1.0);
     let want: Vec<f64> = want.iter().map(|&w| w as f64).collect();
     assert_close(what, got, &want, tol, tol);
-}
-
-/// Layout of an operand in a test case.
-#[derive(Clone, Copy, Debug)]
-enum Layout {
-    RowMajor,
-    /// Stored transposed (column-major), read through `.t()`.
-    Transposed,
-    /// Row-major inside a wider buffer (row stride > cols).
-    Padded,
-    /// Rows gathered from a larger matrix through a shuffled index list.
-    Gathered,
-    /// Columns gathered: the transpose of a row-gathered matrix (Xᵀ with K gathered, as in a
-    /// mixture-of-experts weight gradient).
-    GatheredCols,
-}
-
-/// Backing storage for an `r × c` operand in `layout`.
-struct Operand {
-    data: Vec<f32>,
-    index: Vec<u32>,
-    layout: Layout,
-    rows: usize,
-    cols: usize,
-}
-
-impl Operand {
-    fn new(rows: usize, cols: usize, layout: Layout, seed: u64) -> Self {
-        let (len, index) = match layout {
-            Layout::RowMajor | Layout::Transposed => (rows * cols, vec![]),
-            Layout::Padded => (rows * (cols + 3), vec![]),
-            Layout::Gathered => {
-                let src_rows = 2 * rows + 1;
-                let index = (0..rows).map(|i| ((i * 7 + 3) % src_rows) as u32).collect();
-                (src_rows * cols, index)
-            }
-            Layout::GatheredCols => {
-                let src_cols = 2 * cols + 1;
-                let index = (0..cols).map(|j| ((j * 5 + 1) % src_cols) as u32).collect();
-                (src_cols * rows, index)
-            }
-        };
-        Operand { data: data(len, seed, -1.0, 1.0), index, layout, rows, cols }
-    }
-
-    fn view(&self) -> MatRef<'_> {
-        let (r, c) = (self.rows, self.cols);
-        match self.layout {
-            Layout::RowMajor => MatRef::row_major(&self.data, r, c).unwrap(),
-            Layout::Transposed => MatRef::row_major(&self.data, c, r).unwrap().t(),
-            Layout::Padded => MatRef::new(&self.data, r, c, c + 3, 1).unwrap(),
-            Layout::Gathered => MatRef::row_major(&self.data, 2 * r + 1, c).unwrap().gather_rows(&self.index).unwrap(),
-            Layout::GatheredCols => {
-                MatRef::row_major(&self.data, 2 * c + 1, r).unwrap().gather_rows(&self.index).unwrap().t()
-            }
-        }
-    }
 }
 
 /// Runs one case on `isa` and checks it against the reference.

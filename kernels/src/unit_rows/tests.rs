@@ -2,7 +2,7 @@
 //! views, on every CPU path; bit identity across thread counts; errors.
 
 use super::*;
-use crate::testing::{assert_close, bits, data, in_pools};
+use crate::testing::{assert_close, bits, data, in_pools, Layout, Operand};
 
 /// Slots grouped by chosen unit: token `t` chooses unit `u` when a hash of `(t, u, seed)` falls
 /// under `density`; within a unit, tokens ascend. Returns `(units, offsets, tokens)`.
@@ -18,54 +18,6 @@ fn random_groups(tokens: usize, units: usize, density: f32, seed: u64) -> (Vec<u
         }
     }
     (chosen, offsets, list)
-}
-
-/// A `rows × cols` operand stored in one of the layouts a caller may hand over.
-#[derive(Clone, Copy, Debug)]
-enum Layout {
-    RowMajor,
-    /// Rows inside a wider buffer (row stride cols + 3).
-    Padded,
-    /// Rows gathered from a larger matrix through an index list.
-    Gathered,
-    /// Stored column-major and read through `.t()` (columns not contiguous).
-    Transposed,
-}
-
-struct Operand {
-    data: Vec<f32>,
-    index: Vec<u32>,
-    layout: Layout,
-    rows: usize,
-    cols: usize,
-}
-
-impl Operand {
-    fn new(rows: usize, cols: usize, layout: Layout, seed: u64) -> Operand {
-        let (len, index) = match layout {
-            Layout::RowMajor | Layout::Transposed => (rows * cols, vec![]),
-            Layout::Padded => (rows * (cols + 3), vec![]),
-            Layout::Gathered => {
-                let src = 2 * rows + 1;
-                ((src * cols), (0..rows).map(|i| ((i * 7 + 3) % src) as u32).collect())
-            }
-        };
-        Operand { data: data(len, seed, -1.0, 1.0), index, layout, rows, cols }
-    }
-
-    fn view(&self) -> MatRef<'_> {
-        let (r, c) = (self.rows, self.cols);
-        match self.layout {
-            Layout::RowMajor => MatRef::row_major(&self.data, r, c).unwrap(),
-            Layout::Padded => MatRef::new(&self.data, r, c, c + 3, 1).unwrap(),
-            Layout::Gathered => MatRef::row_major(&self.data, 2 * r + 1, c).unwrap().gather_rows(&self.index).unwrap(),
-            Layout::Transposed => MatRef::row_major(&self.data, c, r).unwrap().t(),
-        }
-    }
-
-    fn get(&self, i: usize, j: usize) -> f64 {
-        self.view().get(i, j) as f64
-    }
 }
 
 fn reference_dots(
