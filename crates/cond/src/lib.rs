@@ -1,9 +1,11 @@
 //! Conditional computation for elide: the layers that decide, per token, which of their parts
 //! to run, and the pieces they are built from.
 //!
-//! Every conditional layer here routes rows: a [`Router`] scores each token against each
-//! destination and a selection rule (token-choice top-k, Switch top-1, expert choice) turns the
-//! scores into a [`Routing`], a flat list of (token, expert, gate) assignments whose gates are
+//! Every conditional layer here is built on the ops of [`gathered`]: rows picked by a plan →
+//! one grouped GEMM with a fused epilogue → a gate-weighted combine, forward and backward, each
+//! touching only the planned rows. A [`Router`] scores each token against each destination (a
+//! [`ScoreFn`]) and a [`Selection`] (top-k per token, top-C per destination, a threshold) turns
+//! the scores into a [`Routing`], a flat list of (token, expert, gate) assignments whose gates are
 //! differentiable with respect to the router. A [`DispatchPlan`] sorts those assignments by
 //! expert with one counting sort (offsets, row lists, and what a [`Capacity`] dropped), which is
 //! what the gathered kernels read, so an expert computes only the rows routed to it. The
@@ -16,7 +18,7 @@
 //! Around any [`Block`] (`[rows, d] → [rows, d]`), [`MixtureOfDepths`] runs the block on the
 //! rows a one-destination router picks and lets the rest ride the residual, and [`EarlyExit`]
 //! stacks blocks with classifier heads so confident rows leave the batch early
-//! (`docs/skip-depth-exit.md`).
+//! (`docs/skip.md`).
 //! [`SparseFeedForward`] routes units instead of rows: a low-rank controller picks one hidden
 //! unit per block for each token (Terraformer, arXiv 2111.12763), trained through
 //! Gumbel/straight-through masks and run at inference on the chosen unit rows only.
