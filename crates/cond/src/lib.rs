@@ -122,7 +122,8 @@ pub use hierarchical::{
     HierarchicalClassifier, HierarchicalConfig, HierarchicalLoss, HierarchicalPrediction, TrainRoute,
 };
 pub use mixture_of_depths::{
-    capacity_rows, Causal, MixtureOfDepths, MixtureOfDepthsConfig, MixtureOfDepthsOutput, RowSelection,
+    capacity_rows, Causal, DepthRoute, DepthRouter, MixtureOfDepths, MixtureOfDepthsConfig, MixtureOfDepthsOutput,
+    RowSelection,
 };
 pub use moe::{MoeConfig, MoeLayer, MoeOutput, MoePhases};
 pub use plan::{Capacity, DispatchPlan, Rounding};

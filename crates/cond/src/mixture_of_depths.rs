@@ -189,10 +189,71 @@ impl Predictor {
 /// # Ok::<(), elide_cond::Error>(())
 /// ```
 pub struct MixtureOfDepths<B> {
+    depth: DepthRouter,
+    block: B,
+}
+
+/// The routing half of a [`MixtureOfDepths`] layer, for a block the caller runs itself (one that
+/// needs more than [`Block`] gives it, such as a transformer block that reads the chosen rows
+/// of each sequence as a shorter sequence): [`DepthRouter::route`] picks the rows,
+/// [`DepthRoute::gather`] hands them over, and [`DepthRouter::finish`] puts the gated block
+/// output back on the residual.
+///
+/// ```
+/// use elide_autodiff::{ParamStore, Var};
+/// use elide_cond::{DepthRouter, MixtureOfDepthsConfig, RowSelection, ScoreFn};
+/// use elide_tensor::{Rng, Tensor};
+///
+/// let mut rng = Rng::seed(0);
+/// let mut store = ParamStore::new();
+/// let config = MixtureOfDepthsConfig {
+///     d_model: 8,
+///     selection: RowSelection::TopC { capacity: 0.25, seq_len: 8 },
+///     gate: ScoreFn::Sigmoid,
+///     predictor_hidden: None,
+///     router_aux_coef: 0.0,
+/// };
+/// let depth = DepthRouter::new(&mut store.scope("blocks.1.depth"), config, &mut rng)?;
+/// let x = Var::constant(Tensor::randn(&[2 * 4, 8], &mut rng)); // 2 sequences of 4 rows
+/// let route = depth.route(&x, RowSelection::TopC { capacity: 0.25, seq_len: 4 })?;
+/// let inside = route.gather(&x)?.tanh(); // [2, 8]: one row of each sequence
+/// let out = depth.finish(&x, route, &inside, 0.0)?;
+/// assert_eq!(out.chosen.len(), 2);
+/// # Ok::<(), elide_cond::Error>(())
+/// ```
+pub struct DepthRouter {
     config: MixtureOfDepthsConfig,
     router: Router,
     predictor: Option<Predictor>,
-    block: B,
+}
+
+/// The rows one pass of a [`DepthRouter`] chose, before the block runs on them.
+pub struct DepthRoute {
+    logits: Var,
+    chosen: Vec<u32>,
+    plan: Arc<DispatchPlan>,
+    extra_flops: f64,
+}
+
+impl DepthRoute {
+    /// The chosen rows, ascending.
+    pub fn chosen(&self) -> &[u32] {
+        &self.chosen
+    }
+
+    /// `[T]` router logits.
+    pub fn logits(&self) -> &Var {
+        &self.logits
+    }
+
+    /// The chosen rows of `x` (`[T, d]`, the input routed), `[n, d]` in ascending order; the
+    /// backward pass scatters into the chosen rows only.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `x` does not have the routed row count.
+    pub fn gather(&self, x: &Var) -> Result<Var> {
+        gather(x, &self.plan)
+    }
 }
 
 /// What one pass produced.
@@ -237,27 +298,15 @@ impl MixtureOfDepthsOutput {
     }
 }
 
-impl<B: Block> MixtureOfDepths<B> {
-    /// Wraps `block` — the residual branch `f`, without its own residual connection (the layer
-    /// adds `x`) — registering the router (`<scope>.router`, `[d, 1]`, `N(0, 0.02²)`) and, if
-    /// configured, the predictor (`<scope>.predictor.{w1,b1,w2,b2}`).
+impl DepthRouter {
+    /// Registers the router (`<scope>.router`, `[d, 1]`, `N(0, 0.02²)`) and, if configured, the
+    /// predictor (`<scope>.predictor.{w1,b1,w2,b2}`).
     ///
     /// # Errors
-    /// The errors of [`MixtureOfDepthsConfig::validate`]; [`Error::Shape`] if the block's width
-    /// is not `d_model`; a registration error if a name is taken.
-    pub fn new(
-        scope: &mut Scope<'_>,
-        config: MixtureOfDepthsConfig,
-        block: B,
-        rng: &mut Rng,
-    ) -> Result<MixtureOfDepths<B>> {
+    /// The errors of [`MixtureOfDepthsConfig::validate`]; a registration error if a name is
+    /// taken.
+    pub fn new(scope: &mut Scope<'_>, config: MixtureOfDepthsConfig, rng: &mut Rng) -> Result<DepthRouter> {
         config.validate()?;
-        if block.d_model() != config.d_model {
-            return Err(Error::shape(
-                "MixtureOfDepths",
-                format!("the block's width {} differs from d_model = {}", block.d_model(), config.d_model),
-            ));
-        }
         // The router's own selection is not used (top-C here is per sequence); the kind records
         // the score function.
         let kind = RouterKind::Scored { score: config.gate, selection: Selection::TopK { k: 1, renormalize: false } };
@@ -266,7 +315,7 @@ impl<B: Block> MixtureOfDepths<B> {
             Some(h) => Some(Predictor::new(&mut scope.scope("predictor"), config.d_model, h, rng)?),
             None => None,
         };
-        Ok(MixtureOfDepths { config, router, predictor, block })
+        Ok(DepthRouter { config, router, predictor })
     }
 
     /// The configuration.
@@ -279,26 +328,30 @@ impl<B: Block> MixtureOfDepths<B> {
         &self.router
     }
 
-    /// The wrapped block.
-    pub fn block(&self) -> &B {
-        &self.block
-    }
-
     /// The predictor's parameters `w1 [d, h]`, `b1 [h]`, `w2 [h, 1]`, `b2 [1]`, if it has one.
     pub fn predictor_params(&self) -> Option<[&Param; 4]> {
         self.predictor.as_ref().map(|p| [&p.w1, &p.b1, &p.w2, &p.b2])
     }
 
-    /// `x: [T, d]` through the layer, rows chosen by the configured [`RowSelection`].
+    /// Every parameter: the router's weight, then the predictor's.
+    pub fn params(&self) -> Vec<&Param> {
+        let mut p = vec![self.router.weight()];
+        p.extend(self.predictor_params().into_iter().flatten());
+        p
+    }
+
+    /// Picks the rows of `x: [T, d]` that enter the block by `selection` (which need not be the
+    /// config's: a caller whose sequence length varies passes its own).
     ///
     /// # Errors
     /// [`Error::Shape`] if `x` is not `[T, d_model]` or, under top-C, `T` is not a multiple of
-    /// `seq_len`; [`Error::NonFiniteLogit`] naming the first row whose router logit is NaN or
-    /// infinite; the block's errors.
-    pub fn forward(&self, x: &Var) -> Result<MixtureOfDepthsOutput> {
+    /// `seq_len`; [`Error::Argument`] for a selection that fails the config's checks;
+    /// [`Error::NonFiniteLogit`] naming the first row whose router logit is NaN or infinite.
+    pub fn route(&self, x: &Var, selection: RowSelection) -> Result<DepthRoute> {
+        MixtureOfDepthsConfig { selection, ..self.config }.validate()?;
         let logits = self.logits(x)?;
         let r = logits.value().to_vec();
-        let chosen = match self.config.selection {
+        let chosen = match selection {
             RowSelection::TopC { capacity, seq_len } => {
                 let t = r.len();
                 if t % seq_len != 0 {
@@ -313,16 +366,16 @@ impl<B: Block> MixtureOfDepths<B> {
                 (0..r.len() as u32).filter(|&i| sigmoid(r[i as usize]) >= threshold).collect()
             }
         };
-        self.run(x, logits, chosen, 0.0)
+        DepthRoute::new(logits, chosen, 0.0)
     }
 
-    /// `x: [T, d]` at decode time: each row decides alone (no look at other rows), by the
+    /// Picks rows at decode time: each row decides alone (no look at other rows), by the
     /// router's sign or the predictor's ([`Causal`]).
     ///
     /// # Errors
-    /// As [`MixtureOfDepths::forward`] (no sequence-length check); [`Error::Argument`] for
-    /// [`Causal::Predictor`] on a layer without one.
-    pub fn forward_causal(&self, x: &Var, rule: Causal) -> Result<MixtureOfDepthsOutput> {
+    /// As [`DepthRouter::route`] (no sequence-length check); [`Error::Argument`] for
+    /// [`Causal::Predictor`] on a router without one.
+    pub fn route_causal(&self, x: &Var, rule: Causal) -> Result<DepthRoute> {
         let logits = self.logits(x)?;
         let (decider, extra_flops) = match rule {
             Causal::Router => (logits.value().to_vec(), 0.0),
@@ -338,15 +391,50 @@ impl<B: Block> MixtureOfDepths<B> {
             }
         };
         let chosen = (0..decider.len() as u32).filter(|&i| decider[i as usize] >= 0.0).collect();
-        self.run(x, logits, chosen, extra_flops)
+        DepthRoute::new(logits, chosen, extra_flops)
+    }
+
+    /// `x + g ⊙ inside` on the chosen rows of `route`, `x` elsewhere, where `inside` (`[n, d]`)
+    /// is the block's output on [`DepthRoute::gather`] and `inside_flops` what running it cost.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `inside` is not `[n, d]` for the route's `n` chosen rows or `x` is
+    /// not the input routed.
+    pub fn finish(&self, x: &Var, route: DepthRoute, inside: &Var, inside_flops: f64) -> Result<MixtureOfDepthsOutput> {
+        let (t, d) = (x.shape()[0], self.config.d_model);
+        let DepthRoute { logits, chosen, plan, extra_flops } = route;
+        if inside.shape() != [chosen.len(), d] || logits.shape() != [t] {
+            return Err(Error::shape(
+                "MixtureOfDepths",
+                format!(
+                    "the block returned {:?} for [{}, {d}] rows of x {:?}",
+                    inside.shape(),
+                    chosen.len(),
+                    x.shape()
+                ),
+            ));
+        }
+        let gates = self.config.gate.apply(&logits)?.index_select(0, &chosen)?;
+        let output = combine_onto(x, inside, Some(&gates), &plan)?;
+        let mut membership = vec![0.0f32; t];
+        chosen.iter().for_each(|&i| membership[i as usize] = 1.0);
+        let flops = 2.0 * (t * d) as f64 + extra_flops + inside_flops;
+        Ok(MixtureOfDepthsOutput {
+            output,
+            router_logits: logits,
+            chosen,
+            membership,
+            plan,
+            flops,
+            router_aux_coef: self.config.router_aux_coef,
+        })
     }
 
     /// Mean BCE of the predictor on a stop-gradient copy of `x` against `out`'s membership
-    /// (the top-C decision of [`MixtureOfDepths::forward`] on the same `x`). Its gradient
-    /// reaches the predictor only.
+    /// (the top-C decision on the same `x`). Its gradient reaches the predictor only.
     ///
     /// # Errors
-    /// [`Error::Argument`] on a layer without a predictor; [`Error::Shape`] if `x` does not
+    /// [`Error::Argument`] on a router without a predictor; [`Error::Shape`] if `x` does not
     /// match `out`.
     pub fn predictor_loss(&self, x: &Var, out: &MixtureOfDepthsOutput) -> Result<Var> {
         let p = self
@@ -373,32 +461,103 @@ impl<B: Block> MixtureOfDepths<B> {
         check_finite_rows(logits.value())?;
         Ok(logits)
     }
+}
 
-    /// Runs the block on `chosen` (ascending) and puts the gated results back on the residual.
-    fn run(&self, x: &Var, logits: Var, chosen: Vec<u32>, extra_flops: f64) -> Result<MixtureOfDepthsOutput> {
-        let (t, d) = (x.shape()[0], self.config.d_model);
+impl DepthRoute {
+    fn new(logits: Var, chosen: Vec<u32>, extra_flops: f64) -> Result<DepthRoute> {
+        let t = logits.shape()[0];
         let plan = Arc::new(DispatchPlan::new(&chosen, &vec![0; chosen.len()], t, 1, Capacity::Dropless)?);
-        let gates = self.config.gate.apply(&logits)?.index_select(0, &chosen)?;
-        let inside = self.block.forward(&gather(x, &plan)?)?;
-        if inside.shape() != [chosen.len(), d] {
+        Ok(DepthRoute { logits, chosen, plan, extra_flops })
+    }
+}
+
+impl<B: Block> MixtureOfDepths<B> {
+    /// Wraps `block` — the residual branch `f`, without its own residual connection (the layer
+    /// adds `x`) — registering the router (`<scope>.router`, `[d, 1]`, `N(0, 0.02²)`) and, if
+    /// configured, the predictor (`<scope>.predictor.{w1,b1,w2,b2}`).
+    ///
+    /// # Errors
+    /// The errors of [`MixtureOfDepthsConfig::validate`]; [`Error::Shape`] if the block's width
+    /// is not `d_model`; a registration error if a name is taken.
+    pub fn new(
+        scope: &mut Scope<'_>,
+        config: MixtureOfDepthsConfig,
+        block: B,
+        rng: &mut Rng,
+    ) -> Result<MixtureOfDepths<B>> {
+        config.validate()?;
+        if block.d_model() != config.d_model {
             return Err(Error::shape(
                 "MixtureOfDepths",
-                format!("the block returned {:?} for [{}, {d}] rows", inside.shape(), chosen.len()),
+                format!("the block's width {} differs from d_model = {}", block.d_model(), config.d_model),
             ));
         }
-        let output = combine_onto(x, &inside, Some(&gates), &plan)?;
-        let mut membership = vec![0.0f32; t];
-        chosen.iter().for_each(|&i| membership[i as usize] = 1.0);
-        let flops = 2.0 * (t * d) as f64 + extra_flops + self.block.forward_flops(chosen.len());
-        Ok(MixtureOfDepthsOutput {
-            output,
-            router_logits: logits,
-            chosen,
-            membership,
-            plan,
-            flops,
-            router_aux_coef: self.config.router_aux_coef,
-        })
+        Ok(MixtureOfDepths { depth: DepthRouter::new(scope, config, rng)?, block })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MixtureOfDepthsConfig {
+        self.depth.config()
+    }
+
+    /// The router (weight `[d, 1]`).
+    pub fn router(&self) -> &Router {
+        self.depth.router()
+    }
+
+    /// The routing half.
+    pub fn depth_router(&self) -> &DepthRouter {
+        &self.depth
+    }
+
+    /// The wrapped block.
+    pub fn block(&self) -> &B {
+        &self.block
+    }
+
+    /// The predictor's parameters `w1 [d, h]`, `b1 [h]`, `w2 [h, 1]`, `b2 [1]`, if it has one.
+    pub fn predictor_params(&self) -> Option<[&Param; 4]> {
+        self.depth.predictor_params()
+    }
+
+    /// `x: [T, d]` through the layer, rows chosen by the configured [`RowSelection`].
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `x` is not `[T, d_model]` or, under top-C, `T` is not a multiple of
+    /// `seq_len`; [`Error::NonFiniteLogit`] naming the first row whose router logit is NaN or
+    /// infinite; the block's errors.
+    pub fn forward(&self, x: &Var) -> Result<MixtureOfDepthsOutput> {
+        let route = self.depth.route(x, self.config().selection)?;
+        self.run(x, route)
+    }
+
+    /// `x: [T, d]` at decode time: each row decides alone (no look at other rows), by the
+    /// router's sign or the predictor's ([`Causal`]).
+    ///
+    /// # Errors
+    /// As [`MixtureOfDepths::forward`] (no sequence-length check); [`Error::Argument`] for
+    /// [`Causal::Predictor`] on a layer without one.
+    pub fn forward_causal(&self, x: &Var, rule: Causal) -> Result<MixtureOfDepthsOutput> {
+        let route = self.depth.route_causal(x, rule)?;
+        self.run(x, route)
+    }
+
+    /// Mean BCE of the predictor on a stop-gradient copy of `x` against `out`'s membership
+    /// (the top-C decision of [`MixtureOfDepths::forward`] on the same `x`). Its gradient
+    /// reaches the predictor only.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] on a layer without a predictor; [`Error::Shape`] if `x` does not
+    /// match `out`.
+    pub fn predictor_loss(&self, x: &Var, out: &MixtureOfDepthsOutput) -> Result<Var> {
+        self.depth.predictor_loss(x, out)
+    }
+
+    /// Runs the block on the route's rows and puts the gated results back on the residual.
+    fn run(&self, x: &Var, route: DepthRoute) -> Result<MixtureOfDepthsOutput> {
+        let n = route.chosen.len();
+        let inside = self.block.forward(&route.gather(x)?)?;
+        self.depth.finish(x, route, &inside, self.block.forward_flops(n))
     }
 }
 

@@ -211,17 +211,7 @@ impl CausalSelfAttention {
     /// d_head]`), [`Error::Config`] if the new positions pass the cache's `max_len`.
     pub fn forward_cached(&self, x: &Var, cache: &mut KvCache, layer: usize, ctx: &mut Ctx<'_>) -> Result<Var> {
         let (b, t) = self.batch_seq("CausalSelfAttention::forward_cached", x)?;
-        let [_, cb, ch, _, cd] = cache.dims();
-        if (cb, ch, cd) != (b, self.heads, self.d_head()) {
-            return Err(Error::shape(
-                "CausalSelfAttention::forward_cached",
-                format!(
-                    "the cache holds batch {cb}, heads {ch}, d_head {cd}; the input needs batch {b}, heads {}, d_head {}",
-                    self.heads,
-                    self.d_head()
-                ),
-            ));
-        }
+        self.check_cache("CausalSelfAttention::forward_cached", cache, b)?;
         no_grad(|| {
             let pos = cache.layer_len(layer);
             let [q, k, v] = self.project(x, pos, ctx)?;
@@ -241,6 +231,39 @@ impl CausalSelfAttention {
             let heads = Tensor::from_vec(out, &[b, self.heads, t, self.d_head()])?;
             self.join(&Var::constant(heads), ctx)
         })
+    }
+
+    /// Appends the keys and values of `x` (`[batch, seq, d_model]`) to layer `layer` of
+    /// `cache`, at the positions after those it holds, without attending: the cache entries a
+    /// token leaves in a layer it skips (an early exit's state propagation, CALM). Costs the two
+    /// projections. Records no gradient.
+    ///
+    /// # Errors
+    /// As [`CausalSelfAttention::forward_cached`].
+    pub fn append_kv(&self, x: &Var, cache: &mut KvCache, layer: usize, ctx: &mut Ctx<'_>) -> Result<()> {
+        let (b, t) = self.batch_seq("CausalSelfAttention::append_kv", x)?;
+        self.check_cache("CausalSelfAttention::append_kv", cache, b)?;
+        no_grad(|| {
+            let split = [b, t, self.heads, self.d_head()];
+            let k = rotary(&self.k.forward(x, ctx)?.reshape(&split)?, cache.layer_len(layer), ROPE_BASE)?;
+            let v = self.v.forward(x, ctx)?;
+            cache.append(layer, &k.value().to_vec(), &v.value().to_vec(), t)
+        })
+    }
+
+    fn check_cache(&self, op: &'static str, cache: &KvCache, b: usize) -> Result<()> {
+        let [_, cb, ch, _, cd] = cache.dims();
+        if (cb, ch, cd) != (b, self.heads, self.d_head()) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "the cache holds batch {cb}, heads {ch}, d_head {cd}; the input needs batch {b}, heads {}, d_head {}",
+                    self.heads,
+                    self.d_head()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

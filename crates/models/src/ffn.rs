@@ -1,12 +1,13 @@
-//! Feed-forward layers behind [`Module`]: the dense [`Ffn`] and the mixture-of-experts
-//! [`MoeFfn`]. Each returns the layer's output only; add the residual outside.
+//! Feed-forward layers behind [`Module`]: the dense [`Ffn`], the mixture-of-experts [`MoeFfn`]
+//! and the unit-sparse [`SparseFfn`]. Each returns the layer's output only; add the residual
+//! outside.
 
 use crate::error::{Error, Result};
 use crate::linear::Linear;
 use crate::module::{as_rows, restore, Ctx, Module};
 use elide_autodiff::{Param, Scope, Var};
 use elide_cond::gathered::WeightLayout;
-use elide_cond::{MoeConfig, MoeLayer, RouterKind};
+use elide_cond::{MoeConfig, MoeLayer, RouterKind, SparseFeedForward, SparseFfConfig, SparseFfMode};
 use elide_kernels::gemm::Activation;
 use elide_tensor::Rng;
 
@@ -119,6 +120,52 @@ impl Module for MoeFfn {
         let mut p = vec![self.layer.router().weight()];
         p.extend(self.layer.experts().params());
         p
+    }
+}
+
+/// A unit-sparse feed-forward layer ([`SparseFeedForward`], Terraformer) behind [`Module`]:
+/// rows of any leading shape go through it. Training draws its Gumbel noise and soft-or-hard
+/// choice from the context's generator (a training context without one is an error) and runs
+/// dense and masked; evaluation takes the argmax unit per block, and with gradients off
+/// (`no_grad`, as decoding runs) computes only the chosen units. Parameters: those of
+/// [`SparseFeedForward`] under the scope.
+pub struct SparseFfn {
+    layer: SparseFeedForward,
+}
+
+impl SparseFfn {
+    /// Registers the layer under `scope`.
+    ///
+    /// # Errors
+    /// As [`SparseFeedForward::new`].
+    pub fn new(scope: &mut Scope<'_>, config: SparseFfConfig, rng: &mut Rng) -> Result<SparseFfn> {
+        Ok(SparseFfn { layer: SparseFeedForward::new(scope, config, rng)? })
+    }
+
+    /// The layer inside.
+    pub fn layer(&self) -> &SparseFeedForward {
+        &self.layer
+    }
+}
+
+impl Module for SparseFfn {
+    fn forward(&self, x: &Var, ctx: &mut Ctx<'_>) -> Result<Var> {
+        let (rows, lead) = as_rows("SparseFfn", x, self.layer.config().d_model)?;
+        let mode = if ctx.training() {
+            let rng = ctx.rng.as_deref_mut().ok_or_else(|| {
+                Error::config("SparseFfn", "a training pass needs the context's generator for its Gumbel noise")
+            })?;
+            SparseFfMode::Train(rng)
+        } else {
+            SparseFfMode::Eval
+        };
+        let out = self.layer.forward(&rows, mode)?;
+        ctx.flops += out.flops;
+        restore(&out.output, &lead)
+    }
+
+    fn params(&self) -> Vec<&Param> {
+        self.layer.params().to_vec()
     }
 }
 

@@ -54,10 +54,13 @@ mod train;
 pub use attention::{causal_attention, rotary, CausalSelfAttention, ROPE_BASE};
 pub use data::{batch_rng, random_windows, Batch, ByteText, Split, TokenSource};
 pub use error::{Error, Result};
-pub use ffn::{Ffn, FfnKind, MoeFfn};
+pub use ffn::{Ffn, FfnKind, MoeFfn, SparseFfn};
 pub use kv_cache::KvCache;
 pub use linear::{Embedding, Linear};
-pub use lm::{BlockConfig, FfnConfig, LmConfig, Sampling, TransformerLm};
+pub use lm::{
+    BlockConfig, DecodeScore, DepthConfig, DepthGate, ExitConfig, ExitMeasure, FfnConfig, LmConfig, Sampling,
+    TransformerLm,
+};
 pub use module::{Ctx, Mode, Module};
 pub use norm::{LayerNorm, RmsNorm};
 pub use train::{Event, LossModel, StepReport, TrainConfig, TrainSummary, Trainer, CHECKPOINT_FILE, METRICS_FILE};
