@@ -34,8 +34,18 @@ impl Report {
     /// An empty report with a title and column names (printed at once in table mode). Every
     /// report carries the instruction set and the thread count it ran with.
     pub fn new(title: &str, header: &[&str]) -> Report {
+        Report::with_widths(title, header, &[])
+    }
+
+    /// As [`Report::new`], column `i` at least `min_widths[i]` wide (a live table cannot widen a
+    /// column after its first row).
+    pub fn with_widths(title: &str, header: &[&str], min_widths: &[usize]) -> Report {
         let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
-        let widths = header.iter().map(|h| h.chars().count().max(MIN_WIDTH)).collect();
+        let widths = header
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.chars().count().max(MIN_WIDTH).max(min_widths.get(i).copied().unwrap_or(0)))
+            .collect();
         let mut r = Report { title: title.into(), header, widths, ..Report::default() };
         r.label("isa", elide::kernels::Isa::active().name());
         r.figure("threads", rayon::current_num_threads() as f64);

@@ -4,6 +4,7 @@
 //! optimum, and `--json` the named figures.
 
 mod lm;
+mod lm_speed;
 mod pets;
 mod plot;
 mod progress;
@@ -63,9 +64,25 @@ pub fn compare(plan: Plan) -> Outcome {
         pets::PetsPlan { steps: 800, batch: 128, eval_samples: 4000 }
     };
     let lm_plan = if plan.quick {
-        lm::LmPlan { steps: 40, batch: 8, seq: 32, eval_every: 10, eval_batches: 2 }
+        lm::LmPlan {
+            steps: 40,
+            batch: 8,
+            seq: 32,
+            eval_every: 10,
+            eval_batches: 2,
+            decode_sequences: 2,
+            timing_rounds: 3,
+        }
     } else {
-        lm::LmPlan { steps: 2000, batch: 16, seq: 64, eval_every: 200, eval_batches: 8 }
+        lm::LmPlan {
+            steps: 2000,
+            batch: 16,
+            seq: 64,
+            eval_every: 200,
+            eval_batches: 8,
+            decode_sequences: 8,
+            timing_rounds: 11,
+        }
     };
     lm::compare_lm(&lm_plan, &mut outcome);
     pets::compare_pets(&pets_plan, &mut outcome);
@@ -83,7 +100,7 @@ pub fn plot(outcome: &Outcome, dir: &std::path::Path) -> Result<(), String> {
 
 /// The table (and the figures under it) or the flat JSON object.
 pub fn report(outcome: &Outcome) -> Report {
-    let mut r = Report::new(
+    let mut r = Report::with_widths(
         "elide compare: conditional models against their dense twins, trained identically",
         &[
             "model",
@@ -94,6 +111,7 @@ pub fn report(outcome: &Outcome) -> Report {
             "eval loss / accuracy",
             "gap to Bayes",
         ],
+        &[24, 7, 0, 0, 0, 21],
     );
     let runs = outcome.lm.iter().map(|r| (r, "loss")).chain(outcome.pets.iter().map(|r| (r, "accuracy")));
     for (run, quality) in runs {

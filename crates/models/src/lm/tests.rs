@@ -94,6 +94,10 @@ fn every_kind_learns_a_short_text() {
         let ids: Vec<u32> = "abcabd abcabd abcabe abcabd".bytes().map(u32::from).collect();
         let decoded = lm.score_decoding(&ids).unwrap();
         assert!(decoded.loss < 1.0, "{name}: decoding loss {}", decoded.loss);
+        // And generates it: after "abcabd " the text always goes on "abcab".
+        let prompt: Vec<u32> = "abcabd ".bytes().map(u32::from).collect();
+        let more = lm.generate(&prompt, 5, Sampling::Greedy, &mut Rng::seed(0)).unwrap();
+        assert_eq!(String::from_utf8(more.iter().map(|&t| t as u8).collect()).unwrap(), "abcab", "{name}");
     }
 }
 
