@@ -1,6 +1,7 @@
 //! Mixture-of-depths against a naive reference (full sorts, one row at a time in f64), its
 //! gradients by finite differences, 1 vs 2 threads, a toy task, what it runs, and its errors.
 
+use super::depth_router::top_c_per_sequence;
 use super::*;
 use crate::block::reference::{check_param_grads, naive_mlp};
 use crate::block::MlpBlock;
