@@ -88,8 +88,8 @@ pub fn train_step_speedup(dense: &Trained, other: &Trained, batch: &Batch, round
     t.ratio(0, 1)
 }
 
-/// Time of decoding `seqs` through every block over that of decoding them with early exits at
-/// `threshold`, on the same model; and what the exiting run scored.
+/// Time of decoding `seqs` through every block (no exit head runs) over that of decoding them
+/// with early exits at `threshold`, on the same model; and what the exiting run scored.
 pub fn exit_decode_speedup(
     lm: &mut TransformerLm,
     threshold: f32,

@@ -74,8 +74,8 @@ impl TransformerLm {
         &self.config
     }
 
-    /// Sets the confidence an early exit needs (`> 1`: no token exits), for decoding and
-    /// [`TransformerLm::score_decoding`].
+    /// Sets the confidence an early exit needs (`> 1`: no token exits, no exit head runs), for
+    /// decoding and [`TransformerLm::score_decoding`].
     ///
     /// # Errors
     /// [`Error::Config`] if the model has no early exits or `threshold` is negative or NaN.

@@ -181,7 +181,8 @@ pub struct ExitConfig {
     /// The confidence measure.
     #[serde(default = "default_measure")]
     pub measure: ExitMeasure,
-    /// The confidence a token needs to exit, in `[0, 1]` (above 1: never).
+    /// The confidence a token needs to exit, in `[0, 1]` (above 1: no token exits and no exit
+    /// head runs).
     pub threshold: f32,
 }
 

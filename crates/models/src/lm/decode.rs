@@ -59,7 +59,8 @@ impl TransformerLm {
     /// there and leaves, in each block it skips, the keys and values of its exited state.
     pub(super) fn decode_token(&self, id: u32, cache: &mut KvCache, ctx: &mut Ctx<'_>) -> Result<(Vec<f32>, usize)> {
         no_grad(|| {
-            let exit = self.config.early_exit.as_ref();
+            // A confidence is at most 1: above that no token can exit, so no exit head runs.
+            let exit = self.config.early_exit.as_ref().filter(|e| e.threshold <= 1.0);
             let mut h = self.embed.forward(&[id])?.reshape(&[1, 1, self.config.d_model])?;
             for (i, b) in self.blocks.iter().enumerate() {
                 h = b.decode(&h, cache, i, ctx)?;
