@@ -4,9 +4,14 @@ use super::{
     beta_power, check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer,
 };
 use crate::error::Result;
-use crate::{Gradients, ParamStore};
+use crate::{Gradients, Param, ParamStore};
 use elide_tensor::Tensor;
 use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Which parameters AdamW's weight decay applies to: `true` decays. Shared, so AdamW stays
+/// cheap to clone.
+pub type DecayFilter = Arc<dyn Fn(&Param) -> bool + Send + Sync>;
 
 /// AdamW, following PyTorch's arithmetic step for step (so fixtures agree to rounding):
 ///
@@ -15,7 +20,28 @@ use std::collections::HashMap;
 /// m ← m + (1 − β1)(g − m)          v ← β2·v + (1 − β2)·g²
 /// p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
 /// ```
-#[derive(Clone, Debug)]
+///
+/// By default every parameter is decayed (as PyTorch's `AdamW` with one parameter group); with
+/// [`AdamW::with_decay_filter`], parameters the filter rejects skip the `p·(1 − lr·λ)` factor
+/// and take only the Adam update — the two parameter groups of common practice (no decay on
+/// biases, norm gains and embeddings; elide-models' `NoDecay` is that rule).
+///
+/// ```
+/// use elide_autodiff::{AdamW, Optimizer, ParamStore};
+/// use elide_tensor::Tensor;
+///
+/// let mut store = ParamStore::new();
+/// let w = store.register("w", Tensor::ones(&[2, 2]))?;
+/// let b = store.register("b", Tensor::ones(&[2]))?;
+/// // The gradient of 0·Σw + 0·Σb is zero: only weight decay moves a parameter.
+/// let loss = w.var().sum_all().mul_scalar(0.0).add(&b.var().sum_all().mul_scalar(0.0))?;
+/// let mut opt = AdamW::new(0.1).with_decay_filter(|p| p.shape().len() >= 2);
+/// opt.step(&store, &loss.backward()?)?;
+/// assert_eq!(w.value().to_vec(), vec![1.0 - 0.1 * 0.01; 4]); // decayed
+/// assert_eq!(b.value().to_vec(), vec![1.0; 2]); // not decayed
+/// # Ok::<(), elide_autodiff::Error>(())
+/// ```
+#[derive(Clone)]
 pub struct AdamW {
     /// Learning rate.
     pub lr: f32,
@@ -25,15 +51,51 @@ pub struct AdamW {
     pub eps: f32,
     /// Decoupled weight decay `λ`.
     pub weight_decay: f32,
+    decay_filter: Option<DecayFilter>,
     m: HashMap<u64, Vec<f32>>,
     v: HashMap<u64, Vec<f32>>,
     steps: u64,
 }
 
+impl std::fmt::Debug for AdamW {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdamW")
+            .field("lr", &self.lr)
+            .field("betas", &self.betas)
+            .field("eps", &self.eps)
+            .field("weight_decay", &self.weight_decay)
+            .field("decay_filter", &self.decay_filter.as_ref().map(|_| "custom"))
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
 impl AdamW {
-    /// AdamW with PyTorch's defaults but the learning rate: β = (0.9, 0.999), ε = 1e-8, λ = 0.01.
+    /// AdamW with PyTorch's defaults but the learning rate: β = (0.9, 0.999), ε = 1e-8, λ = 0.01,
+    /// every parameter decayed.
     pub fn new(lr: f32) -> AdamW {
-        AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, m: HashMap::new(), v: HashMap::new(), steps: 0 }
+        AdamW {
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.01,
+            decay_filter: None,
+            m: HashMap::new(),
+            v: HashMap::new(),
+            steps: 0,
+        }
+    }
+
+    /// Decays only the parameters `decays` accepts; the others take the Adam update without
+    /// the weight-decay factor (a second parameter group with `λ = 0`).
+    pub fn with_decay_filter(mut self, decays: impl Fn(&Param) -> bool + Send + Sync + 'static) -> AdamW {
+        self.decay_filter = Some(Arc::new(decays));
+        self
+    }
+
+    /// Whether a step decays `param`.
+    pub fn decays(&self, param: &Param) -> bool {
+        self.decay_filter.as_ref().is_none_or(|f| f(param))
     }
 }
 
@@ -70,9 +132,9 @@ impl Optimizer for AdamW {
             let value = p.value();
             let g = grad_values(OP, &value, g, p.name())?;
             let mut x = value.to_vec();
+            let decay = if self.decays(p) { 1.0 - self.lr * self.weight_decay } else { 1.0 };
             let m = self.m.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
             let v = self.v.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
-            let decay = 1.0 - self.lr * self.weight_decay;
             for i in 0..x.len() {
                 x[i] *= decay;
                 m[i] += (1.0 - b1) * (g[i] - m[i]);

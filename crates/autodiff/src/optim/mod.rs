@@ -9,7 +9,7 @@ mod adamw;
 mod schedule;
 mod sgd;
 
-pub use adamw::AdamW;
+pub use adamw::{AdamW, DecayFilter};
 pub use schedule::LrSchedule;
 pub use sgd::Sgd;
 
@@ -238,6 +238,33 @@ mod tests {
             }
             assert_eq!(opt.steps(), steps.saturating_add(1));
         }
+    }
+
+    #[test]
+    fn adamw_skips_the_decay_of_filtered_out_parameters_only() {
+        let mut store = ParamStore::new();
+        let w = store.register("layer.weight", Tensor::from_vec(vec![2.0, -4.0], &[1, 2]).unwrap()).unwrap();
+        let b = store.register("layer.bias", Tensor::from_vec(vec![2.0, -4.0], &[2]).unwrap()).unwrap();
+        let mut opt = AdamW::new(0.1).with_decay_filter(|p| !p.name().ends_with("bias"));
+        opt.weight_decay = 0.5;
+        assert!(opt.decays(&w) && !opt.decays(&b));
+        for _ in 0..3 {
+            // Zero gradients: Adam's update is 0/(0 + ε), only decay can move a parameter.
+            let loss = w.var().sum_all().add(&b.var().sum_all()).unwrap().mul_scalar(0.0);
+            opt.step(&store, &loss.backward().unwrap()).unwrap();
+        }
+        assert_eq!(b.value().to_vec(), vec![2.0, -4.0], "the excluded bias moved");
+        // Three decays by 1 − 0.1·0.5 = 0.95: 0.857375 of the start.
+        let want = [2.0 * 0.857375, -4.0 * 0.857375];
+        for (got, want) in w.value().to_vec().iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        // Without a filter both shrink, as PyTorch's single group.
+        let mut all = AdamW::new(0.1);
+        all.weight_decay = 0.5;
+        let loss = b.var().sum_all().mul_scalar(0.0);
+        all.step(&store, &loss.backward().unwrap()).unwrap();
+        assert_eq!(b.value().to_vec(), vec![2.0 * 0.95, -4.0 * 0.95]);
     }
 
     #[test]
