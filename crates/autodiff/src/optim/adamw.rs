@@ -1,13 +1,20 @@
 //! AdamW: Adam with decoupled weight decay (arXiv 1711.05101), as `torch.optim.AdamW`.
 
 use super::{
-    beta_power, check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer,
+    beta_power, check_grad_shape, check_grads_match, check_hyper, check_state_names, load_slot, save_slot, Optimizer,
 };
 use crate::error::Result;
 use crate::{Gradients, Param, ParamStore};
 use elide_tensor::Tensor;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Parameters of fewer elements are updated on the calling thread (a fork costs about what
+/// 32K element updates do).
+const PAR_MIN_ELEMS: usize = 32 * 1024;
+/// Elements per parallel task.
+const PAR_CHUNK: usize = 16 * 1024;
 
 /// Which parameters AdamW's weight decay applies to: `true` decays. Shared, so AdamW stays
 /// cheap to clone.
@@ -119,7 +126,7 @@ impl Optimizer for AdamW {
         check_grads_match(OP, store, grads)?;
         for p in store.iter() {
             if let Some(g) = grads.get(p) {
-                grad_values(OP, &p.value(), g, p.name())?;
+                check_grad_shape(OP, &p.value(), g, p.name())?;
             }
         }
         let t = self.steps.saturating_add(1);
@@ -130,17 +137,31 @@ impl Optimizer for AdamW {
         for p in store.iter() {
             let Some(g) = grads.get(p) else { continue };
             let value = p.value();
-            let g = grad_values(OP, &value, g, p.name())?;
+            let g = g.contiguous();
+            let g = g.as_slice().expect("a contiguous tensor has a slice");
             let mut x = value.to_vec();
             let decay = if self.decays(p) { 1.0 - self.lr * self.weight_decay } else { 1.0 };
             let m = self.m.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
             let v = self.v.entry(p.id()).or_insert_with(|| vec![0.0; g.len()]);
-            for i in 0..x.len() {
-                x[i] *= decay;
-                m[i] += (1.0 - b1) * (g[i] - m[i]);
-                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                let denom = v[i].sqrt() / bias2_sqrt + self.eps;
-                x[i] -= step_size * (m[i] / denom);
+            let update = |x: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+                for (((x, &g), m), v) in x.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    *x *= decay;
+                    *m += (1.0 - b1) * (g - *m);
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let denom = v.sqrt() / bias2_sqrt + self.eps;
+                    *x -= step_size * (*m / denom);
+                }
+            };
+            // Each element's update reads only its own values: chunks may run on any thread
+            // and give the same bits.
+            if x.len() < PAR_MIN_ELEMS || rayon::current_num_threads() < 2 {
+                update(&mut x, g, m, v);
+            } else {
+                x.par_chunks_mut(PAR_CHUNK)
+                    .zip(g.par_chunks(PAR_CHUNK))
+                    .zip(m.par_chunks_mut(PAR_CHUNK))
+                    .zip(v.par_chunks_mut(PAR_CHUNK))
+                    .for_each(|(((x, g), m), v)| update(x, g, m, v));
             }
             p.set(Tensor::from_vec(x, value.shape())?)?;
         }

@@ -101,14 +101,20 @@ pub(crate) fn beta_power(beta: f32, t: u64) -> f32 {
     i32::try_from(t).map_or(0.0, |t| beta.powi(t))
 }
 
-/// The gradient of `param` as a vector, checked against the parameter's shape.
-pub(crate) fn grad_values(op: &'static str, value: &Tensor, grad: &Tensor, name: &str) -> Result<Vec<f32>> {
+/// Checks that the gradient of the parameter `name` has the parameter's shape.
+pub(crate) fn check_grad_shape(op: &'static str, value: &Tensor, grad: &Tensor, name: &str) -> Result<()> {
     if grad.shape() != value.shape() {
         return Err(Error::Param {
             op,
             detail: format!("{name} has shape {:?}, its gradient {:?}", value.shape(), grad.shape()),
         });
     }
+    Ok(())
+}
+
+/// The gradient of `param` as a vector, checked against the parameter's shape.
+pub(crate) fn grad_values(op: &'static str, value: &Tensor, grad: &Tensor, name: &str) -> Result<Vec<f32>> {
+    check_grad_shape(op, value, grad, name)?;
     Ok(grad.to_vec())
 }
 
@@ -156,12 +162,13 @@ mod tests {
     use crate::{Param, Var};
     use elide_tensor::Rng;
 
-    /// Trains a small two-layer net for a few steps and returns its parameters' bits.
+    /// Trains a small two-layer net for a few steps and returns its parameters' bits. `w1` has
+    /// more elements than AdamW updates on one thread (38 400 > 32K), `w2` fewer.
     fn train(opt: &mut dyn Optimizer) -> Vec<u32> {
         let mut rng = Rng::seed(11);
         let mut store = ParamStore::new();
-        let w1 = store.register("w1", Tensor::randn(&[64, 96], &mut rng).mul_scalar(0.1)).unwrap();
-        let w2 = store.register("w2", Tensor::randn(&[96, 10], &mut rng).mul_scalar(0.1)).unwrap();
+        let w1 = store.register("w1", Tensor::randn(&[64, 600], &mut rng).mul_scalar(0.1)).unwrap();
+        let w2 = store.register("w2", Tensor::randn(&[600, 10], &mut rng).mul_scalar(0.1)).unwrap();
         let x = Var::constant(Tensor::randn(&[300, 64], &mut rng));
         let targets: Vec<u32> = (0..300).map(|i| (i * 7 % 10) as u32).collect();
         for step in 0..4 {
