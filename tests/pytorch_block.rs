@@ -89,7 +89,7 @@ fn a_dense_block_matches_pytorch_in_values_and_gradients() {
     let x = Var::leaf(fx["x"].clone());
     assert_eq!(x.shape(), [size("batch"), size("seq"), size("d_model")]);
     let out = block.forward(&x);
-    assert_close("out", &out.value(), &fx["out"], 1e-5);
+    assert_close("out", out.value(), &fx["out"], 1e-5);
 
     let grads = out.backward_with(&fx["cotangent"]).unwrap();
     assert_close("grad x", grads.of(&x).unwrap(), &fx["grad.x"], 1e-5);
