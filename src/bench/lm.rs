@@ -106,10 +106,12 @@ impl Model {
         self.optimizer.borrow_mut().step(&self.store, grads).expect("step");
     }
 
-    /// [`Model::grads`]; with `update`, the AdamW step too.
+    /// [`Model::grads`]; with `update`, what `Trainer` does next too: clipping to global norm
+    /// 1 and the AdamW step.
     fn train_step(&self, batch: &Batch, update: bool) {
-        let grads = self.grads(batch);
+        let mut grads = self.grads(batch);
         if update {
+            grads.clip_global_norm(1.0).expect("finite gradients");
             self.update(&grads);
         }
         std::hint::black_box(grads);
@@ -179,8 +181,8 @@ pub fn bench_lm(plan: Plan, quick: bool) -> Report {
         moe.store.num_elements() as f64 / 1e6
     ));
 
-    // Training: a full step (forward, loss, backward, AdamW), and forward+backward alone, all
-    // four interleaved.
+    // Training: a full step (forward, loss, backward, clipping, AdamW), and forward+backward
+    // alone, all four interleaved.
     let b = batch(&s);
     let tokens = (s.batch * s.seq) as f64;
     let res = interleaved(
@@ -204,9 +206,14 @@ pub fn bench_lm(plan: Plan, quick: bool) -> Report {
         format!("{step_ratio:.3}"),
         tok_s(tokens, res.medians[1]),
     ]);
-    r.row(vec!["dense forward+backward (no AdamW)".into(), ms(res.medians[2]), "1.000".into(), String::new()]);
     r.row(vec![
-        "MoE forward+backward (no AdamW)".into(),
+        "dense forward+backward (no clipping, no AdamW)".into(),
+        ms(res.medians[2]),
+        "1.000".into(),
+        String::new(),
+    ]);
+    r.row(vec![
+        "MoE forward+backward (no clipping, no AdamW)".into(),
         ms(res.medians[3]),
         format!("{fwdbwd_ratio:.3}"),
         String::new(),
