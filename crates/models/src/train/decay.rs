@@ -20,10 +20,11 @@ use elide_autodiff::Param;
 ///   `embed.weight`, [`TransformerLm`](crate::TransformerLm)'s token table (tied to the output
 ///   head or not).
 ///
-/// For a [`TransformerLm`](crate::TransformerLm) that leaves exactly the matrices of the
-/// attention projections, the feed-forward layers (`up.weight`, `down.weight`, `gate.weight`,
-/// `experts.w1`, `experts.w2`, …), the router and an untied `head.weight` in the decayed group
-/// (a test lists them). In the `--config` JSON: `"train": {"no_decay": {"vectors": true,
+/// For a [`TransformerLm`](crate::TransformerLm) that leaves exactly the matrices in the
+/// decayed group: the attention projections, the feed-forward weights (`up.weight`,
+/// `down.weight`, `gate.weight`, `experts.w1`, `experts.w2`, a sparse layer's `c1`, `c2`, `w1`,
+/// `w2`), the MoE `router`, a mixture-of-depths block's `depth.router` and predictor weights,
+/// and an untied `head.weight` (a test lists a model's two groups name by name). In the `--config` JSON: `"train": {"no_decay": {"vectors": true,
 /// "biases": true, "names": ["embed.weight"]}}`; `{"vectors": false, "biases": false, "names":
 /// []}` decays everything, as PyTorch's `AdamW` with one group.
 ///

@@ -198,7 +198,7 @@ fn weight_decay_skips_the_no_decay_group() {
 
 #[test]
 fn a_transformer_lms_parameters_split_into_the_documented_groups() {
-    use crate::lm::{BlockConfig, FfnConfig, LmConfig, TransformerLm};
+    use crate::lm::{BlockConfig, DepthConfig, FfnConfig, LmConfig, TransformerLm};
     let moe = FfnConfig::Moe {
         hidden: 8,
         experts: 4,
@@ -207,40 +207,55 @@ fn a_transformer_lms_parameters_split_into_the_documented_groups() {
         balance_coef: 0.01,
         z_loss_coef: 1e-3,
     };
-    let blocks = [FfnConfig::Dense { hidden: 8 }, FfnConfig::SwiGlu { hidden: 8 }, moe];
+    let sparse = FfnConfig::SparseFf { hidden: 16, block_size: 4, rank: 4 };
+    let routed = DepthConfig { predictor_hidden: Some(4), ..DepthConfig::new(0.5) };
+    let blocks = [
+        (FfnConfig::Dense { hidden: 8 }, None),
+        (FfnConfig::SwiGlu { hidden: 8 }, None),
+        (moe, None),
+        (sparse, Some(routed)),
+    ];
     let config = LmConfig {
         vocab: 32,
         d_model: 8,
         heads: 2,
         max_seq: 16,
         tied_embeddings: false,
-        blocks: blocks.into_iter().map(|ffn| BlockConfig { ffn }).collect(),
+        blocks: blocks.into_iter().map(|(ffn, depth)| BlockConfig { ffn, depth }).collect(),
+        early_exit: None,
     };
     let mut store = ParamStore::new();
     TransformerLm::new(&mut store, config, &mut Rng::seed(0)).unwrap();
     let rule = NoDecay::default();
     let (decayed, kept): (Vec<_>, Vec<_>) = store.iter().partition(|p| rule.decays(p));
-    let names = |ps: Vec<&elide_autodiff::Param>| ps.iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
-    let attn = |i: usize| ["q", "k", "v", "o"].map(|m| format!("blocks.{i}.attn.{m}.weight"));
-    let mut want_decayed: Vec<String> = attn(0).into();
-    want_decayed.extend(["blocks.0.ffn.up.weight", "blocks.0.ffn.down.weight"].map(String::from));
-    want_decayed.extend(attn(1));
-    want_decayed.extend(["gate", "up", "down"].map(|m| format!("blocks.1.ffn.{m}.weight")));
-    want_decayed.extend(attn(2));
-    want_decayed.extend(["router", "experts.w1", "experts.w2"].map(|m| format!("blocks.2.ffn.{m}")));
-    want_decayed.push("head.weight".into());
-    assert_eq!(names(decayed), want_decayed);
-    let mut want_kept = vec!["embed.weight".to_string()];
-    for i in 0..3 {
-        want_kept.push(format!("blocks.{i}.attn_norm.weight"));
-        want_kept.push(format!("blocks.{i}.ffn_norm.weight"));
+    let sorted = |names: Vec<String>| {
+        let mut names = names;
+        names.sort();
+        names
+    };
+    let names = |ps: Vec<&elide_autodiff::Param>| sorted(ps.iter().map(|p| p.name().to_string()).collect());
+    let under = |prefix: &str, names: &[&str]| names.iter().map(|n| format!("{prefix}.{n}")).collect::<Vec<_>>();
+    // Decayed: the matrices of attention, feed-forward layers and routers, and the untied head.
+    let mut want_decayed = vec!["head.weight".to_string()];
+    for i in 0..4 {
+        want_decayed.extend(under(&format!("blocks.{i}.attn"), &["q.weight", "k.weight", "v.weight", "o.weight"]));
     }
-    want_kept.extend(["blocks.0.ffn.up.bias", "blocks.0.ffn.down.bias"].map(String::from));
-    want_kept.extend(["blocks.2.ffn.experts.b1", "blocks.2.ffn.experts.b2", "final_norm.weight"].map(String::from));
-    want_kept.sort();
-    let mut kept = names(kept);
-    kept.sort();
-    assert_eq!(kept, want_kept);
+    want_decayed.extend(under("blocks.0.ffn", &["up.weight", "down.weight"]));
+    want_decayed.extend(under("blocks.1.ffn", &["gate.weight", "up.weight", "down.weight"]));
+    want_decayed.extend(under("blocks.2.ffn", &["router", "experts.w1", "experts.w2"]));
+    want_decayed.extend(under("blocks.3.ffn", &["c1", "c2", "w1", "w2"]));
+    want_decayed.extend(under("blocks.3.depth", &["router", "predictor.w1", "predictor.w2"]));
+    assert_eq!(names(decayed), sorted(want_decayed));
+    // Not decayed: the embedding table, every norm gain and every bias.
+    let mut want_kept = vec!["embed.weight".to_string(), "final_norm.weight".to_string()];
+    for i in 0..4 {
+        want_kept.extend(under(&format!("blocks.{i}"), &["attn_norm.weight", "ffn_norm.weight"]));
+    }
+    want_kept.extend(under("blocks.0.ffn", &["up.bias", "down.bias"]));
+    want_kept.extend(under("blocks.2.ffn", &["experts.b1", "experts.b2"]));
+    want_kept.extend(under("blocks.3.ffn", &["b1", "b2"]));
+    want_kept.extend(under("blocks.3.depth", &["predictor.b1", "predictor.b2"]));
+    assert_eq!(names(kept), sorted(want_kept));
 }
 
 #[test]
