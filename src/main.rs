@@ -111,6 +111,10 @@ enum Area {
     Exit,
     /// Fused causal attention against the unfused matmul → softmax → matmul, forward and backward.
     Attention,
+    /// Transformer LMs (6 layers, d 256): a MoE training step (top-2 of 8, equal active FLOPs)
+    /// against the dense model's; decoding 256 tokens with the KV cache against recomputing
+    /// the prefix; decode tokens/s of both.
+    Lm,
     /// Unit-sparse feed-forward at inference against the dense layer of the same weights.
     SparseFf,
 }
@@ -136,6 +140,7 @@ fn main() {
                 Area::Skip => bench::skip::bench_skip(plan),
                 Area::Exit => bench::exit::bench_exit(plan),
                 Area::Attention => bench::attention::bench_attention(plan),
+                Area::Lm => bench::lm::bench_lm(plan, quick),
                 Area::SparseFf => bench::sparse_ff::bench_sparse_ff(plan),
             };
             if json {

@@ -6,6 +6,7 @@ pub mod dense_ffn;
 pub mod exit;
 pub mod gemm;
 pub mod hier;
+pub mod lm;
 pub mod moe;
 pub mod peak;
 pub mod report;

@@ -1,4 +1,6 @@
 //! Helpers shared by the PyTorch cross-checks: reading fixture tensors, comparing against them.
+// Each test binary compiles this module and uses only some of its helpers.
+#![allow(dead_code)]
 
 use elide::tensor::Tensor;
 use serde_json::Value;

@@ -50,7 +50,7 @@ mod var;
 pub use backward::Gradients;
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradcheckOptions, GradcheckReport};
-pub use optim::{AdamW, LrSchedule, Optimizer, Sgd};
+pub use optim::{AdamW, DecayFilter, LrSchedule, Optimizer, Sgd};
 pub use param::{Param, ParamStore, Scope};
 pub use var::{is_recording, no_grad, Var};
 

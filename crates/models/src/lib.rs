@@ -63,7 +63,9 @@ pub use lm::{
 };
 pub use module::{Ctx, Mode, Module};
 pub use norm::{LayerNorm, RmsNorm};
-pub use train::{Event, LossModel, StepReport, TrainConfig, TrainSummary, Trainer, CHECKPOINT_FILE, METRICS_FILE};
+pub use train::{
+    Event, LossModel, NoDecay, StepReport, TrainConfig, TrainSummary, Trainer, CHECKPOINT_FILE, METRICS_FILE,
+};
 
 /// `docs/models.md`'s examples, compiled and run as doc-tests.
 #[cfg(doctest)]

@@ -1,4 +1,5 @@
-//! [`Trainer`]: the training loop — AdamW on a warmup + cosine schedule, gradient clipping,
+//! [`Trainer`]: the training loop — AdamW with two parameter groups ([`NoDecay`]: no weight
+//! decay on biases, norm gains and embeddings) on a warmup + cosine schedule, gradient clipping,
 //! auxiliary losses, evaluation every N steps, metrics as JSON lines, checkpoints every N steps
 //! and at the end, and a resume that continues bit for bit.
 //!
@@ -10,6 +11,7 @@
 use crate::data::{Batch, Split, TokenSource};
 use crate::error::{Error, Result};
 use crate::module::Ctx;
+pub use decay::NoDecay;
 use elide_autodiff::{checkpoint, no_grad, AdamW, LrSchedule, Optimizer, ParamStore, Var};
 use elide_tensor::Rng;
 use std::io::Write;
@@ -43,8 +45,11 @@ pub struct TrainConfig {
     pub warmup: u64,
     /// The floor of the cosine decay, as a fraction of `lr`.
     pub min_lr_factor: f32,
-    /// AdamW's decoupled weight decay.
+    /// AdamW's decoupled weight decay, applied to the parameters `no_decay` does not match.
     pub weight_decay: f32,
+    /// The parameters left out of weight decay (by default biases, norm gains and the
+    /// embedding table; see [`NoDecay`]).
+    pub no_decay: NoDecay,
     /// Global gradient-norm clipping, if any.
     pub clip: Option<f32>,
     /// Evaluate every this many steps (0: only at the end).
@@ -67,6 +72,7 @@ impl Default for TrainConfig {
             warmup: 100,
             min_lr_factor: 0.1,
             weight_decay: 0.01,
+            no_decay: NoDecay::default(),
             clip: Some(1.0),
             eval_every: 100,
             eval_batches: 8,
@@ -197,7 +203,8 @@ impl<'a> Trainer<'a> {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::config("Trainer", format!("cannot create {}: {e}", dir.display())))?;
         }
-        let mut optimizer = AdamW::new(config.lr);
+        let rule = config.no_decay.clone();
+        let mut optimizer = AdamW::new(config.lr).with_decay_filter(move |p| rule.decays(p));
         optimizer.weight_decay = config.weight_decay;
         Ok(Trainer { model, store, data, config, optimizer, step: 0, out: out.map(Path::to_path_buf) })
     }
@@ -336,5 +343,6 @@ impl<'a> Trainer<'a> {
     }
 }
 
+mod decay;
 #[cfg(test)]
 mod tests;

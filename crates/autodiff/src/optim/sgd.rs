@@ -1,6 +1,8 @@
 //! Stochastic gradient descent with momentum, as `torch.optim.SGD` (dampening 0).
 
-use super::{check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer};
+use super::{
+    check_grad_shape, check_grads_match, check_hyper, check_state_names, grad_values, load_slot, save_slot, Optimizer,
+};
 use crate::error::Result;
 use crate::{Gradients, ParamStore};
 use elide_tensor::Tensor;
@@ -48,7 +50,7 @@ impl Optimizer for Sgd {
         check_grads_match(OP, store, grads)?;
         for p in store.iter() {
             if let Some(g) = grads.get(p) {
-                grad_values(OP, &p.value(), g, p.name())?;
+                check_grad_shape(OP, &p.value(), g, p.name())?;
             }
         }
         for p in store.iter() {

@@ -153,3 +153,125 @@ fn bad_settings_and_foreign_checkpoints_are_refused() {
     assert_eq!(store.iter().map(|p| p.value().to_vec()).collect::<Vec<_>>(), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A bias and a weight matrix that the loss multiplies by zero: their gradients are zero, so
+/// only weight decay can move them.
+struct IdleParams {
+    inner: TinyLm,
+    weight: elide_autodiff::Param,
+    bias: elide_autodiff::Param,
+}
+
+impl LossModel for IdleParams {
+    fn loss(&self, batch: &Batch, ctx: &mut Ctx<'_>) -> Result<Var> {
+        let idle = self.weight.var().sum_all().add(&self.bias.var().sum_all())?.mul_scalar(0.0);
+        Ok(self.inner.loss(batch, ctx)?.add(&idle)?)
+    }
+}
+
+#[test]
+fn weight_decay_skips_the_no_decay_group() {
+    let data = text();
+    let mut store = ParamStore::new();
+    let inner = TinyLm::new(&mut store, 4);
+    let start = elide_tensor::Tensor::from_vec(vec![1.5, -0.5, 2.0, 0.25], &[2, 2]).unwrap();
+    let weight = store.register("idle.weight", start.clone()).unwrap();
+    let bias = store.register("idle.bias", start.clone()).unwrap();
+    let model = IdleParams { inner, weight, bias };
+    let cfg = TrainConfig { weight_decay: 0.1, clip: None, ..config(6) };
+    Trainer::new(&model, &store, &data, cfg.clone(), None).unwrap().run(&AtomicBool::new(false), &mut |_| {}).unwrap();
+    // `idle.bias` is 2-d but a bias by name: not decayed, not moved at all.
+    assert_eq!(model.bias.value().to_vec(), start.to_vec(), "the excluded bias moved");
+    // `idle.weight` shrank by the product of (1 − lr_t·λ) over the six steps' learning rates.
+    let factor: f64 = (0..6).map(|s| 1.0 - cfg.schedule().lr(cfg.lr, s) as f64 * 0.1).product();
+    assert!(factor < 0.9999, "the decay is too weak to see: {factor}");
+    for (got, was) in model.weight.value().to_vec().iter().zip(start.to_vec()) {
+        assert!((*got as f64 - was as f64 * factor).abs() < 1e-6, "{got} vs {was}·{factor}");
+    }
+    // With the rule switched off, the bias decays like the weight.
+    let cfg = TrainConfig { no_decay: NoDecay::none(), ..cfg };
+    Trainer::new(&model, &store, &data, cfg, None).unwrap().run(&AtomicBool::new(false), &mut |_| {}).unwrap();
+    for (got, was) in model.bias.value().to_vec().iter().zip(start.to_vec()) {
+        assert!((*got as f64 - was as f64 * factor).abs() < 1e-6, "{got} vs {was}·{factor}");
+    }
+}
+
+#[test]
+fn a_transformer_lms_parameters_split_into_the_documented_groups() {
+    use crate::lm::{BlockConfig, DepthConfig, FfnConfig, LmConfig, TransformerLm};
+    let moe = FfnConfig::Moe {
+        hidden: 8,
+        experts: 4,
+        top_k: 2,
+        capacity_factor: None,
+        balance_coef: 0.01,
+        z_loss_coef: 1e-3,
+    };
+    let sparse = FfnConfig::SparseFf { hidden: 16, block_size: 4, rank: 4 };
+    let routed = DepthConfig { predictor_hidden: Some(4), ..DepthConfig::new(0.5) };
+    let blocks = [
+        (FfnConfig::Dense { hidden: 8 }, None),
+        (FfnConfig::SwiGlu { hidden: 8 }, None),
+        (moe, None),
+        (sparse, Some(routed)),
+    ];
+    let config = LmConfig {
+        vocab: 32,
+        d_model: 8,
+        heads: 2,
+        max_seq: 16,
+        tied_embeddings: false,
+        blocks: blocks.into_iter().map(|(ffn, depth)| BlockConfig { ffn, depth }).collect(),
+        early_exit: None,
+    };
+    let mut store = ParamStore::new();
+    TransformerLm::new(&mut store, config, &mut Rng::seed(0)).unwrap();
+    let rule = NoDecay::default();
+    let (decayed, kept): (Vec<_>, Vec<_>) = store.iter().partition(|p| rule.decays(p));
+    let sorted = |names: Vec<String>| {
+        let mut names = names;
+        names.sort();
+        names
+    };
+    let names = |ps: Vec<&elide_autodiff::Param>| sorted(ps.iter().map(|p| p.name().to_string()).collect());
+    let under = |prefix: &str, names: &[&str]| names.iter().map(|n| format!("{prefix}.{n}")).collect::<Vec<_>>();
+    // Decayed: the matrices of attention, feed-forward layers and routers, and the untied head.
+    let mut want_decayed = vec!["head.weight".to_string()];
+    for i in 0..4 {
+        want_decayed.extend(under(&format!("blocks.{i}.attn"), &["q.weight", "k.weight", "v.weight", "o.weight"]));
+    }
+    want_decayed.extend(under("blocks.0.ffn", &["up.weight", "down.weight"]));
+    want_decayed.extend(under("blocks.1.ffn", &["gate.weight", "up.weight", "down.weight"]));
+    want_decayed.extend(under("blocks.2.ffn", &["router", "experts.w1", "experts.w2"]));
+    want_decayed.extend(under("blocks.3.ffn", &["c1", "c2", "w1", "w2"]));
+    want_decayed.extend(under("blocks.3.depth", &["router", "predictor.w1", "predictor.w2"]));
+    assert_eq!(names(decayed), sorted(want_decayed));
+    // Not decayed: the embedding table, every norm gain and every bias.
+    let mut want_kept = vec!["embed.weight".to_string(), "final_norm.weight".to_string()];
+    for i in 0..4 {
+        want_kept.extend(under(&format!("blocks.{i}"), &["attn_norm.weight", "ffn_norm.weight"]));
+    }
+    want_kept.extend(under("blocks.0.ffn", &["up.bias", "down.bias"]));
+    want_kept.extend(under("blocks.2.ffn", &["experts.b1", "experts.b2"]));
+    want_kept.extend(under("blocks.3.ffn", &["b1", "b2"]));
+    want_kept.extend(under("blocks.3.depth", &["predictor.b1", "predictor.b2"]));
+    assert_eq!(names(kept), sorted(want_kept));
+}
+
+#[test]
+fn the_no_decay_rule_reads_names_and_shapes() {
+    let rule = NoDecay::default();
+    assert!(rule.matches("blocks.0.ffn.router_bias", &[8, 8]));
+    assert!(rule.matches("moe.experts.b2", &[4, 16]));
+    assert!(rule.matches("skip.b", &[3, 3]));
+    assert!(rule.matches("lm.embed.weight", &[10, 4]), "a suffix after a dot");
+    assert!(!rule.matches("token_embed.weight", &[10, 4]), "not a suffix after a dot");
+    assert!(!rule.matches("blocks.0.ffn.experts.w2", &[4, 8, 2]));
+    assert!(!rule.matches("branches.b1x", &[4, 8]));
+    let custom = NoDecay { vectors: false, biases: false, names: vec!["pos".into()] };
+    assert!(!custom.matches("norm.weight", &[8]));
+    assert!(custom.matches("pos", &[8, 8]) && custom.matches("a.pos", &[8, 8]));
+    let json = r#"{"vectors": false, "names": []}"#;
+    let parsed: NoDecay = serde_json::from_str(json).unwrap();
+    assert_eq!(parsed, NoDecay { vectors: false, biases: true, names: vec![] });
+}
