@@ -144,9 +144,9 @@ fn main() {
                 Area::SparseFf => bench::sparse_ff::bench_sparse_ff(plan),
             };
             if json {
-                println!("{}", report.to_json());
+                bench::report::print_line(&report.to_json());
             } else {
-                print!("{}", report.to_table());
+                bench::report::print_line(report.to_table().trim_end_matches('\n'));
             }
         }
         Command::Compare { json, quick, plot } => {
@@ -159,9 +159,9 @@ fn main() {
             }
             let report = compare::report(&outcome);
             if json {
-                println!("{}", report.to_json());
+                bench::report::print_line(&report.to_json());
             } else {
-                print!("{}", report.to_table());
+                bench::report::print_line(report.to_table().trim_end_matches('\n'));
             }
         }
         Command::Train { config, data, out, resume } => {

@@ -15,6 +15,19 @@ pub fn set_live(live: bool) {
     LIVE.store(live, Ordering::Relaxed);
 }
 
+/// Writes `text` and a newline to standard output. A reader that went away (`elide bench … |
+/// head`) ends the program quietly, as it would a C program, instead of a panic in `println!`.
+pub fn print_line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("elide: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Narrowest column of a live table: rows are printed before the widest cell is known.
 const MIN_WIDTH: usize = 10;
 
@@ -50,7 +63,7 @@ impl Report {
         r.label("isa", elide::kernels::Isa::active().name());
         r.figure("threads", rayon::current_num_threads() as f64);
         if LIVE.load(Ordering::Relaxed) {
-            println!("{}\n{}", r.title, r.line(&r.header));
+            print_line(&format!("{}\n{}", r.title, r.line(&r.header)));
         }
         r
     }
@@ -58,8 +71,7 @@ impl Report {
     /// Adds a table row (printed at once in table mode).
     pub fn row(&mut self, cells: Vec<String>) {
         if LIVE.load(Ordering::Relaxed) {
-            println!("{}", self.line(&cells));
-            let _ = std::io::stdout().flush();
+            print_line(&self.line(&cells));
         }
         self.rows.push(cells);
     }

@@ -80,7 +80,7 @@ pub fn compare(plan: Plan) -> Outcome {
             seq: 64,
             eval_every: 200,
             eval_batches: 8,
-            decode_sequences: 8,
+            decode_sequences: 32,
             timing_rounds: 11,
         }
     };
