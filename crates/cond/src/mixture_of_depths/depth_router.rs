@@ -11,8 +11,8 @@ use elide_tensor::{Rng, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// The routing half of a [`MixtureOfDepths`] layer, for a block the caller runs itself (one that
-/// needs more than [`Block`] gives it, such as a transformer block that reads the chosen rows
+/// The routing half of a [`MixtureOfDepths`](super::MixtureOfDepths) layer, for a block the caller runs itself (one that
+/// needs more than [`Block`](crate::Block) gives it, such as a transformer block that reads the chosen rows
 /// of each sequence as a shorter sequence): [`DepthRouter::route`] picks the rows,
 /// [`DepthRoute::gather`] hands them over, and [`DepthRouter::finish`] puts the gated block
 /// output back on the residual.
