@@ -236,7 +236,8 @@ pub fn grouped_linear(
         (true, Some(op)) => {
             let mut h = pool::take(s * fan_out);
             unary(Isa::try_active().map_err(kernel_err)?, op, &z, &mut h).map_err(kernel_err)?;
-            (h, Some(z))
+            // Kept as a tensor so its buffer returns to the pool when the tape drops it.
+            (h, Some(Tensor::from_vec(z, &[s, fan_out])?))
         }
         _ => (z, None),
     };
@@ -251,9 +252,15 @@ pub fn grouped_linear(
         let dy = dense(dy);
         let through_act = match &saved_z {
             Some(z) => {
-                let mut dz = pool::take(z.len());
-                activation_backward(Isa::try_active().map_err(kernel_err)?, shape.activation, z, data(&dy), &mut dz)
-                    .map_err(kernel_err)?;
+                let mut dz = pool::take(z.numel());
+                activation_backward(
+                    Isa::try_active().map_err(kernel_err)?,
+                    shape.activation,
+                    data(z),
+                    data(&dy),
+                    &mut dz,
+                )
+                .map_err(kernel_err)?;
                 Some(dz)
             }
             None => None,
@@ -391,7 +398,11 @@ fn linear_backward(
             }),
         )?;
         grads.dx = Some(match sh.source {
-            RowSource::Gathered => Tensor::from_vec(combine_rows(&da, &[], plan, fi), &[plan.num_tokens(), fi])?,
+            RowSource::Gathered => {
+                let dx = combine_rows(&da, &[], plan, fi);
+                pool::give(da);
+                Tensor::from_vec(dx, &[plan.num_tokens(), fi])?
+            }
             RowSource::Slots => Tensor::from_vec(da, &[s, fi])?,
         });
     }
@@ -485,7 +496,11 @@ fn combine_impl(
     let rv = dense(rows.value());
     let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
     let base = match residual {
-        Some(r) => r.value().to_vec(),
+        Some(r) => {
+            let mut base = pool::take(t * d);
+            base.copy_from_slice(data(&dense(r.value())));
+            base
+        }
         None => pool::take_zeroed(t * d),
     };
     let out = Tensor::from_vec(combine_rows_onto(base, data(&rv), &gv, plan, d), &[t, d])?;
