@@ -15,7 +15,8 @@ pub struct Param {
 struct ParamInner {
     id: u64,
     name: String,
-    value: RwLock<Tensor>,
+    /// The value and how many times it has been replaced, changed together under the lock.
+    value: RwLock<(Tensor, u64)>,
 }
 
 impl std::fmt::Debug for Param {
@@ -27,7 +28,7 @@ impl std::fmt::Debug for Param {
 impl Param {
     /// A parameter outside any store (tests, one-off computations).
     pub fn new(name: impl Into<String>, value: Tensor) -> Param {
-        Param { inner: Arc::new(ParamInner { id: next_id(), name: name.into(), value: RwLock::new(value) }) }
+        Param { inner: Arc::new(ParamInner { id: next_id(), name: name.into(), value: RwLock::new((value, 0)) }) }
     }
 
     /// The full name.
@@ -42,7 +43,19 @@ impl Param {
 
     /// The current value (a cheap clone).
     pub fn value(&self) -> Tensor {
+        self.inner.value.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// The current value and its version: the number of times [`Param::set`] has replaced it
+    /// (an optimizer step, a checkpoint load). Something derived from the value — weights
+    /// packed for the GEMM — stays valid while the version is unchanged.
+    pub fn versioned_value(&self) -> (Tensor, u64) {
         self.inner.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The current version (see [`Param::versioned_value`]).
+    pub fn version(&self) -> u64 {
+        self.inner.value.read().unwrap_or_else(|e| e.into_inner()).1
     }
 
     /// The shape.
@@ -50,19 +63,25 @@ impl Param {
         self.value().shape().to_vec()
     }
 
-    /// Replaces the value (an optimizer step, a checkpoint load). The shape must not change.
+    /// Replaces the value (an optimizer step, a checkpoint load) and advances its version. The
+    /// shape must not change.
     ///
     /// # Errors
     /// [`Error::Param`] naming the parameter and both shapes when they differ.
     pub fn set(&self, value: Tensor) -> Result<()> {
         let mut slot = self.inner.value.write().unwrap_or_else(|e| e.into_inner());
-        if slot.shape() != value.shape() {
+        if slot.0.shape() != value.shape() {
             return Err(Error::Param {
                 op: "Param::set",
-                detail: format!("{} has shape {:?}, the new value {:?}", self.inner.name, slot.shape(), value.shape()),
+                detail: format!(
+                    "{} has shape {:?}, the new value {:?}",
+                    self.inner.name,
+                    slot.0.shape(),
+                    value.shape()
+                ),
             });
         }
-        *slot = value;
+        *slot = (value, slot.1 + 1);
         Ok(())
     }
 
@@ -171,5 +190,17 @@ mod tests {
         assert_eq!(err.to_string(), "ParamStore::register: blocks.3.w1 is already registered");
         let err = store.get("blocks.3.w1").unwrap().set(Tensor::zeros(&[3])).unwrap_err();
         assert_eq!(err.to_string(), "Param::set: blocks.3.w1 has shape [2], the new value [3]");
+    }
+
+    #[test]
+    fn every_replacement_advances_the_version_and_a_refused_one_does_not() {
+        let p = Param::new("w", Tensor::zeros(&[2]));
+        let shared = p.clone();
+        assert_eq!(p.version(), 0);
+        p.set(Tensor::ones(&[2])).unwrap();
+        assert!(p.set(Tensor::ones(&[3])).is_err());
+        shared.set(Tensor::full(&[2], 2.0)).unwrap();
+        let (value, version) = p.versioned_value();
+        assert_eq!((value.to_vec(), version), (vec![2.0, 2.0], 2));
     }
 }

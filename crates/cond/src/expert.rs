@@ -16,13 +16,15 @@
 //! `⟨dOut[token], Y[s]⟩`. An expert with no rows costs nothing in either direction.
 
 use crate::error::{Error, Result};
-use crate::gathered::{combine, grouped_linear, GroupedWeight, RowSource, WeightLayout};
+use crate::gathered::{combine, grouped_linear, pack_blocks, GroupedWeight, RowSource, WeightLayout};
 use crate::plan::DispatchPlan;
 use crate::weights::ParamSource;
-use elide_autodiff::{init, Param, Scope, Var};
-use elide_kernels::gemm::Activation;
+use elide_autodiff::{init, is_recording, Param, Scope, Var};
+use elide_kernels::gemm::{Activation, Blocking, PackedB};
+use elide_kernels::Isa;
 use elide_tensor::{Rng, Tensor};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What each expert computes.
@@ -51,6 +53,24 @@ pub struct Experts {
     /// Mlp: `w1 [E,d,h]`, `b1 [E,h]`, `w2 [E,h,d]`, `b2 [E,d]`.
     /// SwiGlu: `w_gate [E,d,h]`, `w_up [E,d,h]`, `w2 [E,h,d]`.
     params: Vec<Param>,
+    /// The weights packed for inference, and whether to keep them (see
+    /// [`Experts::set_weight_packing`]).
+    packed: Mutex<Option<Arc<PackedExperts>>>,
+    packing: AtomicBool,
+}
+
+/// The experts' parameter values at one version, each weight's blocks packed for the forward
+/// GEMMs: what an inference call reuses until a parameter is replaced (`Param::set`, an
+/// optimizer step) or another instruction set is active.
+struct PackedExperts {
+    /// `(id, version)` of every parameter, in order.
+    versions: Vec<(u64, u64)>,
+    blocking: Blocking,
+    /// The values at those versions (a forward computes from these, so its packed and unpacked
+    /// reads agree even if a parameter is replaced meanwhile).
+    values: Vec<Tensor>,
+    /// Per parameter: its blocks packed (three-dimensional weights), or empty (biases).
+    blocks: Vec<Vec<PackedB>>,
 }
 
 impl Experts {
@@ -120,7 +140,51 @@ impl Experts {
             };
             params.push(source.param(scope, prefix, &name, &shape, draw)?);
         }
-        Ok(Experts { kind, num_experts, d_model, hidden, params })
+        let (packed, packing) = (Mutex::new(None), AtomicBool::new(true));
+        Ok(Experts { kind, num_experts, d_model, hidden, params, packed, packing })
+    }
+
+    /// Whether inference (a forward pass while gradients are not recorded) packs the expert
+    /// weights once and reuses them until a parameter changes (on by default). The packed copy
+    /// takes about as much memory as the weights; `false` drops it and packs per call.
+    pub fn set_weight_packing(&self, enabled: bool) {
+        self.packing.store(enabled, Ordering::Relaxed);
+        if !enabled {
+            *self.packed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Bytes held by the packed weights (0 before the first inference call, or with packing
+    /// off).
+    pub fn packed_weight_bytes(&self) -> usize {
+        let slot = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map_or(0, |p| p.blocks.iter().flatten().map(PackedB::bytes).sum())
+    }
+
+    /// The packed weights of the parameters' current versions for the active instruction set,
+    /// packing them if they are missing or stale.
+    fn packed_weights(&self) -> Result<Arc<PackedExperts>> {
+        let blocking = Blocking::of(Isa::try_active().map_err(|e| Error::Tensor(e.into()))?);
+        let mut slot = self.packed.lock().unwrap_or_else(|e| e.into_inner());
+        let current = || self.params.iter().map(|p| (p.id(), p.version()));
+        if let Some(p) = slot.as_ref().filter(|p| p.blocking == blocking && p.versions.iter().copied().eq(current())) {
+            return Ok(p.clone());
+        }
+        *slot = None; // free the stale copy before packing the new one
+        let (mut versions, mut values, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
+        for p in &self.params {
+            let (value, version) = p.versioned_value();
+            let packed = match value.shape().len() {
+                3 => pack_blocks(&value, WeightLayout::InOut, blocking)?,
+                _ => Vec::new(),
+            };
+            versions.push((p.id(), version));
+            values.push(value);
+            blocks.push(packed);
+        }
+        let packed = Arc::new(PackedExperts { versions, blocking, values, blocks });
+        *slot = Some(packed.clone());
+        Ok(packed)
     }
 
     /// The parameters, in the order documented on the struct.
@@ -178,8 +242,13 @@ impl Experts {
                 format!("the plan routes to {} experts, the layer has {}", plan.num_experts(), self.num_experts),
             ));
         }
-        let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
-        apply(self.kind, x, slot_gates, &weight_vars, plan)
+        if is_recording() || !self.packing.load(Ordering::Relaxed) {
+            let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
+            return apply(self.kind, x, slot_gates, &weight_vars, None, plan);
+        }
+        let packed = self.packed_weights()?;
+        let weight_vars: Vec<Var> = packed.values.iter().cloned().map(Var::constant).collect();
+        apply(self.kind, x, slot_gates, &weight_vars, Some(&packed.blocks), plan)
     }
 }
 
@@ -193,16 +262,24 @@ pub struct ExpertTimes {
 }
 
 /// The expert op on explicit weight values (the parameters' vars, or test leaves), in the
-/// order documented on [`Experts`].
+/// order documented on [`Experts`], with each weight's blocks packed (`packed[i]` for `w[i]`)
+/// when given.
 fn apply(
     kind: ExpertKind,
     x: &Var,
     slot_gates: &Var,
     w: &[Var],
+    packed: Option<&[Vec<PackedB>]>,
     plan: &Arc<DispatchPlan>,
 ) -> Result<(Var, ExpertTimes)> {
     let start = Instant::now();
-    let stacked = |i: usize| GroupedWeight::new(&w[i], WeightLayout::InOut);
+    let stacked = |i: usize| {
+        let weight = GroupedWeight::new(&w[i], WeightLayout::InOut);
+        match packed {
+            Some(p) => weight.with_packed(&p[i]),
+            None => weight,
+        }
+    };
     let y = match kind {
         ExpertKind::Mlp(act) => {
             let h = grouped_linear(x, RowSource::Gathered, plan, stacked(0).with_bias(&w[1]), act)?;

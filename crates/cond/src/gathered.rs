@@ -26,7 +26,9 @@
 use crate::error::{Error, Result};
 use crate::plan::DispatchPlan;
 use elide_autodiff::Var;
-use elide_kernels::gemm::{Accum, Activation, Epilogue, Gemm, GroupProblem, MatMut, MatRef, OutRows};
+use elide_kernels::gemm::{
+    Accum, Activation, Blocking, Epilogue, Gemm, GroupProblem, MatMut, MatRef, OutRows, PackedB,
+};
 use elide_kernels::{activation_backward, unary, Isa, UnaryOp};
 use elide_tensor::{pool, Tensor};
 use rayon::prelude::*;
@@ -66,18 +68,44 @@ pub struct GroupedWeight<'a> {
     pub bias: Option<&'a Var>,
     /// How `weight` stores each block.
     pub layout: WeightLayout,
+    /// Each block already packed for the forward GEMM ([`pack_blocks`] of the same values),
+    /// or none (packed per call).
+    pub packed: Option<&'a [PackedB]>,
 }
 
 impl<'a> GroupedWeight<'a> {
     /// `weight` in `layout`, without a bias.
     pub fn new(weight: &'a Var, layout: WeightLayout) -> GroupedWeight<'a> {
-        GroupedWeight { weight, bias: None, layout }
+        GroupedWeight { weight, bias: None, layout, packed: None }
     }
 
     /// The same weight with a `[G, out]` bias.
     pub fn with_bias(self, bias: &'a Var) -> GroupedWeight<'a> {
         GroupedWeight { bias: Some(bias), ..self }
     }
+
+    /// The same weight with its blocks packed once ([`pack_blocks`] of its current value), so
+    /// the forward GEMM reads them instead of packing the weight on every call (inference).
+    /// Giving packed blocks of other values gives wrong results.
+    pub fn with_packed(self, packed: &'a [PackedB]) -> GroupedWeight<'a> {
+        GroupedWeight { packed: Some(packed), ..self }
+    }
+}
+
+/// Every block of a stacked weight `w` (`[G, in, out]` or `[G, out, in]` as `layout` says)
+/// packed as the right operand of the forward GEMM for `blocking`: what
+/// [`GroupedWeight::with_packed`] takes.
+///
+/// # Errors
+/// [`Error::Shape`] if `w` is not three-dimensional.
+pub fn pack_blocks(w: &Tensor, layout: WeightLayout, blocking: Blocking) -> Result<Vec<PackedB>> {
+    let shape = w.shape();
+    if shape.len() != 3 {
+        return Err(Error::shape("pack_blocks", format!("the weight must be [G, ·, ·], got {shape:?}")));
+    }
+    let (fan_in, fan_out) = layout.fans(shape);
+    let w = dense(w);
+    (0..shape[0]).map(|g| Ok(PackedB::new(block(layout, data(&w), g, fan_in, fan_out)?, blocking))).collect()
 }
 
 fn kernel_err(e: elide_kernels::KernelError) -> Error {
@@ -136,7 +164,12 @@ fn grouped<'a>(
             rest = tail;
             at = start + p.a.rows();
             let c = MatMut::row_major(mine, p.a.rows(), cols).map_err(kernel_err)?;
-            Gemm { accum, epilogue: p.epilogue, ..Gemm::default() }.run(c, p.a, p.b).map_err(kernel_err)?;
+            let gemm = Gemm { accum, epilogue: p.epilogue, ..Gemm::default() };
+            match p.packed_b {
+                Some(packed) => gemm.run_packed(c, p.a, p.b, packed),
+                None => gemm.run(c, p.a, p.b),
+            }
+            .map_err(kernel_err)?;
         }
         return Ok(());
     }
@@ -220,6 +253,9 @@ pub fn grouped_linear(
     if let Some(b) = w.bias.filter(|b| b.shape() != [g, fan_out]) {
         return Err(Error::shape(OP, format!("the bias must be [{g}, {fan_out}], got {:?}", b.shape())));
     }
+    if let Some(p) = w.packed.filter(|p| p.len() != g) {
+        return Err(Error::shape(OP, format!("{} packed blocks for a weight of {g} blocks", p.len())));
+    }
     let shape = LinearShape { source, layout: w.layout, activation, fan_in, fan_out };
     let mut parents = vec![x, w.weight];
     parents.extend(w.bias);
@@ -231,7 +267,7 @@ pub fn grouped_linear(
     // Pooled buffers (`pool::take`: contents unspecified) wherever the GEMM or a kernel writes
     // every element; zeroed ones where a sum accumulates.
     let mut z = pool::take(s * fan_out);
-    linear_forward(&shape, data(&xv), data(&wv), bv.as_ref().map(data), plan, store_act, &mut z)?;
+    linear_forward(&shape, data(&xv), data(&wv), bv.as_ref().map(data), w.packed, plan, store_act, &mut z)?;
     let (out, saved_z) = match (training, unary_of(activation)) {
         (true, Some(op)) => {
             let mut h = pool::take(s * fan_out);
@@ -279,11 +315,13 @@ pub fn grouped_linear(
 }
 
 /// The forward grouped GEMM of [`grouped_linear`] into `out` (`[S, out]`).
+#[allow(clippy::too_many_arguments)]
 fn linear_forward(
     sh: &LinearShape,
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
+    packed: Option<&[PackedB]>,
     plan: &DispatchPlan,
     act: Activation,
     out: &mut [f32],
@@ -300,6 +338,7 @@ fn linear_forward(
                 b: block(sh.layout, w, g, fi, fo)?,
                 rows: OutRows::Range(r.start),
                 epilogue: Epilogue { bias: b.map(|b| &b[g * fo..(g + 1) * fo]), activation: act, row_scale: None },
+                packed_b: packed.map(|p| &p[g]),
             })
         }),
     )
@@ -355,6 +394,7 @@ fn linear_backward(
                         b: dz_of(r)?,
                         rows: OutRows::Range(g * fi),
                         epilogue: Epilogue::default(),
+                        packed_b: None,
                     })
                 }),
             )?,
@@ -370,6 +410,7 @@ fn linear_backward(
                         b: source_rows(sh.source, x, fi, plan, r)?,
                         rows: OutRows::Range(g * fo),
                         epilogue: Epilogue::default(),
+                        packed_b: None,
                     })
                 }),
             )?,
@@ -394,6 +435,7 @@ fn linear_backward(
                     b: block(sh.layout, w, g, fi, fo)?.t(),
                     rows: OutRows::Range(r.start),
                     epilogue: Epilogue::default(),
+                    packed_b: None,
                 })
             }),
         )?;

@@ -16,6 +16,7 @@ use super::blocking::{Blocking, MAX_MR, MAX_NR};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::microkernel::{microkernel, BPanel};
 use super::pack::{pack_a, pack_b_block};
+use super::packed::PackedB;
 use super::view::{MatMut, MatRef};
 use super::Gemm;
 use crate::simd::{with_simd, Simd, SimdTask, TileTask};
@@ -122,8 +123,16 @@ pub(crate) fn with_buffer<R>(
 pub(crate) const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 /// `C ← accum(C, epilogue(alpha·A·B))` with shapes already checked, `k ≥ 1`, `settings.isa`
-/// supported, and, for [`StoreMode::AddActivated`], `k ≤ KC`.
-pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
+/// supported, and, for [`StoreMode::AddActivated`], `k ≤ KC`. `packed`, if given, is B packed
+/// for this call's blocking: its panels are read instead of packing B.
+pub(crate) fn run(
+    settings: &Gemm<'_>,
+    mode: StoreMode,
+    c: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    packed: Option<&PackedB>,
+) {
     let Gemm { alpha, epilogue, par, isa, .. } = *settings;
     let bl = settings.blocking_for(isa);
     let (m, n, k) = (a.rows, b.cols, a.cols);
@@ -158,6 +167,33 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
         // LOOP 4
         for pc in (0..k).step_by(k_slice) {
             let kc = k_slice.min(k - pc);
+            // LOOP 3 over one packed B block (read from `packed`, or packed below).
+            let sweep = |packed_b: &[f32]| {
+                let items = (0..m_blocks).flat_map(|mb| {
+                    (0..n_chunks).filter_map(move |ch| {
+                        let first = ch * panels_per_chunk;
+                        let last = ((ch + 1) * panels_per_chunk).min(n_panels);
+                        let ic = mb * mc;
+                        (first < last).then_some(Item { ic, mc: mc.min(m - ic), panels: (first, last), jc, pc, kc })
+                    })
+                });
+                // The packing buffer is taken outside the SIMD code: a closure is compiled without
+                // the caller's target features, so none may sit between `with_simd` and the kernel.
+                let work = |item: Item| {
+                    with_buffer(&PACK_A, item.mc.div_ceil(bl.mr) * bl.mr * item.kc, |packed_a| {
+                        with_simd(isa, Block { call: &call, item, packed_a, packed_b, k })
+                    })
+                };
+                if threads > 1 {
+                    items.collect::<Vec<_>>().into_par_iter().for_each(work);
+                } else {
+                    items.for_each(work);
+                }
+            };
+            if let Some(packed) = packed {
+                sweep(packed.panels(pc, kc, jc / bl.nr, n_panels));
+                continue;
+            }
             with_buffer(&PACK_B, n_panels * kc * bl.nr, |packed_b| {
                 // Each thread packs a contiguous group of panels, reading B's rows contiguously.
                 let group = if threads > 1 { n_panels.div_ceil(threads) } else { n_panels };
@@ -171,28 +207,7 @@ pub(crate) fn run(settings: &Gemm<'_>, mode: StoreMode, c: MatMut<'_>, a: MatRef
                 } else {
                     pack((0, packed_b));
                 }
-                let packed_b: &[f32] = packed_b;
-                let items = (0..m_blocks).flat_map(|mb| {
-                    (0..n_chunks).filter_map(move |ch| {
-                        let first = ch * panels_per_chunk;
-                        let last = ((ch + 1) * panels_per_chunk).min(n_panels);
-                        let ic = mb * mc;
-                        (first < last).then_some(Item { ic, mc: mc.min(m - ic), panels: (first, last), jc, pc, kc })
-                    })
-                });
-                // LOOP 3
-                // The packing buffer is taken outside the SIMD code: a closure is compiled without
-                // the caller's target features, so none may sit between `with_simd` and the kernel.
-                let work = |item: Item| {
-                    with_buffer(&PACK_A, item.mc.div_ceil(bl.mr) * bl.mr * item.kc, |packed_a| {
-                        with_simd(isa, Block { call: &call, item, packed_a, packed_b, k })
-                    })
-                };
-                if threads > 1 {
-                    items.collect::<Vec<_>>().into_par_iter().for_each(work);
-                } else {
-                    items.for_each(work);
-                }
+                sweep(packed_b);
             });
         }
     }

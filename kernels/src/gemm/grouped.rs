@@ -18,6 +18,7 @@ use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::gemv::{self, SKINNY_MAX_ROWS};
 use super::microkernel::BPanel;
 use super::pack::{pack_a, pack_b_block};
+use super::packed::PackedB;
 use super::view::{MatMut, MatRef, RowOwners};
 use super::{empty_product, Gemm};
 use crate::error::{KernelError, Result};
@@ -45,6 +46,9 @@ pub struct GroupProblem<'a> {
     pub rows: OutRows<'a>,
     /// Bias (length `n`), activation and row scale (length `m`) of this problem.
     pub epilogue: Epilogue<'a>,
+    /// `b` already packed ([`PackedB::new`] of the same values), read instead of packing `b`
+    /// when it was packed for this call's blocking; `None` packs `b` as usual.
+    pub packed_b: Option<&'a PackedB>,
 }
 
 const OP: &str = "grouped_gemm";
@@ -76,6 +80,13 @@ fn validate(c: &MatMut<'_>, problems: &[GroupProblem<'_>], settings: &Gemm<'_>) 
         }
         if let Some(bias) = p.epilogue.bias.filter(|b| b.len() != n) {
             return Err(shape_error(format!("problem {g}: bias has {} elements, output has {n} columns", bias.len())));
+        }
+        if let Some(packed) = p.packed_b.filter(|pb| (pb.rows(), pb.cols()) != (k, n)) {
+            return Err(shape_error(format!(
+                "problem {g}: packed B is {}x{}, B is {k}x{n}",
+                packed.rows(),
+                packed.cols()
+            )));
         }
         if let Some(scale) = p.epilogue.row_scale.filter(|s| s.len() != m) {
             return Err(shape_error(format!("problem {g}: row scale has {} elements, A has {m} rows", scale.len())));
@@ -227,7 +238,8 @@ impl Gemm<'_> {
             let mc = bl.mc_for(p.a.rows);
             with_buffer(&PACK_A, mc.div_ceil(bl.mr) * bl.mr * kc, |packed_a| {
                 with_buffer(&PACK_B_SLICE, (item.panels.1 - item.panels.0) * kc * bl.nr, |packed_b| {
-                    let task = GroupBlock { call: &calls[item.g], b: &p.b, item: *item, packed_a, packed_b };
+                    let prepacked = p.packed_b.filter(|pb| pb.serves(&bl));
+                    let task = GroupBlock { call: &calls[item.g], b: &p.b, prepacked, item: *item, packed_a, packed_b };
                     with_simd(isa, task)
                 })
             })
@@ -300,6 +312,8 @@ fn skinny_rows<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, x: &[f32], j_star
 struct GroupBlock<'a, 'c> {
     call: &'a Call<'c>,
     b: &'a MatRef<'c>,
+    /// B packed before the call, if it fits this call's blocking.
+    prepacked: Option<&'a PackedB>,
     item: Item,
     packed_a: &'a mut [f32],
     packed_b: &'a mut [f32],
@@ -324,18 +338,24 @@ impl TileTask for GroupBlock<'_, '_> {
 
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        let GroupBlock { call, b, item, packed_a, packed_b } = self;
+        let GroupBlock { call, b, prepacked, item, packed_a, packed_b } = self;
         let (mr, nr, m, k) = (MR, NV * S::LANES, call.a.rows, call.a.cols);
         let (q0, q1) = item.panels;
         // One row tile uses each panel once: read B where it lives instead of packing it.
-        let direct = m <= mr && (q0..q1).all(|q| BPanel::direct(b, 0, k, q * nr, nr).is_some());
+        let direct = prepacked.is_none() && m <= mr && (q0..q1).all(|q| BPanel::direct(b, 0, k, q * nr, nr).is_some());
         let k_slice = call.bl.kc_for(k);
         for pc in (0..k).step_by(k_slice) {
             let kc = k_slice.min(k - pc);
             let (first, last) = (pc == 0, pc + kc == k);
-            if !direct {
-                pack_b_block(packed_b, b, pc, kc, q0 * nr, q1 - q0, nr);
-            }
+            let packed_b: &[f32] = match prepacked {
+                Some(pb) => pb.panels(pc, kc, q0, q1 - q0),
+                None => {
+                    if !direct {
+                        pack_b_block(packed_b, b, pc, kc, q0 * nr, q1 - q0, nr);
+                    }
+                    packed_b
+                }
+            };
             let mc_block = call.bl.mc_for(m);
             for ic in (0..m).step_by(mc_block) {
                 let mc = mc_block.min(m - ic);

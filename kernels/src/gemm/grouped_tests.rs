@@ -68,6 +68,7 @@ impl Case {
                         activation,
                         row_scale: Some(&self.scale[r]),
                     },
+                    packed_b: None,
                 }
             })
             .collect()
@@ -177,4 +178,45 @@ fn bit_identical_on_one_and_two_threads() {
         out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
     };
     assert_eq!(run(1), run(2));
+}
+
+/// Problems whose B comes packed ([`PackedB`]) give the bits of packing per call, on every path,
+/// gathered rows and gathered K, one and two threads; a packed B of the wrong shape is refused.
+#[test]
+fn packed_weights_give_the_bits_of_packing_per_call() {
+    let case = Case::new(&[300, 0, 45, 129, 7, 1], 400, 257, 130);
+    for isa in Isa::supported() {
+        let bl = Blocking::of(isa);
+        for gather_k in [false, true] {
+            let problems = case.problems(false, gather_k, Activation::Gelu);
+            let packed: Vec<PackedB> = problems.iter().map(|p| PackedB::new(p.b, bl)).collect();
+            let with_packed: Vec<GroupProblem<'_>> =
+                problems.iter().zip(&packed).map(|(p, pb)| GroupProblem { packed_b: Some(pb), ..*p }).collect();
+            let run = |problems: &[GroupProblem<'_>], threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut out = vec![0.0f32; 482 * 130];
+                pool.install(|| {
+                    Gemm { isa, ..Gemm::default() }
+                        .run_grouped(MatMut::row_major(&mut out, 482, 130).unwrap(), problems)
+                        .unwrap()
+                });
+                crate::testing::bits(&out)
+            };
+            let per_call = run(&problems, 2);
+            assert_eq!(run(&with_packed, 1), per_call, "{isa} gather_k={gather_k}");
+            assert_eq!(run(&with_packed, 2), per_call, "{isa} gather_k={gather_k}");
+            // The panels are read: the first expert's packed from the second's weights differs.
+            let decoy = PackedB::new(problems[2].b, bl);
+            let mut swapped = with_packed.clone();
+            swapped[0].packed_b = Some(&decoy);
+            assert_ne!(run(&swapped, 2), per_call, "{isa} gather_k={gather_k}");
+        }
+    }
+    let problems = case.problems(false, false, Activation::Identity);
+    let wrong = PackedB::new(problems[0].b.t(), Blocking::of(Isa::active()));
+    let mut bad = problems.clone();
+    bad[2].packed_b = Some(&wrong);
+    let mut out = vec![0.0f32; 482 * 130];
+    let err = Gemm::default().run_grouped(MatMut::row_major(&mut out, 482, 130).unwrap(), &bad).unwrap_err();
+    assert_eq!(err.to_string(), "grouped_gemm: shape mismatch: problem 2: packed B is 130x257, B is 257x130");
 }

@@ -33,6 +33,7 @@ mod gemv;
 mod grouped;
 mod microkernel;
 mod pack;
+mod packed;
 pub mod reference;
 mod view;
 
@@ -40,6 +41,7 @@ pub use blocking::{parse_tile, Blocking};
 pub use epilogue::{Accum, Activation, Epilogue};
 pub(crate) use epilogue::{GELU_A, GELU_C};
 pub use grouped::{GroupProblem, OutRows};
+pub use packed::PackedB;
 pub use view::{MatMut, MatRef};
 
 use crate::error::{KernelError, Result};
@@ -91,7 +93,29 @@ impl Gemm<'_> {
     /// # Errors
     /// [`KernelError::Shape`] when the shapes do not chain or the bias/row scale have the
     /// wrong length. Views were already checked for bounds when they were built.
-    pub fn run(&self, mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) -> Result<()> {
+    pub fn run(&self, c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) -> Result<()> {
+        self.run_impl(c, a, b, None)
+    }
+
+    /// [`Gemm::run`] with B's panels read from `packed` (B packed once, for weights reused
+    /// across calls) instead of packed from `b` on every call. `packed` must hold `b`'s values
+    /// ([`PackedB::new`] of the same matrix): the paths that stream B unpacked (one row, a
+    /// few rows) still read `b`, and a call whose blocking differs from `packed`'s packs `b`
+    /// itself. Results are bit-identical to [`Gemm::run`].
+    ///
+    /// # Errors
+    /// As [`Gemm::run`], and [`KernelError::Shape`] when `packed` is not `b`'s shape.
+    pub fn run_packed(&self, c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, packed: &PackedB) -> Result<()> {
+        if (packed.rows(), packed.cols()) != (b.rows, b.cols) {
+            return Err(KernelError::Shape {
+                op: "gemm",
+                detail: format!("packed B is {}x{}, B is {}x{}", packed.rows(), packed.cols(), b.rows, b.cols),
+            });
+        }
+        self.run_impl(c, a, b, Some(packed))
+    }
+
+    fn run_impl(&self, mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, packed: Option<&PackedB>) -> Result<()> {
         const OP: &str = "gemm";
         let (m, k, n) = (a.rows, a.cols, b.cols);
         if b.rows != k || c.rows != m || c.cols != n {
@@ -132,7 +156,7 @@ impl Gemm<'_> {
             // A few rows: each weight is used once per row, so stream B in place (the skinny
             // form in grouped.rs) rather than packing all of it.
             let settings = Gemm { isa, epilogue: Epilogue::default(), ..*self };
-            let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi };
+            let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi, packed_b: None };
             return settings.run_grouped(c, &[problem]);
         }
         let mode = StoreMode::of(self.accum, epi.activation);
@@ -141,11 +165,11 @@ impl Gemm<'_> {
             // temporary, then add it. (Rare: activations usually go with Accum::Replace.)
             let mut tmp = vec![0.0f32; m * n];
             let replace = Gemm { accum: Accum::Replace, isa, ..*self };
-            replace.run(MatMut::row_major(&mut tmp, m, n)?, a, b)?;
+            replace.run_impl(MatMut::row_major(&mut tmp, m, n)?, a, b, packed)?;
             add_rows(c.rb_mut(), &tmp);
             return Ok(());
         }
-        driver::run(&Gemm { isa, ..*self }, mode, c, a, b);
+        driver::run(&Gemm { isa, ..*self }, mode, c, a, b, packed.filter(|p| p.serves(&bl)));
         Ok(())
     }
 }

@@ -236,3 +236,89 @@ fn every_tile_is_bit_identical_on_one_and_two_threads() {
         }
     }
 }
+
+/// B packed once ([`PackedB`]) gives the bits of B packed per call, for every tile of every
+/// path, B layouts with their own packing paths, several K slices and NC blocks, every store
+/// mode, and the unpacked paths (one row, a few rows); and matches the reference.
+#[test]
+fn packed_b_gives_the_bits_of_packing_per_call() {
+    let layouts = [Layout::RowMajor, Layout::Transposed, Layout::Gathered, Layout::GatheredCols];
+    for isa in Isa::supported() {
+        for &(mr, nv) in Blocking::tiles(isa) {
+            let base = Blocking::for_tile(isa, mr, nv).unwrap();
+            let bl = base.with_kc(40).unwrap().with_mc(2 * mr).unwrap().with_nc(2 * base.nr()).unwrap();
+            for (m, n, k) in [(1, 7, 33), (mr - 1, 65, 90), (2 * mr + 1, 5 * bl.nr() + 3, 81), (40, 33, 1)] {
+                let a = Operand::new(m, k, Layout::Padded, 1);
+                for lb in layouts {
+                    let b = Operand::new(k, n, lb, 2);
+                    let packed = PackedB::new(b.view(), bl);
+                    let bias = data(n, 9, -1.0, 1.0);
+                    let gelu = Epilogue { bias: Some(&bias), activation: Activation::Gelu, row_scale: None };
+                    for gemm in [
+                        Gemm { isa, blocking: Some(bl), ..Gemm::default() },
+                        Gemm { isa, blocking: Some(bl), epilogue: gelu, ..Gemm::default() },
+                        Gemm { isa, blocking: Some(bl), alpha: 0.5, accum: Accum::Add, ..Gemm::default() },
+                    ] {
+                        let c0 = data(m * n, 3, -1.0, 1.0);
+                        let (mut per_call, mut once) = (c0.clone(), c0.clone());
+                        gemm.run(MatMut::row_major(&mut per_call, m, n).unwrap(), a.view(), b.view()).unwrap();
+                        gemm.run_packed(MatMut::row_major(&mut once, m, n).unwrap(), a.view(), b.view(), &packed)
+                            .unwrap();
+                        let what = format!("{isa} {bl} m={m} n={n} k={k} {lb:?} {gemm:?}");
+                        assert_eq!(crate::testing::bits(&once), crate::testing::bits(&per_call), "{what}");
+                        let mut want = c0.clone();
+                        let mut c = MatMut::row_major(&mut want, m, n).unwrap();
+                        gemm_reference(&mut c, gemm.accum, &a.view(), &b.view(), gemm.alpha, &gemm.epilogue);
+                        assert_gemm_close(&once, &want, k, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_b_of_another_blocking_is_not_read_and_a_wrong_shape_is_refused() {
+    let (m, n, k) = (50, 70, 300);
+    let (a, b) = (data(m * k, 1, -1.0, 1.0), data(k * n, 2, -1.0, 1.0));
+    let (a, b) = (MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap());
+    for isa in Isa::supported() {
+        let gemm = Gemm { isa, ..Gemm::default() };
+        // Packed with another KC: its slices do not fit this call, which packs B itself.
+        let other = PackedB::new(b, Blocking::of(isa).with_kc(64).unwrap());
+        let (mut want, mut got) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+        gemm.run(MatMut::row_major(&mut want, m, n).unwrap(), a, b).unwrap();
+        gemm.run_packed(MatMut::row_major(&mut got, m, n).unwrap(), a, b, &other).unwrap();
+        assert_eq!(crate::testing::bits(&got), crate::testing::bits(&want), "{isa}");
+        // One of this call's blocking is read: packed from other values, it changes the result.
+        let b2 = data(k * n, 3, -1.0, 1.0);
+        let decoy = PackedB::new(MatRef::row_major(&b2, k, n).unwrap(), Blocking::of(isa));
+        gemm.run_packed(MatMut::row_major(&mut got, m, n).unwrap(), a, b, &decoy).unwrap();
+        assert_ne!(crate::testing::bits(&got), crate::testing::bits(&want), "{isa}");
+    }
+    let wrong = PackedB::new(b.t(), Blocking::of(Isa::active()));
+    let mut c = vec![0.0f32; m * n];
+    let err = Gemm::default().run_packed(MatMut::row_major(&mut c, m, n).unwrap(), a, b, &wrong).unwrap_err();
+    assert_eq!(err.to_string(), "gemm: shape mismatch: packed B is 70x300, B is 300x70");
+}
+
+#[test]
+fn packed_b_is_bit_identical_on_one_and_two_threads() {
+    let (m, n, k) = (131, 150, 600);
+    let (a, b) = (data(m * k, 6, -1.0, 1.0), data(k * n, 7, -1.0, 1.0));
+    let (a, b) = (MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap());
+    for isa in Isa::supported() {
+        let packed = PackedB::new(b, Blocking::of(isa));
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut c = vec![0.0f32; m * n];
+            pool.install(|| {
+                Gemm { isa, ..Gemm::default() }
+                    .run_packed(MatMut::row_major(&mut c, m, n).unwrap(), a, b, &packed)
+                    .unwrap()
+            });
+            crate::testing::bits(&c)
+        };
+        assert_eq!(run(1), run(2), "{isa}");
+    }
+}

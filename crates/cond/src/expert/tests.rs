@@ -126,14 +126,14 @@ fn gradients_match_finite_differences() {
         inputs.extend(experts.params().iter().map(|p| p.value()));
         let kind_of = experts.kind();
         let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
-            apply(kind_of, &v[0], &v[1], &v[2..], &plan)
+            apply(kind_of, &v[0], &v[1], &v[2..], None, &plan)
                 .map(|(out, _)| out)
                 .map_err(|e| elide_autodiff::Error::Backward(e.to_string()))
         };
         gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         // The idle expert's weight gradient is exactly zero.
         let leaves: Vec<Var> = inputs.iter().map(|t| Var::leaf(t.clone())).collect();
-        let (out, _) = apply(kind_of, &leaves[0], &leaves[1], &leaves[2..], &plan).unwrap();
+        let (out, _) = apply(kind_of, &leaves[0], &leaves[1], &leaves[2..], None, &plan).unwrap();
         let grads = out.sum_all().backward().unwrap();
         let dw = grads.of(&leaves[2]).unwrap().to_vec();
         assert!(dw[2 * d * h..].iter().all(|&v| v == 0.0));
@@ -166,4 +166,55 @@ fn bit_identical_on_one_and_two_threads() {
         })
     };
     assert_eq!(run(1), run(2));
+}
+
+/// Inference packs the expert weights once, gives the bits of packing per call, and packs
+/// again after `Param::set` and after an optimizer step (a stale copy would give the old
+/// experts' outputs).
+#[test]
+fn inference_reuses_packed_weights_until_a_parameter_changes() {
+    use elide_autodiff::{no_grad, Optimizer, Sgd};
+    for kind in [ExpertKind::Mlp(Activation::Gelu), ExpertKind::SwiGlu] {
+        // Expert 0 takes 600 rows (the dense driver), experts 1-3 a few each (the grouped work
+        // list), expert 4 none.
+        let (t, e, d, h) = (700, 5, 24, 40);
+        let tokens: Vec<u32> = (0..t as u32).collect();
+        let ex: Vec<u32> = (0..t as u32).map(|i| if i < 600 { 0 } else { 1 + i % 3 }).collect();
+        let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
+        let x = Var::constant(Tensor::randn(&[t, d], &mut Rng::seed(37)));
+        let gates = Var::constant(Tensor::randn(&[t], &mut Rng::seed(41)));
+        let (store, experts) = build(kind, e, d, h, 31);
+        let infer = |experts: &Experts| {
+            let out = no_grad(|| experts.forward(&x, &gates, &plan).unwrap());
+            out.value().to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let unpacked = |experts: &Experts| {
+            experts.set_weight_packing(false);
+            let bits = infer(experts);
+            experts.set_weight_packing(true);
+            bits
+        };
+        let first = infer(&experts);
+        let bytes = experts.packed_weight_bytes();
+        assert!(bytes >= 4 * e * d * h * if kind == ExpertKind::SwiGlu { 3 } else { 2 }, "{kind:?}: {bytes}");
+        assert_eq!(infer(&experts), first, "{kind:?}: reused");
+        assert_eq!(unpacked(&experts), first, "{kind:?}: packed vs per call");
+        assert_eq!(experts.packed_weight_bytes(), 0, "{kind:?}: packing off drops the copy");
+
+        infer(&experts);
+        for p in experts.params() {
+            p.set(p.value().mul_scalar(-0.5)).unwrap();
+        }
+        let after_set = infer(&experts);
+        assert_ne!(after_set, first, "{kind:?}");
+        assert_eq!(after_set, unpacked(&experts), "{kind:?}: after Param::set");
+
+        infer(&experts);
+        let out = experts.forward(&x, &gates, &plan).unwrap();
+        let grads = out.square().sum_all().backward().unwrap();
+        Sgd::new(0.1, 0.0).step(&store, &grads).unwrap();
+        let after_step = infer(&experts);
+        assert_ne!(after_step, after_set, "{kind:?}");
+        assert_eq!(after_step, unpacked(&experts), "{kind:?}: after an optimizer step");
+    }
 }
