@@ -2,9 +2,11 @@
 //! layer `gelu(x·W1 + b1)·W2 + b2`, forward and backward, written directly on the same GEMM
 //! (bias and GELU fused into the store at inference), so the comparison is kernel against
 //! kernel with no routing machinery on the dense side. Buffers come from and go back to
-//! elide's buffer pool (`elide_tensor::pool`), as the MoE layer's tensors do.
+//! elide's buffer pool (`elide_tensor::pool`), as the MoE layer's tensors do, and inference
+//! reads weights packed once (`PackedB`), as the MoE layer's experts do; a training step packs
+//! them per call, as the MoE layer does while recording.
 
-use elide::kernels::gemm::{Activation, Epilogue, Gemm, MatMut, MatRef};
+use elide::kernels::gemm::{Activation, Blocking, Epilogue, Gemm, MatMut, MatRef, PackedB};
 use elide::kernels::{activation_backward, unary, Isa, UnaryOp};
 use elide::tensor::pool;
 
@@ -16,6 +18,8 @@ pub struct DenseFfn {
     b1: Vec<f32>,
     w2: Vec<f32>,
     b2: Vec<f32>,
+    /// `w1` and `w2` packed for the GEMM, for inference.
+    packed: (PackedB, PackedB),
 }
 
 fn mat(data: &[f32], rows: usize, cols: usize) -> MatRef<'_> {
@@ -43,15 +47,12 @@ fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
 impl DenseFfn {
     /// Weights from `fill(len, seed)`.
     pub fn new(d: usize, h: usize, fill: impl Fn(usize, u64) -> Vec<f32>) -> DenseFfn {
-        let scale = |v: Vec<f32>, s: f32| v.into_iter().map(|x| x * s).collect();
-        DenseFfn {
-            d,
-            h,
-            w1: scale(fill(d * h, 11), (1.0 / d as f32).sqrt()),
-            b1: vec![0.0; h],
-            w2: scale(fill(h * d, 12), (1.0 / h as f32).sqrt()),
-            b2: vec![0.0; d],
-        }
+        let scale = |v: Vec<f32>, s: f32| v.into_iter().map(|x| x * s).collect::<Vec<f32>>();
+        let w1 = scale(fill(d * h, 11), (1.0 / d as f32).sqrt());
+        let w2 = scale(fill(h * d, 12), (1.0 / h as f32).sqrt());
+        let blocking = Blocking::of(Isa::active());
+        let packed = (PackedB::new(mat(&w1, d, h), blocking), PackedB::new(mat(&w2, h, d), blocking));
+        DenseFfn { d, h, w1, b1: vec![0.0; h], w2, b2: vec![0.0; d], packed }
     }
 
     /// Multiply-adds ×2 of a forward pass over `t` rows.
@@ -59,19 +60,32 @@ impl DenseFfn {
         4.0 * (t * self.d * self.h) as f64
     }
 
-    /// Inference: bias and GELU fused into the first GEMM's store.
+    /// Inference: bias and GELU fused into the first GEMM's store, weights packed once.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let (d, h) = (self.d, self.h);
+        let run = |c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, packed: &PackedB, epilogue: Epilogue<'_>| {
+            Gemm { epilogue, ..Gemm::default() }.run_packed(c, a, b, packed).expect("bench shapes are consistent")
+        };
+        let mut hidden = pool::take(t * h);
+        let epi = Epilogue { bias: Some(&self.b1), activation: Activation::Gelu, row_scale: None };
+        run(out(&mut hidden, t, h), mat(x, t, d), mat(&self.w1, d, h), &self.packed.0, epi);
+        let mut y = pool::take(t * d);
+        let epi = Epilogue { bias: Some(&self.b2), ..Epilogue::default() };
+        run(out(&mut y, t, d), mat(&hidden, t, h), mat(&self.w2, h, d), &self.packed.1, epi);
+        pool::give(hidden);
+        y
+    }
+
+    /// A training step's forward: as [`DenseFfn::forward`], with the weights packed per call
+    /// (they change every step).
+    pub fn forward_packing(&self, x: &[f32], t: usize) -> Vec<f32> {
         let (d, h) = (self.d, self.h);
         let mut hidden = pool::take(t * h);
         let epi = Epilogue { bias: Some(&self.b1), activation: Activation::Gelu, row_scale: None };
         gemm(out(&mut hidden, t, h), mat(x, t, d), mat(&self.w1, d, h), epi);
         let mut y = pool::take(t * d);
-        gemm(
-            out(&mut y, t, d),
-            mat(&hidden, t, h),
-            mat(&self.w2, h, d),
-            Epilogue { bias: Some(&self.b2), ..Epilogue::default() },
-        );
+        let epi = Epilogue { bias: Some(&self.b2), ..Epilogue::default() };
+        gemm(out(&mut y, t, d), mat(&hidden, t, h), mat(&self.w2, h, d), epi);
         pool::give(hidden);
         y
     }

@@ -121,14 +121,18 @@ fn measure(plan: Plan, r: &mut Report, case: Case<'_>) -> Measured {
         let mut dense_train = || {
             pool::give(std::hint::black_box(active.forward_backward(&x, t, &dy)));
         };
-        // The forwards again, in the same rounds: (fwd+bwd) ÷ fwd side by side.
+        // The forwards again, in the same rounds: (fwd+bwd) ÷ fwd side by side. These forwards
+        // pack the weights per call, as a training step's forward does (weights change every
+        // step), so the ratio compares the backward with the forward it follows.
+        moe.experts().set_weight_packing(false);
         let mut moe_fwd = || {
             no_grad(|| std::hint::black_box(moe.forward(&xc).expect("forward")));
         };
         let mut dense_fwd = || {
-            pool::give(std::hint::black_box(active.forward(&x, t)));
+            pool::give(std::hint::black_box(active.forward_packing(&x, t)));
         };
         let res = interleaved(plan, &mut [&mut moe_train, &mut dense_train, &mut moe_fwd, &mut dense_fwd]);
+        moe.experts().set_weight_packing(true);
         fwdbwd_vs_active = 1.0 / res.ratios_to_first[1];
         fwdbwd_s = res.medians[0];
         moe_bwd_ratio = res.ratio(0, 2);

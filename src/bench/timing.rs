@@ -88,13 +88,16 @@ fn process_cpu_seconds() -> f64 {
     panic!("--cpu-time needs a Unix process CPU clock")
 }
 
-/// Times every side once per round, in order, for `plan.rounds` rounds, after one warm-up call
-/// each. Returns per-side medians (seconds per call) and, for each side, the median over rounds
-/// of its time divided by side 0's time in the same round.
+/// Times every side once per round, in order, for `plan.rounds` rounds, after a warm-up call
+/// each and one more call that sets how many calls make a sample (so one-time work in the
+/// first call — packing weights, filling the buffer pool — neither counts nor shrinks the
+/// samples). Returns per-side medians (seconds per call) and, for each side, the median over
+/// rounds of its time divided by side 0's time in the same round.
 pub fn interleaved(plan: Plan, sides: &mut [&mut dyn FnMut()]) -> Interleaved {
     let reps: Vec<usize> = sides
         .iter_mut()
         .map(|f| {
+            f();
             let t = plan.time(*f).max(1e-9);
             ((plan.min_sample / t).ceil() as usize).clamp(1, 1_000_000)
         })

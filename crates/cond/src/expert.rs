@@ -16,7 +16,7 @@
 //! `⟨dOut[token], Y[s]⟩`. An expert with no rows costs nothing in either direction.
 
 use crate::error::{Error, Result};
-use crate::gathered::{combine, grouped_linear, pack_blocks, GroupedWeight, RowSource, WeightLayout};
+use crate::gathered::{active, combine, grouped_linear, pack_blocks, GroupedWeight, RowSource, WeightLayout};
 use crate::plan::DispatchPlan;
 use crate::weights::ParamSource;
 use elide_autodiff::{init, is_recording, Param, Scope, Var};
@@ -58,6 +58,10 @@ pub struct Experts {
     packed: Mutex<Option<Arc<PackedExperts>>>,
     packing: AtomicBool,
 }
+
+/// Rows up to which the grouped GEMM streams an expert's weights instead of packing them (its
+/// skinny form).
+const STREAMED_MAX_ROWS: usize = 8;
 
 /// The experts' parameter values at one version, each weight's blocks packed for the forward
 /// GEMMs: what an inference call reuses until a parameter is replaced (`Param::set`, an
@@ -242,7 +246,11 @@ impl Experts {
                 format!("the plan routes to {} experts, the layer has {}", plan.num_experts(), self.num_experts),
             ));
         }
-        if is_recording() || !self.packing.load(Ordering::Relaxed) {
+        // Training packs per call (the weights change every step); a batch whose every expert
+        // has a few rows (decode) streams the weights unpacked (the kernels' skinny form), so
+        // packing them would only cost memory.
+        let streamed = active(plan).all(|(_, rows)| rows.len() <= STREAMED_MAX_ROWS);
+        if is_recording() || !self.packing.load(Ordering::Relaxed) || streamed {
             let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
             return apply(self.kind, x, slot_gates, &weight_vars, None, plan);
         }

@@ -194,6 +194,11 @@ fn inference_reuses_packed_weights_until_a_parameter_changes() {
             experts.set_weight_packing(true);
             bits
         };
+        // A decode batch (a few rows per expert) streams the weights: nothing is packed.
+        let few = Arc::new(DispatchPlan::new(&tokens[..6], &ex[595..601], 6, e, Capacity::Dropless).unwrap());
+        let (x6, g6) = (Var::constant(Tensor::randn(&[6, d], &mut Rng::seed(43))), Var::constant(Tensor::ones(&[6])));
+        no_grad(|| experts.forward(&x6, &g6, &few).unwrap());
+        assert_eq!(experts.packed_weight_bytes(), 0, "{kind:?}: decode");
         let first = infer(&experts);
         let bytes = experts.packed_weight_bytes();
         assert!(bytes >= 4 * e * d * h * if kind == ExpertKind::SwiGlu { 3 } else { 2 }, "{kind:?}: {bytes}");
