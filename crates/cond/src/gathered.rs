@@ -476,8 +476,29 @@ fn bias_grad(rows: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
 }
 
 /// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`.
+/// One pass that writes each output row once: its first slot is stored, the others added (no
+/// zero-filled buffer read back).
 fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
-    combine_rows_onto(pool::take_zeroed(plan.num_tokens() * width), rows, scale, plan, width)
+    let mut out = pool::take(plan.num_tokens() * width);
+    let (start, slots) = plan.slots_by_token();
+    out.par_chunks_mut(width.max(1)).enumerate().with_min_len(64).for_each(|(t, row)| {
+        let mut mine = slots[start[t]..start[t + 1]].iter().map(|&s| s as usize);
+        let Some(first) = mine.next() else {
+            row.fill(0.0);
+            return;
+        };
+        let g = scale.get(first).copied().unwrap_or(1.0);
+        for (o, &y) in row.iter_mut().zip(&rows[first * width..(first + 1) * width]) {
+            *o = g * y;
+        }
+        for s in mine {
+            let g = scale.get(s).copied().unwrap_or(1.0);
+            for (o, &y) in row.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
+                *o += g * y;
+            }
+        }
+    });
+    out
 }
 
 /// [`combine_rows`] added onto `out` (`[T, width]`).
@@ -537,15 +558,15 @@ fn combine_impl(
     }
     let rv = dense(rows.value());
     let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
-    let base = match residual {
+    let combined = match residual {
         Some(r) => {
             let mut base = pool::take(t * d);
             base.copy_from_slice(data(&dense(r.value())));
-            base
+            combine_rows_onto(base, data(&rv), &gv, plan, d)
         }
-        None => pool::take_zeroed(t * d),
+        None => combine_rows(data(&rv), &gv, plan, d),
     };
-    let out = Tensor::from_vec(combine_rows_onto(base, data(&rv), &gv, plan, d), &[t, d])?;
+    let out = Tensor::from_vec(combined, &[t, d])?;
     let mut parents = vec![rows];
     parents.extend(gates);
     parents.extend(residual);

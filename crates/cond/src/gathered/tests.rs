@@ -319,3 +319,26 @@ fn combine_onto_is_the_residual_plus_the_combine_and_gradchecks() {
     let err = combine_onto(&Var::constant(Tensor::zeros(&[4, 2])), &rows, None, &p).unwrap_err();
     assert_eq!(err.to_string(), "combine_onto: the residual must be [4, 3], got [4, 2]");
 }
+
+/// The combine writes every output row, including the rows of tokens with no slots, even when
+/// its buffer comes from the pool holding old values.
+#[test]
+fn combine_zeroes_tokens_without_slots_in_a_reused_buffer() {
+    let (t, e, d) = (300, 4, 128);
+    // Only even tokens are routed (to expert token % 4).
+    let tokens: Vec<u32> = (0..t as u32).step_by(2).collect();
+    let experts: Vec<u32> = tokens.iter().map(|&tok| tok % e as u32).collect();
+    let p = Arc::new(DispatchPlan::new(&tokens, &experts, t, e, Capacity::Dropless).unwrap());
+    let rows = Var::constant(Tensor::randn(&[p.num_kept(), d], &mut Rng::seed(3)));
+    let mut old = elide_tensor::pool::take(t * d);
+    old.fill(f32::NAN);
+    elide_tensor::pool::give(old);
+    let out = combine(&rows, None, &p).unwrap().value().to_vec();
+    for tok in (1..t).step_by(2) {
+        assert!(out[tok * d..(tok + 1) * d].iter().all(|&v| v == 0.0), "token {tok}");
+    }
+    let r = rows.value().to_vec();
+    for (s, &tok) in p.tokens().iter().enumerate() {
+        assert_eq!(out[tok as usize * d..][..d], r[s * d..(s + 1) * d], "token {tok}");
+    }
+}
