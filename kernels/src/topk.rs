@@ -17,6 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering as Atomic};
 /// on typical rows, since whole vectors below the current k-th value are skipped); above it, a
 /// partial selection (O(cols + k log k)).
 const INSERTION_MAX_K: usize = 64;
+/// Up to this `k` (and rows up to [`PASSES_MAX_COLS`]), top-k is `k` vector maximum passes over
+/// a copy of the row instead: a router's top-2 of 64 experts inserted every element of the row
+/// into the list (the first `k` slots fill, so no vector is skipped), 3 % of a 64-expert layer.
+const PASSES_MAX_K: usize = 4;
+/// Longest row [`topk_passes`] copies.
+const PASSES_MAX_COLS: usize = 1024;
 
 /// `x` is `[rows, cols]`, `out` is `[rows]`: the column of each row's largest value (the lowest
 /// such column on ties).
@@ -165,9 +171,12 @@ impl SimdTask for TopkTask<'_> {
     fn run<S: Simd>(self, s: S) -> Option<usize> {
         let k = self.k;
         let mut keys = Vec::new();
+        let mut copy = [0.0f32; PASSES_MAX_COLS];
         let outs = self.values.chunks_exact_mut(k).zip(self.indices.chunks_exact_mut(k));
         for (r, (row, (values, indices))) in self.x.chunks_exact(self.cols).zip(outs).enumerate() {
-            let ok = if k <= INSERTION_MAX_K {
+            let ok = if k <= PASSES_MAX_K && self.cols <= PASSES_MAX_COLS {
+                topk_passes(s, row, values, indices, &mut copy)
+            } else if k <= INSERTION_MAX_K {
                 topk_insertion(s, row, values, indices)
             } else {
                 topk_select(row, values, indices, &mut keys)
@@ -178,6 +187,41 @@ impl SimdTask for TopkTask<'_> {
         }
         None
     }
+}
+
+/// Very small k: `k` passes over a copy of the row, each taking the maximum (a vector reduction)
+/// and its lowest not-yet-taken position, then knocking that position down to -∞. A position
+/// already taken is skipped when searching, so rows of -∞ (a masked router) still give `k`
+/// distinct columns, lowest first. Returns false if the row holds a NaN.
+#[inline(always)]
+fn topk_passes<S: Simd>(s: S, row: &[f32], values: &mut [f32], indices: &mut [u32], buf: &mut [f32]) -> bool {
+    let buf = &mut buf[..row.len()];
+    buf.copy_from_slice(row);
+    let k = values.len();
+    let mut taken = [u32::MAX; PASSES_MAX_K];
+    for r in 0..k {
+        let m = lanes::max(s, buf);
+        if m.is_nan() {
+            return false;
+        }
+        let mut at = 0;
+        for (c, chunk) in buf.chunks(64).enumerate() {
+            if chunk.iter().fold(false, |hit, &v| hit | (v == m)) {
+                let free = chunk.iter().enumerate().position(|(j, &v)| {
+                    let j = (c * 64 + j) as u32;
+                    v == m && !taken[..r].contains(&j)
+                });
+                if let Some(j) = free {
+                    at = c * 64 + j;
+                    break;
+                }
+            }
+        }
+        (values[r], indices[r]) = (row[at], at as u32);
+        taken[r] = at as u32;
+        buf[at] = f32::NEG_INFINITY;
+    }
+    true
 }
 
 /// Small k: a sorted list of the best so far (descending value, ascending index on ties).
@@ -287,7 +331,7 @@ mod tests {
     fn topk_matches_reference_on_every_path() {
         for isa in Isa::supported() {
             for (rows, cols) in SHAPES.into_iter().chain([(3, 300), (2, 1000)]) {
-                for k in [1, 2, 7, 33, 65, 100, cols].into_iter().filter(|&k| k <= cols) {
+                for k in [1, 2, 3, 4, 7, 33, 65, 100, cols].into_iter().filter(|&k| k <= cols) {
                     for x in [data(rows * cols, (cols + k) as u64, -1.0, 1.0), tied(rows * cols, k as u64)] {
                         let (mut values, mut indices) = (vec![f32::NAN; rows * k], vec![u32::MAX; rows * k]);
                         topk_rows(isa, &x, rows, cols, k, &mut values, &mut indices).unwrap();
@@ -298,6 +342,25 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Rows of -∞ (a router with masked experts) still give `k` distinct columns, ties to the
+    /// lower index, on the few-pass path (k ≤ 4) and the others.
+    #[test]
+    fn minus_infinity_rows_give_distinct_columns() {
+        let mut x = vec![f32::NEG_INFINITY; 2 * 9];
+        x[9 + 4] = 1.0;
+        for isa in Isa::supported() {
+            for k in [1, 2, 4, 5, 9] {
+                let (mut values, mut indices) = (vec![0.0; 2 * k], vec![0; 2 * k]);
+                topk_rows(isa, &x, 2, 9, k, &mut values, &mut indices).unwrap();
+                let want_first: Vec<u32> = (0..k as u32).collect();
+                let want_second: Vec<u32> = std::iter::once(4).chain((0..9).filter(|&j| j != 4)).take(k).collect();
+                assert_eq!((&indices[..k], &indices[k..]), (&want_first[..], &want_second[..]), "{isa} k={k}");
+                assert_eq!(values[k], 1.0);
+                assert!(values[..k].iter().chain(&values[k + 1..]).all(|&v| v == f32::NEG_INFINITY));
             }
         }
     }
