@@ -16,7 +16,7 @@
 use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_SLICE, PARALLEL_MIN_MACS};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::gemv::{self, SKINNY_MAX_ROWS};
-use super::microkernel::BPanel;
+use super::microkernel::{APanel, BPanel};
 use super::pack::{pack_a, pack_b_block};
 use super::packed::PackedB;
 use super::view::{MatMut, MatRef, RowOwners};
@@ -366,7 +366,7 @@ impl TileTask for GroupBlock<'_, '_> {
                         None => BPanel::packed(&packed_b[(q - q0) * kc * nr..(q - q0 + 1) * kc * nr], kc, nr),
                     };
                     for ir in (0..mc).step_by(mr) {
-                        let a_panel = &packed_a[(ir / mr) * kc * mr..(ir / mr + 1) * kc * mr];
+                        let a_panel = APanel::Packed(packed_a[(ir / mr) * kc * mr..(ir / mr + 1) * kc * mr].as_ptr());
                         let tile = Tile { i0: ic + ir, j0: q * nr, rows: mr.min(mc - ir), first, last };
                         store_tile::<S, MR, NV>(s, call, tile, kc, a_panel, panel);
                     }

@@ -6,6 +6,7 @@
 //! in registers (`Simd::GEMM_TILES` lists them; `blocking.rs` picks one).
 
 use super::blocking::MAX_MR;
+use super::pack::ZEROS;
 use super::view::MatRef;
 use crate::simd::Simd;
 
@@ -40,20 +41,123 @@ impl BPanel {
     }
 }
 
-/// Computes `c_i ← alpha_i · Σ_p a[p·MR + i] · b[p·b_stride + ·]  (+ c_i if accumulate)` for
-/// the `MR` row pointers `c` (each `NR = NV·LANES` contiguous floats). `b_stride` is `NR` for a
-/// packed panel, or B's row stride when B is read in place (small-M products, where packing B
-/// would cost more than it saves).
+/// Computes `c_i ← alpha_i · Σ_p a(i, p) · b[p·b_stride + ·]  (+ c_i if accumulate)` for the
+/// `MR` row pointers `c` (each `NR = NV·LANES` contiguous floats), `a(i, p)` as [`APanel`]
+/// says. `b_stride` is `NR` for a packed panel, or B's row stride when B is read in place
+/// (small-M products, where packing B would cost more than it saves).
 ///
 /// # Safety
-/// `a` must hold `kc·MR` floats; `b` must describe `kc` readable steps (its constructors
-/// check that); each of the first `MR` pointers in `c` must be valid for reading and writing
-/// `NR` floats, with no two rows overlapping.
+/// `a` must address `kc` steps of `MR` rows (packed: `kc·MR` floats; rows: each of the first
+/// `MR` pointers valid for `kc` floats); `b` must describe `kc` readable steps (its
+/// constructors check that); each of the first `MR` pointers in `c` must be valid for reading
+/// and writing `NR` floats, with no two rows overlapping.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     kc: usize,
-    a: *const f32,
+    a: APanel,
+    b: BPanel,
+    c: &[*mut f32; MAX_MR],
+    alpha: &[f32; MAX_MR],
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller, whichever form A takes.
+    unsafe {
+        match a {
+            APanel::Packed(ptr) => kernel::<S, MR, NV, _>(s, kc, PackedA::<MR>(ptr), b, c, alpha, accumulate),
+            APanel::Rows(rows) => {
+                let rows = RowsA::<MR>(std::array::from_fn(|i| rows[i]));
+                kernel::<S, MR, NV, _>(s, kc, rows, b, c, alpha, accumulate)
+            }
+        }
+    }
+}
+
+/// `kc` steps of an MR-row tile of A as the micro-kernel reads it: packed (row `i` of step `p`
+/// at `ptr + p·MR + i`), or in place from MR rows whose K steps are contiguous (row `i` of step
+/// `p` at `rows[i] + p`; rows past the tile's last point at zeros). Built only by the checked
+/// constructor [`APanel::rows`] or from a packed buffer the driver sized.
+#[derive(Clone, Copy)]
+pub(crate) enum APanel {
+    Packed(*const f32),
+    Rows([*const f32; MAX_MR]),
+}
+
+impl APanel {
+    /// A read in place: rows `row0..row0+rows` (at most MR; the rest of the tile reads zeros),
+    /// steps `col0..col0+kc`, of a view whose K steps are contiguous (column stride 1, columns
+    /// not gathered; rows may be). `None` for any other view, so the caller packs instead.
+    /// Every row is sliced here, so the pointers it returns are in bounds.
+    #[inline(always)]
+    pub(crate) fn rows(a: &MatRef<'_>, row0: usize, rows: usize, col0: usize, kc: usize) -> Option<APanel> {
+        if a.col_stride != 1 || a.col_index.is_some() || kc > ZEROS.len() || rows > MAX_MR {
+            return None;
+        }
+        let mut ptrs = [ZEROS.as_ptr(); MAX_MR];
+        for (i, ptr) in ptrs.iter_mut().enumerate().take(rows) {
+            let start = a.row_offset(row0 + i) + col0;
+            *ptr = a.data.get(start..start + kc)?.as_ptr();
+        }
+        Some(APanel::Rows(ptrs))
+    }
+}
+
+/// How the micro-kernel reads one element of its A tile; one implementation per [`APanel`]
+/// form, so each is its own monomorphised loop.
+trait ATile: Copy {
+    /// Row `i` of step `p` from the current position.
+    ///
+    /// # Safety
+    /// The position plus `p` must be inside the tile's `kc` steps.
+    unsafe fn at(&self, i: usize, p: usize) -> f32;
+    /// The position `steps` further on.
+    ///
+    /// # Safety
+    /// As for [`ATile::at`].
+    unsafe fn advanced(self, steps: usize) -> Self;
+}
+
+#[derive(Clone, Copy)]
+struct PackedA<const MR: usize>(*const f32);
+
+impl<const MR: usize> ATile for PackedA<MR> {
+    #[inline(always)]
+    unsafe fn at(&self, i: usize, p: usize) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { *self.0.add(p * MR + i) }
+    }
+    #[inline(always)]
+    unsafe fn advanced(self, steps: usize) -> Self {
+        // SAFETY: forwarded from the caller.
+        PackedA(unsafe { self.0.add(steps * MR) })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RowsA<const MR: usize>([*const f32; MR]);
+
+impl<const MR: usize> ATile for RowsA<MR> {
+    #[inline(always)]
+    unsafe fn at(&self, i: usize, p: usize) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { *self.0[i].add(p) }
+    }
+    #[inline(always)]
+    unsafe fn advanced(self, steps: usize) -> Self {
+        // SAFETY: forwarded from the caller (each row pointer stays inside its row).
+        RowsA(self.0.map(|r| unsafe { r.add(steps) }))
+    }
+}
+
+/// [`microkernel`] for one form of A.
+///
+/// # Safety
+/// As [`microkernel`].
+#[inline(always)]
+unsafe fn kernel<S: Simd, const MR: usize, const NV: usize, A: ATile>(
+    s: S,
+    kc: usize,
+    a: A,
     b: BPanel,
     c: &[*mut f32; MAX_MR],
     alpha: &[f32; MAX_MR],
@@ -68,19 +172,20 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     }
     let mut acc = [[s.splat(0.0); NV]; MR];
     let (mut a, mut b, b_stride) = (a, b.ptr, b.stride);
-    // One step of K: NV loads of B, MR broadcasts of A, MR·NV FMAs.
+    // One step of K (step `p` from A's position): NV loads of B, MR broadcasts of A, MR·NV FMAs.
     #[inline(always)]
-    unsafe fn step<S: Simd, const MR: usize, const NV: usize>(
+    unsafe fn step<S: Simd, const MR: usize, const NV: usize, A: ATile>(
         s: S,
-        a: *const f32,
+        a: A,
+        p: usize,
         b: *const f32,
         acc: &mut [[S::V; NV]; MR],
     ) {
-        // SAFETY: b points at one step (NR floats) of a packed B panel.
+        // SAFETY: b points at one step (NR floats) of a B panel.
         let bv: [S::V; NV] = std::array::from_fn(|v| unsafe { s.load(b.add(v * S::LANES)) });
         for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: a points at one step (MR floats) of a packed A panel.
-            let av = s.splat(unsafe { *a.add(i) });
+            // SAFETY: step p of the A tile is inside its kc steps.
+            let av = s.splat(unsafe { a.at(i, p) });
             for (r, &bv) in row.iter_mut().zip(&bv) {
                 *r = s.mul_add(av, bv, *r);
             }
@@ -92,19 +197,19 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     for _ in 0..kc / 4 {
         // SAFETY: four steps remain in both panels.
         unsafe {
-            step::<S, MR, NV>(s, a, b, &mut acc);
-            step::<S, MR, NV>(s, a.add(MR), b.add(b_stride), &mut acc);
-            step::<S, MR, NV>(s, a.add(2 * MR), b.add(2 * b_stride), &mut acc);
-            step::<S, MR, NV>(s, a.add(3 * MR), b.add(3 * b_stride), &mut acc);
-            a = a.add(4 * MR);
+            step::<S, MR, NV, A>(s, a, 0, b, &mut acc);
+            step::<S, MR, NV, A>(s, a, 1, b.add(b_stride), &mut acc);
+            step::<S, MR, NV, A>(s, a, 2, b.add(2 * b_stride), &mut acc);
+            step::<S, MR, NV, A>(s, a, 3, b.add(3 * b_stride), &mut acc);
+            a = a.advanced(4);
             b = b.add(4 * b_stride);
         }
     }
     for _ in 0..kc % 4 {
         // SAFETY: one step remains in both panels.
         unsafe {
-            step::<S, MR, NV>(s, a, b, &mut acc);
-            a = a.add(MR);
+            step::<S, MR, NV, A>(s, a, 0, b, &mut acc);
+            a = a.advanced(1);
             b = b.add(b_stride);
         }
     }

@@ -68,8 +68,9 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef<'_>, row0: usize, mc: usize, co
     }
 }
 
-/// Zero padding for the missing rows of a partial panel (KC never exceeds this).
-static ZEROS: [f32; super::blocking::MAX_KC] = [0.0; super::blocking::MAX_KC];
+/// Zero padding for the missing rows of a partial A tile, packed or read in place (KC never
+/// exceeds this).
+pub(crate) static ZEROS: [f32; super::blocking::MAX_KC] = [0.0; super::blocking::MAX_KC];
 
 /// `dst[p·MR + i] = rows[i][p]`: MR rows of length `kc`, interleaved. With the row count a
 /// constant and every row sliced to `kc`, the compiler drops the bounds checks and keeps the

@@ -322,3 +322,38 @@ fn packed_b_is_bit_identical_on_one_and_two_threads() {
         assert_eq!(run(1), run(2), "{isa}");
     }
 }
+
+/// A product of one NR panel reads A in place (each A tile is used once); it gives the bits of
+/// the same columns computed among several panels, where A is packed, for every tile, gathered
+/// and padded A, several K slices, and edge rows.
+#[test]
+fn one_panel_products_read_a_in_place_with_the_bits_of_packing() {
+    for isa in Isa::supported() {
+        for &(mr, nv) in Blocking::tiles(isa) {
+            let bl = Blocking::for_tile(isa, mr, nv).unwrap().with_kc(40).unwrap().with_mc(2 * mr).unwrap();
+            let nr = bl.nr();
+            for (m, k) in [(1 + 2 * mr, 81), (3 * mr, 7), (40, 100)] {
+                for la in [Layout::RowMajor, Layout::Padded, Layout::Gathered] {
+                    let a = Operand::new(m, k, la, 1);
+                    // B: nr + 5 columns; its first nr columns alone are one panel.
+                    let wide = data(k * (nr + 5), 2, -1.0, 1.0);
+                    let b_wide = MatRef::row_major(&wide, k, nr + 5).unwrap();
+                    let b_one = MatRef::new(&wide, k, nr, nr + 5, 1).unwrap();
+                    let bias = data(nr + 5, 9, -1.0, 1.0);
+                    let run = |c: MatMut<'_>, b: MatRef<'_>, bias: &[f32]| {
+                        let epilogue = Epilogue { bias: Some(bias), activation: Activation::Gelu, row_scale: None };
+                        Gemm { isa, blocking: Some(bl), par: Par::Seq, epilogue, ..Gemm::default() }
+                            .run(c, a.view(), b)
+                            .unwrap()
+                    };
+                    let (mut one, mut many) = (vec![0.0f32; m * nr], vec![0.0f32; m * (nr + 5)]);
+                    run(MatMut::row_major(&mut one, m, nr).unwrap(), b_one, &bias[..nr]);
+                    run(MatMut::row_major(&mut many, m, nr + 5).unwrap(), b_wide, &bias);
+                    let firsts: Vec<f32> = many.chunks(nr + 5).flat_map(|r| r[..nr].to_vec()).collect();
+                    let what = format!("{isa} {bl} m={m} k={k} {la:?}");
+                    assert_eq!(crate::testing::bits(&one), crate::testing::bits(&firsts), "{what}");
+                }
+            }
+        }
+    }
+}
