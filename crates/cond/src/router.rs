@@ -199,9 +199,14 @@ impl RouterKind {
         if shape.len() != 2 || shape[1] == 0 {
             return Err(Error::shape("router", format!("logits must be [tokens, experts >= 1], got {shape:?}")));
         }
-        let (t, e) = (shape[0], shape[1]);
+        check_finite(logits.value(), shape[1])?;
+        self.route_finite_logits(logits)
+    }
+
+    /// [`RouterKind::route_logits`] for `[T, E]` logits already checked to be finite.
+    fn route_finite_logits(&self, logits: &Var) -> Result<Routing> {
+        let (t, e) = (logits.shape()[0], logits.shape()[1]);
         self.validate(e)?;
-        check_finite(logits.value(), e)?;
         if t == 0 {
             return Ok(Routing { logits: logits.clone(), ..Routing::empty(e) });
         }
@@ -549,7 +554,8 @@ impl Router {
     pub fn route(&self, x: &Var, noise_rng: Option<&mut Rng>) -> Result<Routing> {
         let logits = self.logits(x)?;
         let (t, e) = (logits.shape()[0], logits.shape()[1]);
-        // Checked before the noise, so the error names what the router computed.
+        // Checked before the noise, so the error names what the router computed (and once:
+        // the selection below takes the logits as checked).
         check_finite(logits.value(), e)?;
         let logits = match (self.kind, noise_rng) {
             (RouterKind::TopK { noisy: true, .. }, Some(rng)) if t > 0 => {
@@ -564,7 +570,7 @@ impl Router {
             }
             _ => logits,
         };
-        self.kind.route_logits(&logits)
+        self.kind.route_finite_logits(&logits)
     }
 }
 
