@@ -342,3 +342,25 @@ fn combine_zeroes_tokens_without_slots_in_a_reused_buffer() {
         assert_eq!(out[tok as usize * d..][..d], r[s * d..(s + 1) * d], "token {tok}");
     }
 }
+
+/// The weight gradient of a destination with no rows is exactly zero, also when its buffer comes
+/// from the pool holding old values (only idle blocks are zeroed; active ones are overwritten).
+#[test]
+fn idle_destinations_get_zero_weight_gradients_in_a_reused_buffer() {
+    let (t, g, fi, fo) = (50, 3, 64, 256);
+    let tokens: Vec<u32> = (0..t as u32).collect();
+    let dest: Vec<u32> = (0..t as u32).map(|i| if i % 2 == 0 { 0 } else { 2 }).collect();
+    let p = Arc::new(DispatchPlan::new(&tokens, &dest, t, g, Capacity::Dropless).unwrap());
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let x = Var::leaf(Tensor::randn(&[t, fi], &mut Rng::seed(5)));
+        let w = Var::leaf(Tensor::randn(&layout.shape(g, fi, fo), &mut Rng::seed(6)));
+        let y = grouped_linear(&x, RowSource::Gathered, &p, GroupedWeight::new(&w, layout), Activation::Gelu).unwrap();
+        let mut old = elide_tensor::pool::take(g * fi * fo);
+        old.fill(f32::NAN);
+        elide_tensor::pool::give(old);
+        let dw = y.sum_all().backward().unwrap().of(&w).unwrap().to_vec();
+        assert!(dw[fi * fo..2 * fi * fo].iter().all(|&v| v == 0.0), "{layout:?}: the idle block");
+        assert!(dw.iter().all(|v| v.is_finite()), "{layout:?}: every block written");
+        assert!(dw[..fi * fo].iter().any(|&v| v != 0.0), "{layout:?}");
+    }
+}
