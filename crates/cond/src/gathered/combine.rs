@@ -1,0 +1,175 @@
+//! The ops that meet the slot rows of a plan with the token rows: [`combine`] (slot rows,
+//! gated, summed back onto their tokens), [`combine_onto`] (the same onto a residual) and
+//! [`gather`] (token rows copied out in slot order), forward and backward. Sums run in slot
+//! order (fixed, no atomics), so results are bit-identical for any thread count.
+
+use super::{data, dense};
+use crate::error::{Error, Result};
+use crate::plan::DispatchPlan;
+use elide_autodiff::Var;
+use elide_tensor::{pool, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`.
+/// One pass that writes each output row once: its first slot is stored, the others added (no
+/// zero-filled buffer read back).
+pub(super) fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
+    let mut out = pool::take(plan.num_tokens() * width);
+    let (start, slots) = plan.slots_by_token();
+    out.par_chunks_mut(width.max(1)).enumerate().with_min_len(64).for_each(|(t, row)| {
+        let mut mine = slots[start[t]..start[t + 1]].iter().map(|&s| s as usize);
+        let Some(first) = mine.next() else {
+            row.fill(0.0);
+            return;
+        };
+        let g = scale.get(first).copied().unwrap_or(1.0);
+        for (o, &y) in row.iter_mut().zip(&rows[first * width..(first + 1) * width]) {
+            *o = g * y;
+        }
+        for s in mine {
+            let g = scale.get(s).copied().unwrap_or(1.0);
+            for (o, &y) in row.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
+                *o += g * y;
+            }
+        }
+    });
+    out
+}
+
+/// [`combine_rows`] added onto `out` (`[T, width]`).
+fn combine_rows_onto(mut out: Vec<f32>, rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
+    let (start, slots) = plan.slots_by_token();
+    out.par_chunks_mut(width.max(1)).enumerate().with_min_len(64).for_each(|(t, row)| {
+        for &s in &slots[start[t]..start[t + 1]] {
+            let s = s as usize;
+            let g = scale.get(s).copied().unwrap_or(1.0);
+            for (o, &y) in row.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
+                *o += g * y;
+            }
+        }
+    });
+    out
+}
+
+/// `out[t] = Σ_{s: token(s)=t} g_s · rows[s]`, summed in slot order (fixed, so bit-identical for
+/// any thread count): `rows` `[S, d]` in slot order, `gates` `[S]` (or none: all 1), `[T, d]`
+/// out; a token with no slots gets a zero row. Differentiable in `rows` and the gates
+/// (`d rows[s] = g_s · dOut[token(s)]`, `d g_s = ⟨dOut[token(s)], rows[s]⟩`).
+///
+/// # Errors
+/// [`Error::Shape`] if `rows` is not `[S, d]` or the gates are not `[S]` (`S = plan.num_kept()`).
+pub fn combine(rows: &Var, gates: Option<&Var>, plan: &Arc<DispatchPlan>) -> Result<Var> {
+    combine_impl("combine", None, rows, gates, plan)
+}
+
+/// `residual + combine(rows, gates, plan)` in one pass over the output (a mixture-of-depths
+/// layer's `x + g·f(x)`: unchosen rows are copied, chosen rows get their gated slot rows added).
+/// Differentiable in all three; the residual's gradient is the output's, unchanged.
+///
+/// # Errors
+/// As [`combine`], and [`Error::Shape`] if the residual is not `[T, d]`.
+pub fn combine_onto(residual: &Var, rows: &Var, gates: Option<&Var>, plan: &Arc<DispatchPlan>) -> Result<Var> {
+    combine_impl("combine_onto", Some(residual), rows, gates, plan)
+}
+
+fn combine_impl(
+    op: &'static str,
+    residual: Option<&Var>,
+    rows: &Var,
+    gates: Option<&Var>,
+    plan: &Arc<DispatchPlan>,
+) -> Result<Var> {
+    let (t, s) = (plan.num_tokens(), plan.num_kept());
+    let shape = rows.shape();
+    if shape.len() != 2 || shape[0] != s {
+        return Err(Error::shape(op, format!("rows must be [{s}, d] (one per slot of the plan), got {shape:?}")));
+    }
+    if let Some(g) = gates.filter(|g| g.shape() != [s]) {
+        return Err(Error::shape(op, format!("gates must be [{s}] (one per slot of the plan), got {:?}", g.shape())));
+    }
+    let d = shape[1];
+    if let Some(r) = residual.filter(|r| r.shape() != [t, d]) {
+        return Err(Error::shape(op, format!("the residual must be [{t}, {d}], got {:?}", r.shape())));
+    }
+    let rv = dense(rows.value());
+    let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
+    let combined = match residual {
+        Some(r) => {
+            let mut base = pool::take(t * d);
+            base.copy_from_slice(data(&dense(r.value())));
+            combine_rows_onto(base, data(&rv), &gv, plan, d)
+        }
+        None => combine_rows(data(&rv), &gv, plan, d),
+    };
+    let out = Tensor::from_vec(combined, &[t, d])?;
+    let mut parents = vec![rows];
+    parents.extend(gates);
+    parents.extend(residual);
+    if !Var::records(&parents) {
+        return Ok(Var::constant(out));
+    }
+    let (has_gates, has_residual) = (gates.is_some(), residual.is_some());
+    let plan = plan.clone();
+    Ok(Var::from_op(op, out, &parents, move |dout_view| {
+        let dout = dense(dout_view);
+        let dout = data(&dout);
+        let tokens = plan.tokens();
+        let mut drows = pool::take(s * d);
+        let mut dgate = vec![0.0f32; if has_gates { s } else { 0 }];
+        let fill = |slot: usize, row: &mut [f32]| {
+            let src = &dout[tokens[slot] as usize * d..][..d];
+            let g = gv.get(slot).copied().unwrap_or(1.0);
+            row.iter_mut().zip(src).for_each(|(o, &v)| *o = g * v);
+        };
+        if has_gates {
+            let y = data(&rv);
+            drows.par_chunks_mut(d.max(1)).zip(dgate.par_iter_mut()).enumerate().with_min_len(64).for_each(
+                |(slot, (row, dg))| {
+                    fill(slot, row);
+                    let src = &dout[tokens[slot] as usize * d..][..d];
+                    *dg = src.iter().zip(&y[slot * d..(slot + 1) * d]).map(|(a, b)| a * b).sum();
+                },
+            );
+        } else {
+            drows.par_chunks_mut(d.max(1)).enumerate().with_min_len(64).for_each(|(slot, row)| fill(slot, row));
+        }
+        let mut grads = vec![Some(Tensor::from_vec(drows, &[s, d])?)];
+        if has_gates {
+            grads.push(Some(Tensor::from_vec(dgate, &[s])?));
+        }
+        if has_residual {
+            grads.push(Some(dout_view.clone()));
+        }
+        Ok(grads)
+    }))
+}
+
+/// `Y[s] = x[token(s)]`: the planned rows of `x` `[T, d]` in slot order, `[S, d]`, for a block
+/// that is not a linear map (a mixture-of-depths block runs on them). Differentiable in `x`
+/// (each token sums the gradients of its slots, in slot order).
+///
+/// # Errors
+/// [`Error::Shape`] if `x` is not `[T, d]` with `T = plan.num_tokens()`.
+pub fn gather(x: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
+    const OP: &str = "gather";
+    let (t, s) = (plan.num_tokens(), plan.num_kept());
+    let shape = x.shape();
+    if shape.len() != 2 || shape[0] != t {
+        return Err(Error::shape(OP, format!("x must be [{t}, d] (tokens of the plan), got {shape:?}")));
+    }
+    let d = shape[1];
+    let xv = dense(x.value());
+    let src = data(&xv);
+    let mut out = pool::take(s * d);
+    let tokens = plan.tokens();
+    out.par_chunks_mut(d.max(1)).enumerate().with_min_len(64).for_each(|(slot, row)| {
+        row.copy_from_slice(&src[tokens[slot] as usize * d..][..d]);
+    });
+    let out = Tensor::from_vec(out, &[s, d])?;
+    let plan = plan.clone();
+    Ok(Var::from_op(OP, out, &[x], move |dy| {
+        let dy = dense(dy);
+        Ok(vec![Some(Tensor::from_vec(combine_rows(data(&dy), &[], &plan, d), &[t, d])?)])
+    }))
+}
