@@ -195,6 +195,10 @@ pub fn compare_lm(plan: &LmPlan, outcome: &mut Outcome) {
     outcome.figure("sparse_ff_decode_speedup", lm_speed::ffn_decode_speedup(&dense.lm, &sparse.lm, rounds));
 
     outcome.figure("mod_loss_ratio", depth.run.quality / dense.run.quality);
+    // The paper's comparison is at equal training compute: the dense model's loss when it had
+    // trained as long as the routed model's whole run.
+    let t = depth.run.curve.last().map_or(0.0, |p| p.1);
+    outcome.figure("mod_minus_dense_loss_equal_time", depth.run.quality - loss_at_time(&dense.run, t));
     let batch = task.batch(Split::Train, SEED, 0, plan.batch, plan.seq).expect("a valid task");
     outcome.figure("mod_step_speedup", lm_speed::train_step_speedup(dense, depth, &batch, rounds));
 
