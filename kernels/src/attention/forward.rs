@@ -17,6 +17,9 @@ pub(super) fn run(isa: Isa, shape: AttentionShape, q: &[f32], k: &[f32], v: &[f3
     if t == 0 || out.is_empty() {
         return;
     }
+    if t < TILE_ROWS {
+        return super::few_rows::run(isa, shape, q, k, v, out, lse);
+    }
     let head_kv = shape.kv_capacity * d;
     // Kᵀ per head and key block, [kv_blocks, d, BLOCK_K] (zero past kv_len), once: every query
     // block of the head reads it. (One [d, kv_len] transpose would put the rows a tile product

@@ -26,6 +26,7 @@
 //! depends only on the shape, so results are bit-identical for any thread count.
 
 mod backward;
+mod few_rows;
 mod forward;
 #[cfg(test)]
 mod tests;

@@ -115,6 +115,27 @@ fn large_scores_stay_finite() {
 }
 
 #[test]
+fn decoding_rows_do_not_depend_on_thread_count() {
+    // Fewer query rows than a tile: the path that reads the cache in place, heads in parallel.
+    let s = AttentionShape { batch: 2, heads: 4, q_len: 1, kv_len: 3000, kv_capacity: 3001, d_head: 64 };
+    let q = data(s.q_elems(), 1, -2.0, 2.0);
+    let k = data(s.kv_elems(), 2, -2.0, 2.0);
+    let v = data(s.kv_elems(), 3, -1.0, 1.0);
+    for isa in Isa::supported() {
+        let runs = in_pools(&[1, 2], || {
+            let (mut out, mut lse) = (vec![0.0; s.q_elems()], vec![0.0; s.lse_elems()]);
+            attention_forward(isa, s, &q, &k, &v, &mut out, Some(&mut lse)).unwrap();
+            [bits(&out), bits(&lse)]
+        });
+        assert_eq!(runs[0], runs[1], "{isa}");
+        let (want, _) = reference(s, &q, &k, &v, None);
+        let mut out = vec![0.0; s.q_elems()];
+        attention_forward(isa, s, &q, &k, &v, &mut out, None).unwrap();
+        assert_close(&format!("{isa} {s:?}"), &out, &want, 1e-4, 1e-5);
+    }
+}
+
+#[test]
 fn results_do_not_depend_on_thread_count() {
     let s = AttentionShape::self_attention(2, 3, 200, 32);
     let q = data(s.q_elems(), 1, -2.0, 2.0);
