@@ -304,18 +304,7 @@ impl SimdTask for ScaleAddTask<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let alpha = s.splat(self.alpha);
-        let mut xs = self.x.chunks_exact(S::LANES);
-        let mut ys = self.y.chunks_exact_mut(S::LANES);
-        for (xv, yv) in (&mut xs).zip(&mut ys) {
-            let v = s.mul_add(alpha, lanes::load(s, xv), lanes::load(s, yv));
-            lanes::store(s, yv, v);
-        }
-        let (xt, yt) = (xs.remainder(), ys.into_remainder());
-        if !xt.is_empty() {
-            let v = s.mul_add(alpha, lanes::load_partial(s, xt, 0.0), lanes::load_partial(s, yt, 0.0));
-            lanes::store_partial(s, yt, v);
-        }
+        lanes::axpy(s, self.y, self.alpha, self.x);
     }
 }
 

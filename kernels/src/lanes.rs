@@ -174,6 +174,22 @@ pub(crate) fn fold<S: Simd>(s: S, x: &[f32], pad: f32, init: S::V, step: impl La
     merge.apply(s, merge.apply(s, acc[0], acc[1]), merge.apply(s, acc[2], acc[3]))
 }
 
+/// `y += alpha · x` over equal-length slices, one fused multiply-add per element.
+#[inline(always)]
+pub(crate) fn axpy<S: Simd>(s: S, y: &mut [f32], alpha: f32, x: &[f32]) {
+    let a = s.splat(alpha);
+    let (mut ys, mut xs) = (y.chunks_exact_mut(S::LANES), x.chunks_exact(S::LANES));
+    for (yv, xv) in (&mut ys).zip(&mut xs) {
+        let v = s.mul_add(a, load(s, xv), load(s, yv));
+        store(s, yv, v);
+    }
+    let (yt, xt) = (ys.into_remainder(), xs.remainder());
+    if !xt.is_empty() {
+        let v = s.mul_add(a, load_partial(s, xt, 0.0), load_partial(s, yt, 0.0));
+        store_partial(s, yt, v);
+    }
+}
+
 /// Sum of the elements of `x` in a fixed order (lane-wise partial sums, then the lanes).
 #[inline(always)]
 pub(crate) fn sum<S: Simd>(s: S, x: &[f32]) -> f32 {

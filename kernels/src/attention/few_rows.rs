@@ -61,7 +61,7 @@ impl SimdTask for HeadRows<'_> {
             let sum = lanes::sum(s, p);
             out.fill(0.0);
             for (j, &pj) in p.iter().enumerate() {
-                axpy(s, out, pj, &v[j * d..(j + 1) * d]);
+                lanes::axpy(s, out, pj, &v[j * d..(j + 1) * d]);
             }
             lanes::map_in_place(s, out, Scale { factor: 1.0 / sum });
             *lse = max + sum.ln();
@@ -82,20 +82,4 @@ fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
         acc = s.mul_add(lanes::load_partial(s, x, 0.0), lanes::load_partial(s, y, 0.0), acc);
     }
     s.reduce_sum(acc)
-}
-
-/// `y += c · x` over equal-length slices.
-#[inline(always)]
-fn axpy<S: Simd>(s: S, y: &mut [f32], c: f32, x: &[f32]) {
-    let cv = s.splat(c);
-    let (mut yc, mut xc) = (y.chunks_exact_mut(S::LANES), x.chunks_exact(S::LANES));
-    for (yv, xv) in (&mut yc).zip(&mut xc) {
-        let sum = s.mul_add(cv, lanes::load(s, xv), lanes::load(s, yv));
-        lanes::store(s, yv, sum);
-    }
-    let (yt, xt) = (yc.into_remainder(), xc.remainder());
-    if !yt.is_empty() {
-        let sum = s.mul_add(cv, lanes::load_partial(s, xt, 0.0), lanes::load_partial(s, yt, 0.0));
-        lanes::store_partial(s, yt, sum);
-    }
 }
