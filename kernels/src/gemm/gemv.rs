@@ -21,6 +21,15 @@ use rayon::prelude::*;
 /// Columns of `y` per chunk of the skinny form (`SKINNY_MAX_ROWS` rows of 2 KiB stay in L1
 /// while B streams past).
 pub(crate) const CHUNK: usize = 512;
+/// Columns per chunk of the skinny form for `m` rows: the `SKINNY_MAX_ROWS × CHUNK` floats of
+/// `y` shared out, so fewer rows take wider chunks (a multiple of 64 columns). Each row of B is
+/// read as one run of this many floats, so an expert's 1024-wide up-projection at one or two
+/// rows reads each 4 KiB row whole instead of as two 2 KiB halves (about 2 % less CPU time per
+/// decode call, measured interleaved). Which columns share a chunk does not change any `y_j`'s
+/// arithmetic.
+pub(crate) fn skinny_chunk(m: usize) -> usize {
+    (SKINNY_MAX_ROWS * CHUNK / m.max(1)) / 64 * 64
+}
 /// Below this many multiply-adds a GEMV runs on the calling thread: a quarter of the GEMM's
 /// [`PARALLEL_MIN_MACS`], because a GEMV reads every weight from memory for a single
 /// multiply-add, so each of its multiply-adds costs several of a packed GEMM's and a fork/join
@@ -179,10 +188,21 @@ pub(crate) const SKINNY_MAX_ROWS: usize = 8;
 
 /// `y_i = x_i · B[:, j0..j0+len]` for `m ≤ SKINNY_MAX_ROWS` rows `x_i` (row-major `[m, k]`),
 /// B's rows contiguous: the row form with every B vector reused across the `m` rows, so B is
-/// streamed once, in row order, however many rows there are. `y` is `[m, len]`, zeroed.
+/// streamed once, in row order, however many rows there are. `y` holds `m` rows of `len`
+/// floats, row `i` at `i · ld` (`ld ≥ len`), zeroed.
 #[inline(always)]
-pub(crate) fn rows_form_multi<S: Simd>(s: S, x: &[f32], m: usize, b: &MatRef<'_>, j0: usize, y: &mut [f32]) {
-    let len = y.len() / m.max(1);
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows_form_multi<S: Simd>(
+    s: S,
+    x: &[f32],
+    m: usize,
+    b: &MatRef<'_>,
+    j0: usize,
+    len: usize,
+    ld: usize,
+    y: &mut [f32],
+) {
+    assert!(ld >= len && y.len() >= m.saturating_sub(1) * ld + len, "rows_form_multi: y too short");
     let k = x.len() / m.max(1);
     let lanes = S::LANES;
     let full = len - len % lanes;
@@ -191,6 +211,11 @@ pub(crate) fn rows_form_multi<S: Simd>(s: S, x: &[f32], m: usize, b: &MatRef<'_>
     while p < k {
         let group = 4.min(k - p);
         let rows: [&[f32]; 4] = std::array::from_fn(|g| row(p + g.min(group - 1)));
+        // The next group's rows are prefetched while this group streams: an expert's weight
+        // row is one 4 KiB page or less, hardware prefetchers do not cross pages, so without
+        // this every group of rows began with demand misses (decode at config A's sizes took
+        // about 30 % more CPU time per call, measured interleaved).
+        let next: [&[f32]; 4] = std::array::from_fn(|g| if p + 4 + g < k { row(p + 4 + g) } else { rows[g] });
         let mut xv = [[s.splat(0.0); 4]; SKINNY_MAX_ROWS];
         for (i, xi) in xv.iter_mut().enumerate().take(m) {
             for g in 0..group {
@@ -206,8 +231,11 @@ pub(crate) fn rows_form_multi<S: Simd>(s: S, x: &[f32], m: usize, b: &MatRef<'_>
                 for g in 0..4 {
                     bv[g] = s.load(rows[g].as_ptr().add(j));
                 }
+                for row in &next {
+                    s.prefetch(row.as_ptr().add(j));
+                }
                 for (i, xi) in xv.iter().enumerate().take(m) {
-                    let at = y.as_mut_ptr().add(i * len + j);
+                    let at = y.as_mut_ptr().add(i * ld + j);
                     let mut acc = s.load(at);
                     for g in 0..group {
                         acc = s.mul_add(xi[g], bv[g], acc);
@@ -219,7 +247,7 @@ pub(crate) fn rows_form_multi<S: Simd>(s: S, x: &[f32], m: usize, b: &MatRef<'_>
         for i in 0..m {
             for j in full..len {
                 for g in 0..group {
-                    y[i * len + j] = x[i * k + p + g].mul_add(rows[g][j], y[i * len + j]);
+                    y[i * ld + j] = x[i * k + p + g].mul_add(rows[g][j], y[i * ld + j]);
                 }
             }
         }

@@ -273,17 +273,23 @@ fn skinny<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, j_start: usize, j_end:
     skinny_rows(s, call, b, &x, j_start, j_end);
 }
 
+/// Floats between the rows of the skinny form's `y`, so that rows 4 KiB long do not alias the
+/// B rows streamed past them (4K aliasing stalls each load behind the stores).
+const SKINNY_PAD: usize = 16;
+
 #[inline(always)]
 fn skinny_rows<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, x: &[f32], j_start: usize, j_end: usize) {
     let m = call.a.rows;
     let epi = &call.epilogue;
-    let mut y = [0.0f32; SKINNY_MAX_ROWS * gemv::CHUNK];
-    for j0 in (j_start..j_end).step_by(gemv::CHUNK) {
-        let len = gemv::CHUNK.min(j_end - j0);
-        let y = &mut y[..m * len];
+    let mut y = [0.0f32; SKINNY_MAX_ROWS * (gemv::CHUNK + SKINNY_PAD)];
+    let width = gemv::skinny_chunk(m);
+    for j0 in (j_start..j_end).step_by(width) {
+        let len = width.min(j_end - j0);
+        let ld = len + SKINNY_PAD;
+        let y = &mut y[..m * ld];
         y.fill(0.0);
-        gemv::rows_form_multi(s, x, m, b, j0, y);
-        for (i, row) in y.chunks_mut(len).enumerate() {
+        gemv::rows_form_multi(s, x, m, b, j0, len, ld, y);
+        for (i, row) in y.chunks_mut(ld).map(|r| &mut r[..len]).enumerate() {
             if call.alpha != 1.0 {
                 row.iter_mut().for_each(|v| *v *= call.alpha);
             }

@@ -126,6 +126,38 @@ fn expert_shaped_problems_on_every_path() {
 }
 
 #[test]
+fn skinny_problems_wider_than_a_chunk_on_every_path() {
+    // At most 8 rows each (the streamed skinny form), 1400 columns: more than one chunk of `y`
+    // from 3 rows on (4096 / m columns, rounded down to 64), the last one narrower; k = 33
+    // leaves a last group of one row of B after the groups whose successors are prefetched.
+    for isa in Isa::supported() {
+        for accum in [Accum::Replace, Accum::Add] {
+            check(isa, &[1, 2, 3, 0, 5, 8], 9, 33, 1400, accum, Activation::Gelu);
+        }
+    }
+}
+
+#[test]
+fn skinny_problems_bit_identical_on_one_and_two_threads() {
+    // One problem of 3 rows: two threads split its 1400 columns, one thread takes them in one
+    // item; k · n · m is past the size where the work list goes parallel.
+    let case = Case::new(&[3, 6], 7, 257, 1400);
+    let problems = case.problems(false, false, Activation::Gelu);
+    for single in [true, false] {
+        let problems = if single { &problems[..1] } else { &problems[..] };
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![0.0f32; 9 * 1400];
+            pool.install(|| {
+                Gemm::default().run_grouped(MatMut::row_major(&mut out, 9, 1400).unwrap(), problems).unwrap()
+            });
+            out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(run(1), run(2), "single problem: {single}");
+    }
+}
+
+#[test]
 fn empty_k_writes_the_epilogue_of_zero() {
     let case = Case::new(&[2, 3], 4, 0, 5);
     for (index_out, accum) in [(false, Accum::Replace), (true, Accum::Replace), (true, Accum::Add)] {
