@@ -10,13 +10,18 @@
 //! combine out[t] = Σ_{s: token(s)=t} g_s · Y[s]   in slot order: fixed, no atomics
 //! ```
 //!
+//! At inference with a few rows per expert (decode), MLP experts run both products of each
+//! expert in one task instead (`streamed_mlp`), with the same bits.
+//!
 //! The backward pass is conditional too: each grouped op's backward runs two grouped GEMMs
 //! over the same rows (weight gradient, input gradient), so it costs about twice the forward's
 //! *active* FLOPs, like a dense layer of the active size; the gate gradient is
 //! `⟨dOut[token], Y[s]⟩`. An expert with no rows costs nothing in either direction.
 
 use crate::error::{Error, Result};
-use crate::gathered::{active, combine, grouped_linear, pack_blocks, GroupedWeight, RowSource, WeightLayout};
+use crate::gathered::{
+    active, combine, grouped_linear, pack_blocks, streamed_mlp, GroupedWeight, RowSource, WeightLayout,
+};
 use crate::plan::DispatchPlan;
 use crate::weights::ParamSource;
 use elide_autodiff::{init, is_recording, Param, Scope, Var};
@@ -250,6 +255,16 @@ impl Experts {
         // has a few rows (decode) streams the weights unpacked (the kernels' skinny form), so
         // packing them would only cost memory.
         let streamed = active(plan).all(|(_, rows)| rows.len() <= STREAMED_MAX_ROWS);
+        // Decode of MLP experts: each expert's two projections back to back in one task (one
+        // parallel phase per call instead of two), with the bits of the two grouped ops.
+        if let (ExpertKind::Mlp(act), true, false) = (self.kind, streamed, is_recording()) {
+            let start = Instant::now();
+            let v: Vec<Tensor> = self.params.iter().map(Param::value).collect();
+            let y = Var::constant(streamed_mlp(x.value(), plan, (&v[0], &v[1]), (&v[2], &v[3]), act)?);
+            let multiplied = Instant::now();
+            let out = combine(&y, Some(slot_gates), plan)?;
+            return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
+        }
         if is_recording() || !self.packing.load(Ordering::Relaxed) || streamed {
             let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
             return apply(self.kind, x, slot_gates, &weight_vars, None, plan);

@@ -223,3 +223,41 @@ fn inference_reuses_packed_weights_until_a_parameter_changes() {
         assert_eq!(after_step, unpacked(&experts), "{kind:?}: after an optimizer step");
     }
 }
+
+/// Decode (every expert a few rows, not recording) runs each expert's two projections in one
+/// task: it matches the naive reference, gives the bits of the two grouped ops it replaces,
+/// and the same bits on one and two threads.
+#[test]
+fn decode_runs_each_expert_in_one_task() {
+    use elide_autodiff::no_grad;
+    for act in [Activation::Gelu, Activation::Relu] {
+        let kind = ExpertKind::Mlp(act);
+        // The last case's hidden width takes more than one chunk of the streamed form.
+        for (t, e, k, d, h) in [(1, 8, 2, 33, 70), (8, 8, 2, 33, 70), (5, 3, 1, 9, 17), (8, 4, 2, 16, 1100)] {
+            let (_, experts) = build(kind, e, d, h, 47);
+            let (tokens, ex, g) = routing(t, e, k, 53);
+            let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
+            assert!(active(&plan).all(|(_, r)| r.len() <= STREAMED_MAX_ROWS));
+            let slot_g: Vec<f32> = plan.assignment().iter().map(|&a| g[a as usize]).collect();
+            let x = Tensor::randn(&[t, d], &mut Rng::seed(59));
+            let (xv, gv) =
+                (Var::constant(x.clone()), Var::constant(Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap()));
+            let bits = |v: Var| v.value().to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| bits(no_grad(|| experts.forward(&xv, &gv, &plan).unwrap())))
+            };
+            let got = run(2);
+            assert_eq!(got, run(1), "{kind:?} t={t} e={e}: 1 vs 2 threads");
+            let vars: Vec<Var> = experts.params().iter().map(Param::var).collect();
+            let two_ops = no_grad(|| apply(kind, &xv, &gv, &vars, None, &plan).unwrap().0);
+            assert_eq!(got, bits(two_ops), "{kind:?} t={t} e={e}: two grouped ops");
+            let w: Vec<Vec<f32>> = experts.params().iter().map(|p| p.value().to_vec()).collect();
+            let want = naive(kind, &x.to_vec(), &w, &plan, &slot_g, d, h);
+            for (i, (a, b)) in got.iter().map(|&a| f32::from_bits(a)).zip(&want).enumerate() {
+                let tol = 1e-5 * (h as f32).sqrt() * (1.0 + b.abs());
+                assert!((a - b).abs() <= tol, "{kind:?} t={t} e={e}: [{i}] {a} vs {b}");
+            }
+        }
+    }
+}
