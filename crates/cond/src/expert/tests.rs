@@ -232,8 +232,10 @@ fn decode_runs_each_expert_in_one_task() {
     use elide_autodiff::no_grad;
     for act in [Activation::Gelu, Activation::Relu] {
         let kind = ExpertKind::Mlp(act);
-        // The last case's hidden width takes more than one chunk of the streamed form.
-        for (t, e, k, d, h) in [(1, 8, 2, 33, 70), (8, 8, 2, 33, 70), (5, 3, 1, 9, 17), (8, 4, 2, 16, 1100)] {
+        // The last two cases' hidden width takes more than one chunk of the streamed form; the
+        // last is above the threshold (1M multiply-adds) at which the experts run in parallel.
+        let cases = [(1, 8, 2, 33, 70), (8, 8, 2, 33, 70), (5, 3, 1, 9, 17), (8, 4, 2, 16, 1100), (8, 4, 2, 64, 1100)];
+        for (t, e, k, d, h) in cases {
             let (_, experts) = build(kind, e, d, h, 47);
             let (tokens, ex, g) = routing(t, e, k, 53);
             let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
