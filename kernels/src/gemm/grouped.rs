@@ -232,22 +232,47 @@ impl Gemm<'_> {
                 })
             })
             .collect();
-        let work = |item: &Item| {
+        // What an item first reads from memory: the item listed before it (which, under rayon's
+        // splitting of a list into contiguous runs, is usually the one its thread ran last)
+        // prefetches it.
+        let first_read = |i: usize| -> &[f32] {
+            let Some(item) = items.get(i) else { return &[] };
             let p = &problems[item.g];
+            if is_skinny(p) {
+                return &[];
+            }
+            // The first K slice: `kc_for` rounds up to a multiple of 8, the slice stops at K.
+            let kc = bl.kc_for(p.a.cols).min(p.a.cols);
+            match p.packed_b.filter(|pb| pb.serves(&bl)) {
+                Some(pb) => pb.panels(0, kc, item.panels.0, 1),
+                None => leading_rows(&p.b, kc),
+            }
+        };
+        let work = |(i, item): (usize, &Item)| {
+            let p = &problems[item.g];
+            let next_item = first_read(i + 1);
             let kc = bl.kc_for(p.a.cols);
             let mc = bl.mc_for(p.a.rows);
             with_buffer(&PACK_A, mc.div_ceil(bl.mr) * bl.mr * kc, |packed_a| {
                 with_buffer(&PACK_B_SLICE, (item.panels.1 - item.panels.0) * kc * bl.nr, |packed_b| {
                     let prepacked = p.packed_b.filter(|pb| pb.serves(&bl));
-                    let task = GroupBlock { call: &calls[item.g], b: &p.b, prepacked, item: *item, packed_a, packed_b };
+                    let task = GroupBlock {
+                        call: &calls[item.g],
+                        b: &p.b,
+                        prepacked,
+                        item: *item,
+                        packed_a,
+                        packed_b,
+                        next_item,
+                    };
                     with_simd(isa, task)
                 })
             })
         };
         if threads > 1 {
-            items.par_iter().for_each(work);
+            items.par_iter().enumerate().for_each(work);
         } else {
-            items.iter().for_each(work);
+            items.iter().enumerate().for_each(work);
         }
         Ok(())
     }
@@ -323,6 +348,8 @@ struct GroupBlock<'a, 'c> {
     item: Item,
     packed_a: &'a mut [f32],
     packed_b: &'a mut [f32],
+    /// What the next work item reads first, prefetched while this item's last tiles run.
+    next_item: &'a [f32],
 }
 
 impl SimdTask for GroupBlock<'_, '_> {
@@ -344,7 +371,7 @@ impl TileTask for GroupBlock<'_, '_> {
 
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        let GroupBlock { call, b, prepacked, item, packed_a, packed_b } = self;
+        let GroupBlock { call, b, prepacked, item, packed_a, packed_b, next_item } = self;
         let (mr, nr, m, k) = (MR, NV * S::LANES, call.a.rows, call.a.cols);
         let (q0, q1) = item.panels;
         // One row tile uses each panel once: read B where it lives instead of packing it.
@@ -357,7 +384,7 @@ impl TileTask for GroupBlock<'_, '_> {
                 Some(pb) => pb.panels(pc, kc, q0, q1 - q0),
                 None => {
                     if !direct {
-                        pack_b_block(packed_b, b, pc, kc, q0 * nr, q1 - q0, nr);
+                        pack_b_block(call.bl.isa, packed_b, b, pc, kc, q0 * nr, q1 - q0, nr);
                     }
                     packed_b
                 }
@@ -365,19 +392,68 @@ impl TileTask for GroupBlock<'_, '_> {
             let mc_block = call.bl.mc_for(m);
             for ic in (0..m).step_by(mc_block) {
                 let mc = mc_block.min(m - ic);
-                pack_a(packed_a, &call.a, ic, mc, pc, kc, mr);
+                let tiles = mc.div_ceil(mr);
+                // Rows whose K steps are contiguous (gathered or not) are read in place: the
+                // micro-kernel broadcasts from them as well as from a packed copy, and an
+                // expert's few panels would not repay the copy.
+                let in_place = APanel::rows(&call.a, ic, mr.min(mc), pc, kc).is_some();
+                if !in_place {
+                    pack_a(packed_a, &call.a, ic, mc, pc, kc, mr);
+                }
                 for q in q0..q1 {
                     let panel = match BPanel::direct(b, pc, kc, q * nr, nr).filter(|_| direct) {
                         Some(panel) => panel,
                         None => BPanel::packed(&packed_b[(q - q0) * kc * nr..(q - q0 + 1) * kc * nr], kc, nr),
                     };
+                    // Weights reach a panel from memory on their first use, and the hardware
+                    // prefetcher, which stops at every 4 KiB page, cannot run ahead of a
+                    // panel read this fast. So the tiles fetch what comes next while they run,
+                    // spread over them: with B packed ahead, the next panel (of this item, or
+                    // the next item's first); packing B per slice, in the item's last slice,
+                    // the rows the next item packs first.
+                    let (ahead, spread) = match prepacked {
+                        _ if ic != 0 => (&[][..], 1),
+                        Some(pb) if q + 1 < q1 => (pb.panels(pc, kc, q + 1, 1), tiles),
+                        Some(pb) if !last => (pb.panels(pc + kc, k_slice.min(k - pc - kc), q0, 1), tiles),
+                        Some(_) => (next_item, tiles),
+                        None if last => {
+                            let share = next_item.len().div_ceil(q1 - q0);
+                            let start = (q - q0) * share;
+                            (next_item.get(start..(start + share).min(next_item.len())).unwrap_or(&[]), tiles)
+                        }
+                        None => (&[][..], 1),
+                    };
+                    let per_tile = ahead.len().div_ceil(spread).next_multiple_of(LINE);
                     for ir in (0..mc).step_by(mr) {
-                        let a_panel = APanel::Packed(packed_a[(ir / mr) * kc * mr..(ir / mr + 1) * kc * mr].as_ptr());
-                        let tile = Tile { i0: ic + ir, j0: q * nr, rows: mr.min(mc - ir), first, last };
+                        let fetch = ahead.get((ir / mr) * per_tile..).unwrap_or(&[]);
+                        let panel = panel.fetching(&fetch[..per_tile.min(fetch.len()).min(kc / 4 * LINE)]);
+                        let rows = mr.min(mc - ir);
+                        let a_panel = match APanel::rows(&call.a, ic + ir, rows, pc, kc).filter(|_| in_place) {
+                            Some(a_panel) => a_panel,
+                            None => APanel::Packed(packed_a[(ir / mr) * kc * mr..(ir / mr + 1) * kc * mr].as_ptr()),
+                        };
+                        let tile = Tile { i0: ic + ir, j0: q * nr, rows, first, last };
                         store_tile::<S, MR, NV>(s, call, tile, kc, a_panel, panel);
                     }
                 }
             }
         }
+    }
+}
+
+/// Floats in a 64-byte cache line.
+const LINE: usize = 16;
+
+/// The memory rows `0..kc` of `b` occupy, when it is one block with no gaps (a row-major view
+/// whose rows follow each other, or the transpose of one when `kc` covers all of its K), else
+/// nothing.
+fn leading_rows<'a>(b: &MatRef<'a>, kc: usize) -> &'a [f32] {
+    if b.row_index.is_some() || b.col_index.is_some() || kc == 0 || b.cols == 0 {
+        return &[];
+    }
+    let span = (kc - 1) * b.row_stride + (b.cols - 1) * b.col_stride + 1;
+    match span == kc * b.cols {
+        true => b.data.get(..span).unwrap_or(&[]),
+        false => &[],
     }
 }

@@ -10,12 +10,19 @@ use super::pack::ZEROS;
 use super::view::MatRef;
 use crate::simd::Simd;
 
+/// Floats in a 64-byte cache line.
+const LINE: usize = 16;
+
 /// `kc` steps of an NR-wide panel of B as the micro-kernel reads it: step `p` is the `NR`
 /// floats at `ptr + p·stride`. Built only by the two checked constructors below.
 #[derive(Clone, Copy)]
 pub(crate) struct BPanel {
     ptr: *const f32,
     stride: usize,
+    /// Memory to fetch while the kernel runs, a cache line every four steps: `ahead_lines`
+    /// lines from `ahead`. Only ever passed to prefetch instructions, which never fault.
+    ahead: *const f32,
+    ahead_lines: usize,
 }
 
 impl BPanel {
@@ -24,7 +31,15 @@ impl BPanel {
     #[inline(always)]
     pub(crate) fn packed(panel: &[f32], kc: usize, nr: usize) -> BPanel {
         assert!(panel.len() >= kc * nr, "packed B panel too short");
-        BPanel { ptr: panel.as_ptr(), stride: nr }
+        BPanel { ptr: panel.as_ptr(), stride: nr, ahead: std::ptr::null(), ahead_lines: 0 }
+    }
+
+    /// The same panel, prefetching `region` while the kernel runs (from its start, a cache
+    /// line per four steps): data the caller reads next, so that its misses overlap this
+    /// tile's multiply-adds.
+    #[inline(always)]
+    pub(crate) fn fetching(self, region: &[f32]) -> BPanel {
+        BPanel { ahead: region.as_ptr(), ahead_lines: region.len().div_ceil(LINE), ..self }
     }
 
     /// B read in place: rows `row0..row0+kc`, columns `col0..col0+nr` of a plain row-major view
@@ -37,7 +52,12 @@ impl BPanel {
         }
         let first = row0 * b.row_stride + col0;
         let last_end = (row0 + kc - 1) * b.row_stride + col0 + nr;
-        (last_end <= b.data.len()).then(|| BPanel { ptr: b.data[first..].as_ptr(), stride: b.row_stride })
+        (last_end <= b.data.len()).then(|| BPanel {
+            ptr: b.data[first..].as_ptr(),
+            stride: b.row_stride,
+            ahead: std::ptr::null(),
+            ahead_lines: 0,
+        })
     }
 }
 
@@ -69,8 +89,81 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
                 let rows = RowsA::<MR>(std::array::from_fn(|i| rows[i]));
                 kernel::<S, MR, NV, _>(s, kc, rows, b, c, alpha, accumulate)
             }
+            APanel::Cols { ptr, ld } => kernel::<S, MR, NV, _>(s, kc, ColsA { ptr, ld }, b, c, alpha, accumulate),
         }
     }
+}
+
+/// [`microkernel`] for only the first `rows` rows of an `MR`-row A tile (`rows < MR`, the
+/// edge of a product whose row count MR does not divide): pieces of 4, 2 and 1 rows, so an
+/// edge tile of 2 rows costs 2 rows of multiply-adds, not MR. Each row's sum is taken in the
+/// same order as in a full tile, so results do not depend on where the edge falls.
+///
+/// # Safety
+/// As [`microkernel`] (which this reads only the first `rows` rows of), `rows < MR`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn edge_microkernel<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    rows: usize,
+    a: APanel,
+    b: BPanel,
+    c: &[*mut f32; MAX_MR],
+    alpha: &[f32; MAX_MR],
+    accumulate: bool,
+) {
+    debug_assert!(rows < MR);
+    let mut i = 0;
+    while i < rows {
+        let left = rows - i;
+        // SAFETY: rows i.. of the tile are among its first `rows` (caller's contract); the
+        // piece reads A rows, and writes C rows, i .. i + piece only.
+        i += unsafe {
+            if left >= 4 {
+                rows_piece::<S, MR, NV, 4>(s, kc, i, a, b, c, alpha, accumulate)
+            } else if left >= 2 {
+                rows_piece::<S, MR, NV, 2>(s, kc, i, a, b, c, alpha, accumulate)
+            } else {
+                rows_piece::<S, MR, NV, 1>(s, kc, i, a, b, c, alpha, accumulate)
+            }
+        };
+    }
+}
+
+/// Rows `i .. i + R` of an `MR`-row tile through an `R`-row kernel; returns `R`.
+///
+/// # Safety
+/// As [`edge_microkernel`], `i + R` at most the rows it was given.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_piece<S: Simd, const MR: usize, const NV: usize, const R: usize>(
+    s: S,
+    kc: usize,
+    i: usize,
+    a: APanel,
+    b: BPanel,
+    c: &[*mut f32; MAX_MR],
+    alpha: &[f32; MAX_MR],
+    accumulate: bool,
+) -> usize {
+    let c: [*mut f32; MAX_MR] = std::array::from_fn(|r| c.get(i + r).copied().unwrap_or(std::ptr::null_mut()));
+    let alpha: [f32; MAX_MR] = std::array::from_fn(|r| alpha.get(i + r).copied().unwrap_or(0.0));
+    // SAFETY: forwarded from the caller; the packed tile keeps its MR-float step, offset to
+    // row i; the row form takes the pointers of rows i ..
+    unsafe {
+        match a {
+            APanel::Packed(ptr) => kernel::<S, R, NV, _>(s, kc, PackedA::<MR>(ptr.add(i)), b, &c, &alpha, accumulate),
+            APanel::Rows(rows) => {
+                let rows = RowsA::<R>(std::array::from_fn(|r| rows[i + r]));
+                kernel::<S, R, NV, _>(s, kc, rows, b, &c, &alpha, accumulate)
+            }
+            APanel::Cols { ptr, ld } => {
+                kernel::<S, R, NV, _>(s, kc, ColsA { ptr: ptr.add(i), ld }, b, &c, &alpha, accumulate)
+            }
+        }
+    }
+    R
 }
 
 /// `kc` steps of an MR-row tile of A as the micro-kernel reads it: packed (row `i` of step `p`
@@ -81,6 +174,12 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
 pub(crate) enum APanel {
     Packed(*const f32),
     Rows([*const f32; MAX_MR]),
+    /// In place from a column-major view (`Xᵀ` of a row-major `X`): row `i` of step `p` at
+    /// `ptr + p·ld + i`.
+    Cols {
+        ptr: *const f32,
+        ld: usize,
+    },
 }
 
 impl APanel {
@@ -99,6 +198,22 @@ impl APanel {
             *ptr = a.data.get(start..start + kc)?.as_ptr();
         }
         Some(APanel::Rows(ptrs))
+    }
+
+    /// A read in place from a column-major view (row stride 1, no index lists: `Xᵀ`): the tile
+    /// of `mr` rows from `row0` (inside the view), steps `col0..col0+kc`, each step's values
+    /// contiguous. The kernel reads all `mr` rows of each step, so this is `None` unless they
+    /// all lie inside the view's buffer: the last is `(row0 + mr − 1) + (col0 + kc − 1)·ld`.
+    /// Rows of an edge tile past the view's last read other floats of the buffer, which the
+    /// edge kernel ([`edge_microkernel`]) never uses.
+    #[inline(always)]
+    pub(crate) fn cols(a: &MatRef<'_>, row0: usize, mr: usize, col0: usize, kc: usize) -> Option<APanel> {
+        if a.row_stride != 1 || a.row_index.is_some() || a.col_index.is_some() || kc == 0 || row0 >= a.rows {
+            return None;
+        }
+        let (first, ld) = (row0 + col0 * a.col_stride, a.col_stride);
+        let last = row0 + mr - 1 + (col0 + kc - 1) * ld;
+        (last < a.data.len()).then(|| APanel::Cols { ptr: a.data[first..].as_ptr(), ld })
     }
 }
 
@@ -149,6 +264,25 @@ impl<const MR: usize> ATile for RowsA<MR> {
     }
 }
 
+#[derive(Clone, Copy)]
+struct ColsA {
+    ptr: *const f32,
+    ld: usize,
+}
+
+impl ATile for ColsA {
+    #[inline(always)]
+    unsafe fn at(&self, i: usize, p: usize) -> f32 {
+        // SAFETY: forwarded from the caller.
+        unsafe { *self.ptr.add(p * self.ld + i) }
+    }
+    #[inline(always)]
+    unsafe fn advanced(self, steps: usize) -> Self {
+        // SAFETY: forwarded from the caller.
+        ColsA { ptr: unsafe { self.ptr.add(steps * self.ld) }, ld: self.ld }
+    }
+}
+
 /// [`microkernel`] for one form of A.
 ///
 /// # Safety
@@ -171,6 +305,7 @@ unsafe fn kernel<S: Simd, const MR: usize, const NV: usize, A: ATile>(
         }
     }
     let mut acc = [[s.splat(0.0); NV]; MR];
+    let (mut ahead, mut ahead_lines) = (b.ahead, b.ahead_lines);
     let (mut a, mut b, b_stride) = (a, b.ptr, b.stride);
     // One step of K (step `p` from A's position): NV loads of B, MR broadcasts of A, MR·NV FMAs.
     #[inline(always)]
@@ -193,8 +328,14 @@ unsafe fn kernel<S: Simd, const MR: usize, const NV: usize, A: ATile>(
     }
     // Unrolled by 4 so the loop branch and pointer updates are amortised. (Software prefetch
     // of B 8 or 16 steps ahead measured no different on Zen 5: the hardware prefetcher follows
-    // the packed panels.)
+    // the packed panels once they are in L2. What it cannot do is fetch the next panel from
+    // memory in time, a page at a time; that is `ahead`.)
     for _ in 0..kc / 4 {
+        if ahead_lines > 0 {
+            s.prefetch(ahead);
+            ahead = ahead.wrapping_add(LINE);
+            ahead_lines -= 1;
+        }
         // SAFETY: four steps remain in both panels.
         unsafe {
             step::<S, MR, NV, A>(s, a, 0, b, &mut acc);

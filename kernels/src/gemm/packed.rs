@@ -52,7 +52,7 @@ impl PackedB {
         let k_slice = blocking.kc_for(k);
         for pc in (0..k).step_by(k_slice.max(1)) {
             let kc = k_slice.min(k - pc);
-            pack_b_block(&mut data[pc * panels * nr..(pc + kc) * panels * nr], &b, pc, kc, 0, panels, nr);
+            pack_b_block(blocking.isa, &mut data[pc * panels * nr..(pc + kc) * panels * nr], &b, pc, kc, 0, panels, nr);
         }
         PackedB { blocking, k, n, raw, offset }
     }

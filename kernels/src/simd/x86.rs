@@ -11,6 +11,48 @@ pub(crate) struct Avx2(());
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx512(());
 
+/// [`Simd::transpose8`] in eight AVX registers (both x86 paths have AVX): unpack pairs of rows,
+/// shuffle pairs of pairs, then swap 128-bit halves.
+///
+/// # Safety
+/// As [`Simd::transpose8`], on a CPU with AVX (both tokens prove it).
+#[inline(always)]
+unsafe fn transpose8_avx(src: [*const f32; 8], dst: *mut f32, dst_stride: usize) {
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(src[c]));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        // Rows 0–3 (then 4–7) of the block's elements 0, 1, 2, 3 | 4, 5, 6, 7.
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, v) in out.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * dst_stride), v);
+        }
+    }
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
@@ -131,6 +173,10 @@ impl Simd for Avx2 {
             (_mm256_castsi256_ps(m), _mm256_cvtepi32_ps(e))
         }
     }
+    #[inline(always)]
+    unsafe fn transpose8(self, src: [*const f32; 8], dst: *mut f32, dst_stride: usize) {
+        unsafe { transpose8_avx(src, dst, dst_stride) }
+    }
 }
 
 impl Simd for Avx512 {
@@ -232,5 +278,9 @@ impl Simd for Avx512 {
             let m = _mm512_or_si512(m, _mm512_set1_epi32(0x3f80_0000));
             (_mm512_castsi512_ps(m), _mm512_cvtepi32_ps(e))
         }
+    }
+    #[inline(always)]
+    unsafe fn transpose8(self, src: [*const f32; 8], dst: *mut f32, dst_stride: usize) {
+        unsafe { transpose8_avx(src, dst, dst_stride) }
     }
 }
