@@ -131,7 +131,7 @@ fn grouped<'a>(
     problems: impl Iterator<Item = Result<GroupProblem<'a>>>,
 ) -> Result<()> {
     let problems = problems.collect::<Result<Vec<_>>>()?;
-    // One problem, or problems of many rows each, writing contiguous row ranges (a one-destination plan, the
+    // One problem, or large problems, writing contiguous row ranges (a one-destination plan, the
     // branches of a large batch, experts of a thousand tokens) run one after another on the
     // dense driver, which splits each one's rows over the threads and packs A once per row
     // block; the grouped work list splits columns, each slice re-packing all of its problem's A,
@@ -141,7 +141,10 @@ fn grouped<'a>(
     let ranges: Option<Vec<usize>> = problems
         .iter()
         .map(|p| match p.rows {
-            OutRows::Range(start) if (single || p.a.rows() >= DENSE_MIN_ROWS) && start + p.a.rows() <= out_rows => {
+            OutRows::Range(start)
+                if (single || p.a.rows().saturating_mul(p.a.cols()).saturating_mul(cols) >= DENSE_MIN_MACS)
+                    && start + p.a.rows() <= out_rows =>
+            {
                 Some(start)
             }
             _ => None,
@@ -176,8 +179,11 @@ fn grouped<'a>(
     run_grouped(accum, out_rows, cols, out, &problems)
 }
 
-/// Rows a problem needs before it runs on the dense driver instead of the grouped work list.
-const DENSE_MIN_ROWS: usize = 512;
+/// Multiply-adds each problem needs before the problems run one by one on the dense driver
+/// instead of as one grouped work list: a thousand-token expert's 512 × 1024 weight (2^29),
+/// not a 64-expert layer's weight gradient of 512 rows but 128 tokens of K (2^24), which
+/// forked and joined the threads once per expert (1.7x slower).
+const DENSE_MIN_MACS: usize = 1 << 26;
 
 fn run_grouped(
     accum: Accum,
