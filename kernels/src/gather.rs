@@ -10,7 +10,7 @@
 use crate::error::{check_matrix, KernelError, Result};
 use crate::lanes;
 use crate::simd::{with_simd, Simd, SimdTask};
-use crate::threading::{for_row_chunks, SendPtr, ROWWISE_PAR_MIN};
+use crate::threading::{for_row_chunks, SendPtr, ROWWISE_CHUNK, ROWWISE_PAR_MIN};
 use crate::Isa;
 use rayon::prelude::*;
 
@@ -88,6 +88,195 @@ pub fn scatter_add_rows(
         with_simd(isa, ScatterTask { src, index, dst, cols, col0, width });
     });
     Ok(())
+}
+
+/// The rows of each group, scaled and summed: `src` is `[n, cols]`, group `t`'s rows are
+/// `rows[start[t]..start[t + 1]]` (a CSR list), `scale` is `[n]` or empty (all 1), `out` is
+/// `[groups, cols]` with `groups = start.len() - 1`:
+/// `out[t, :] (+)= Σ_i scale[rows[i]] · src[rows[i], :]`, in list order, each product rounded
+/// before it is added (no fused multiply-add), a group with no rows giving 0 (or `out` as it
+/// was, with `onto`). This is a mixture-of-experts combine: each token's gated expert outputs.
+///
+/// ```
+/// use elide_kernels::{weighted_row_sums, Isa};
+/// let src = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0]; // 3 rows of 2
+/// let mut out = [0.0; 4]; // 2 groups: rows {2, 0} and {1}
+/// weighted_row_sums(Isa::active(), &src, 2, &[0, 2, 3], &[2, 0, 1], &[0.5, 2.0, 0.1], &mut out, false)?;
+/// assert_eq!(out, [10.5, 21.0, 20.0, 40.0]);
+/// # Ok::<(), elide_kernels::KernelError>(())
+/// ```
+///
+/// # Errors
+/// [`KernelError::Shape`] if `src`, `scale` or `out` has the wrong length or `start` is not
+/// non-decreasing within `rows`; [`KernelError::Index`] for the first row `>= n` (nothing is
+/// written then).
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_row_sums(
+    isa: Isa,
+    src: &[f32],
+    cols: usize,
+    start: &[usize],
+    rows: &[u32],
+    scale: &[f32],
+    out: &mut [f32],
+    onto: bool,
+) -> Result<()> {
+    const OP: &str = "weighted_row_sums";
+    let n = src.len() / cols.max(1);
+    check_matrix(OP, "src", src.len(), n, cols)?;
+    if !scale.is_empty() && scale.len() != n {
+        let detail = format!("scale has {} elements for {n} rows of src", scale.len());
+        return Err(KernelError::Shape { op: OP, detail });
+    }
+    let groups = start.len().saturating_sub(1);
+    check_matrix(OP, "out", out.len(), groups, cols)?;
+    let ordered = start.first() == Some(&0) && start.windows(2).all(|w| w[0] <= w[1]);
+    if !ordered || start.last().is_some_and(|&end| end > rows.len()) {
+        let detail = format!("start must rise from 0 to at most {} (the row list), got {start:?}", rows.len());
+        return Err(KernelError::Shape { op: OP, detail });
+    }
+    if cols == 0 {
+        return Ok(());
+    }
+    check_indices(OP, rows, n)?;
+    for_row_chunks(out, cols, 2 * cols, |t0, out| {
+        with_simd(isa, CombineTask { src, cols, start: &start[t0..], rows, scale, out, onto });
+    });
+    Ok(())
+}
+
+/// Groups `0..out.len() / cols` of [`weighted_row_sums`], `start` offset to the first.
+struct CombineTask<'a> {
+    src: &'a [f32],
+    cols: usize,
+    start: &'a [usize],
+    rows: &'a [u32],
+    scale: &'a [f32],
+    out: &'a mut [f32],
+    onto: bool,
+}
+
+impl SimdTask for CombineTask<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let CombineTask { src, cols, start, rows, scale, out, onto } = self;
+        let groups = out.len() / cols;
+        for (t, row) in out.chunks_exact_mut(cols).enumerate() {
+            // The rows of a group lie anywhere in `src`: fetch the next group's while this one
+            // is summed (a row is a few KiB, too short for the hardware prefetcher to get ahead).
+            if t + 1 < groups {
+                for &r in &rows[start[t + 1]..start[t + 2]] {
+                    let next = &src[r as usize * cols..(r as usize + 1) * cols];
+                    next.chunks(16).for_each(|line| s.prefetch(line.as_ptr()));
+                }
+            }
+            let mut mine = rows[start[t]..start[t + 1]].iter().map(|&r| r as usize);
+            let row_of = |r: usize| (&src[r * cols..(r + 1) * cols], scale.get(r).copied().unwrap_or(1.0));
+            if !onto {
+                match mine.next() {
+                    Some(r) => {
+                        let (x, g) = row_of(r);
+                        lanes::map(s, x, row, lanes::Scale { factor: g });
+                    }
+                    None => row.fill(0.0),
+                }
+            }
+            for r in mine {
+                let (x, g) = row_of(r);
+                lanes::zip_in_place(s, row, x, lanes::AddScaled { factor: g });
+            }
+        }
+    }
+}
+
+/// The backward of [`weighted_row_sums`] for rows that each belong to one group: `dout` is
+/// `[groups, cols]`, `group[r]` is row `r`'s group, `src` and `dsrc` are `[n, cols]`, `scale`
+/// and `dscale` are `[n]`: `dsrc[r, :] = scale[r] · dout[group[r], :]` and
+/// `dscale[r] = ⟨dout[group[r], :], src[r, :]⟩` (a dot product in a fixed order). For a
+/// mixture-of-experts combine: each slot's output gradient and its gate's gradient, in one
+/// pass over the slots.
+///
+/// ```
+/// use elide_kernels::{weighted_row_sums_backward, Isa};
+/// let dout = [1.0, 2.0]; // 1 group of 2 columns
+/// let src = [3.0, 4.0, 5.0, 6.0]; // 2 rows, both in group 0
+/// let (mut dsrc, mut dscale) = ([0.0; 4], [0.0; 2]);
+/// weighted_row_sums_backward(Isa::active(), &dout, 2, &[0, 0], &src, &[0.5, 2.0], &mut dsrc, &mut dscale)?;
+/// assert_eq!((dsrc, dscale), ([0.5, 1.0, 2.0, 4.0], [11.0, 17.0]));
+/// # Ok::<(), elide_kernels::KernelError>(())
+/// ```
+///
+/// # Errors
+/// [`KernelError::Shape`] for lengths that do not match; [`KernelError::Index`] for the first
+/// group `>= groups` (nothing is written then).
+#[allow(clippy::too_many_arguments)]
+pub fn weighted_row_sums_backward(
+    isa: Isa,
+    dout: &[f32],
+    cols: usize,
+    group: &[u32],
+    src: &[f32],
+    scale: &[f32],
+    dsrc: &mut [f32],
+    dscale: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "weighted_row_sums_backward";
+    let (n, groups) = (group.len(), dout.len() / cols.max(1));
+    check_matrix(OP, "dout", dout.len(), groups, cols)?;
+    check_matrix(OP, "src", src.len(), n, cols)?;
+    check_matrix(OP, "dsrc", dsrc.len(), n, cols)?;
+    if scale.len() != n || dscale.len() != n {
+        let detail = format!("scale has {} and dscale {} elements for {n} rows", scale.len(), dscale.len());
+        return Err(KernelError::Shape { op: OP, detail });
+    }
+    if cols == 0 {
+        dscale.fill(0.0);
+        return Ok(());
+    }
+    check_indices(OP, group, groups)?;
+    let task = |r0: usize, dsrc: &mut [f32], dscale: &mut [f32]| {
+        let rows = dscale.len();
+        let span = r0..r0 + rows;
+        let (group, scale, src) = (&group[span.clone()], &scale[span], &src[r0 * cols..(r0 + rows) * cols]);
+        with_simd(isa, CombineBackwardTask { dout, cols, group, src, scale, dsrc, dscale });
+    };
+    if n * cols < ROWWISE_PAR_MIN || rayon::current_num_threads() < 2 {
+        task(0, dsrc, dscale);
+        return Ok(());
+    }
+    let chunk = (ROWWISE_CHUNK / (2 * cols)).max(1);
+    dsrc.par_chunks_mut(chunk * cols)
+        .zip(dscale.par_chunks_mut(chunk))
+        .enumerate()
+        .for_each(|(c, (dsrc, dscale))| task(c * chunk, dsrc, dscale));
+    Ok(())
+}
+
+/// Rows `0..dscale.len()` of [`weighted_row_sums_backward`] (the slices start at the chunk).
+struct CombineBackwardTask<'a> {
+    dout: &'a [f32],
+    cols: usize,
+    group: &'a [u32],
+    src: &'a [f32],
+    scale: &'a [f32],
+    dsrc: &'a mut [f32],
+    dscale: &'a mut [f32],
+}
+
+impl SimdTask for CombineBackwardTask<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let CombineBackwardTask { dout, cols, group, src, scale, dsrc, dscale } = self;
+        let rows = dsrc.chunks_exact_mut(cols).zip(src.chunks_exact(cols));
+        for (r, (dst, x)) in rows.enumerate() {
+            let g = group[r] as usize;
+            let d = &dout[g * cols..(g + 1) * cols];
+            lanes::map(s, d, dst, lanes::Scale { factor: scale[r] });
+            dscale[r] = lanes::dot(s, d, x);
+        }
+    }
 }
 
 fn check_indices(op: &'static str, index: &[u32], rows: usize) -> Result<()> {
@@ -192,6 +381,98 @@ mod tests {
         }
     }
 
+    /// Groups of rows for the combine tests: group `t` takes rows `t·3 % n`, `t·5 + 1 % n` for
+    /// odd `t`, nothing for every fourth group, one row otherwise; as CSR.
+    fn groups(count: usize, n: usize) -> (Vec<usize>, Vec<u32>) {
+        let (mut start, mut rows) = (vec![0], Vec::new());
+        for t in 0..count {
+            if t % 4 != 3 {
+                rows.push(((t * 3) % n) as u32);
+                if t % 2 == 1 {
+                    rows.push(((t * 5 + 1) % n) as u32);
+                }
+            }
+            start.push(rows.len());
+        }
+        (start, rows)
+    }
+
+    #[test]
+    fn weighted_row_sums_match_the_reference() {
+        let (count, n) = (13, 9);
+        let (start, rows) = groups(count, n);
+        for isa in Isa::supported() {
+            for cols in SIZES {
+                let src = data(n * cols, cols as u64, -1.0, 1.0);
+                let scale = data(n, 5, -2.0, 2.0);
+                let base = data(count * cols, 6, -1.0, 1.0);
+                for (scale, onto) in [(&scale[..], false), (&scale[..], true), (&[][..], false)] {
+                    let mut out = if onto { base.clone() } else { vec![f32::NAN; count * cols] };
+                    weighted_row_sums(isa, &src, cols, &start, &rows, scale, &mut out, onto).unwrap();
+                    let mut want = vec![0.0f64; count * cols];
+                    for t in 0..count {
+                        for j in 0..cols {
+                            let mut v = if onto { base[t * cols + j] as f64 } else { 0.0 };
+                            for &r in &rows[start[t]..start[t + 1]] {
+                                let g = scale.get(r as usize).copied().unwrap_or(1.0) as f64;
+                                v += g * src[r as usize * cols + j] as f64;
+                            }
+                            want[t * cols + j] = v;
+                        }
+                    }
+                    assert_close(&format!("{isa} cols={cols} onto={onto}"), &out, &want, 1e-6, 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_row_sums_backward_matches_the_reference() {
+        let (groups_n, n) = (5, 11);
+        let group: Vec<u32> = (0..n as u32).map(|r| (r * 3) % groups_n as u32).collect();
+        for isa in Isa::supported() {
+            for cols in SIZES {
+                let dout = data(groups_n * cols, 1, -1.0, 1.0);
+                let src = data(n * cols, 2, -1.0, 1.0);
+                let scale = data(n, 3, -2.0, 2.0);
+                let (mut dsrc, mut dscale) = (vec![f32::NAN; n * cols], vec![f32::NAN; n]);
+                weighted_row_sums_backward(isa, &dout, cols, &group, &src, &scale, &mut dsrc, &mut dscale).unwrap();
+                let (mut want_src, mut want_scale) = (vec![0.0f64; n * cols], vec![0.0f64; n]);
+                for r in 0..n {
+                    let g = group[r] as usize;
+                    for j in 0..cols {
+                        let d = dout[g * cols + j] as f64;
+                        want_src[r * cols + j] = scale[r] as f64 * d;
+                        want_scale[r] += d * src[r * cols + j] as f64;
+                    }
+                }
+                let what = format!("{isa} cols={cols}");
+                assert_close(&what, &dsrc, &want_src, 1e-6, 1e-6);
+                assert_close(&what, &dscale, &want_scale, 1e-5, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn combine_kernels_do_not_depend_on_thread_count() {
+        let (count, n, cols) = (700, 1000, 96);
+        let (start, rows) = groups(count, n);
+        let src = data(n * cols, 1, -1.0, 1.0);
+        let scale = data(n, 2, -1.0, 1.0);
+        let group: Vec<u32> = (0..n as u32).map(|r| r % count as u32).collect();
+        let dout = data(count * cols, 3, -1.0, 1.0);
+        for isa in Isa::supported() {
+            let runs = in_pools(&[1, 2], || {
+                let mut out = vec![0.0; count * cols];
+                weighted_row_sums(isa, &src, cols, &start, &rows, &scale, &mut out, false).unwrap();
+                let (mut dsrc, mut dscale) = (vec![0.0; n * cols], vec![0.0; n]);
+                weighted_row_sums_backward(isa, &dout, cols, &group, &src, &scale, &mut dsrc, &mut dscale).unwrap();
+                [bits(&out), bits(&dsrc), bits(&dscale)]
+            });
+            assert_eq!(runs[0], runs[1], "{isa}");
+        }
+    }
+
     #[test]
     fn bad_indices_and_shapes_are_errors() {
         let isa = Isa::active();
@@ -209,6 +490,17 @@ mod tests {
         assert_eq!(err.to_string(), "scatter_add_rows: shape mismatch: src has 6 elements, expected [2, 2]");
         let err = scatter_add_rows(isa, &src, &[0, 1, 2], &mut out, 4, 2).unwrap_err();
         assert_eq!(err.to_string(), "scatter_add_rows: shape mismatch: dst has 6 elements, expected [4, 2]");
+        let err = weighted_row_sums(isa, &src, 2, &[0, 2, 3], &[0, 5, 1], &[], &mut out[..4], false).unwrap_err();
+        assert_eq!(err.to_string(), "weighted_row_sums: index 5 at position 1 is out of range for 3 rows");
+        assert_eq!(out, [1.0; 6], "nothing written");
+        let err = weighted_row_sums(isa, &src, 2, &[0, 3, 2], &[0, 1, 2], &[], &mut out[..4], false).unwrap_err();
+        assert!(err.to_string().contains("start must rise from 0"), "{err}");
+        let err = weighted_row_sums(isa, &src, 2, &[0, 1], &[0], &[1.0; 2], &mut out[..2], false).unwrap_err();
+        assert_eq!(err.to_string(), "weighted_row_sums: shape mismatch: scale has 2 elements for 3 rows of src");
+        let (mut dsrc, mut dscale) = ([0.0; 6], [0.0; 3]);
+        let err = weighted_row_sums_backward(isa, &src[..2], 2, &[0, 1, 0], &src, &[1.0; 3], &mut dsrc, &mut dscale)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "weighted_row_sums_backward: index 1 at position 1 is out of range for 1 rows");
     }
 
     #[test]

@@ -60,6 +60,8 @@ lane_fn!(/** `a · b`. */ Mul {} = |s, a, b| s.mul(a, b));
 lane_fn!(/** `max(a, b)`, NaN if either is NaN. */ MaxNan {} = |s, a, b| s.keep_nan(a, s.keep_nan(b, s.max(a, b))));
 lane_fn!(/** `min(a, b)`, NaN if either is NaN. */ MinNan {} = |s, a, b| s.keep_nan(a, s.keep_nan(b, s.min(a, b))));
 lane_fn!(/** `v · factor`. */ Scale { factor: f32 } = |s, v| s.mul(v, s.splat(factor)));
+lane_fn!(/** `a + b · factor`, the product rounded first (no fused multiply-add). */
+    AddScaled { factor: f32 } = |s, a, b| s.add(a, s.mul(b, s.splat(factor))));
 
 /// Loads the first `LANES` floats of `x`; panics if `x` is shorter (a kernel bug).
 #[inline(always)]
@@ -188,6 +190,28 @@ pub(crate) fn axpy<S: Simd>(s: S, y: &mut [f32], alpha: f32, x: &[f32]) {
         let v = s.mul_add(a, load_partial(s, xt, 0.0), load_partial(s, yt, 0.0));
         store_partial(s, yt, v);
     }
+}
+
+/// `Σ x[i]·y[i]` over equal-length slices in a fixed order: four lane-wise accumulators of
+/// fused multiply-adds, merged as `(a0 + a1) + (a2 + a3)`, then the lanes.
+#[inline(always)]
+pub(crate) fn dot<S: Simd>(s: S, x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let mut acc = [s.splat(0.0); 4];
+    let (mut xb, mut yb) = (x.chunks_exact(4 * S::LANES), y.chunks_exact(4 * S::LANES));
+    for (xv, yv) in (&mut xb).zip(&mut yb) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = s.mul_add(load(s, &xv[k * S::LANES..]), load(s, &yv[k * S::LANES..]), *a);
+        }
+    }
+    let (mut xs, mut ys) = (xb.remainder().chunks_exact(S::LANES), yb.remainder().chunks_exact(S::LANES));
+    for (xv, yv) in (&mut xs).zip(&mut ys) {
+        acc[0] = s.mul_add(load(s, xv), load(s, yv), acc[0]);
+    }
+    if !xs.remainder().is_empty() {
+        acc[1] = s.mul_add(load_partial(s, xs.remainder(), 0.0), load_partial(s, ys.remainder(), 0.0), acc[1]);
+    }
+    s.reduce_sum(s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3])))
 }
 
 /// Sum of the elements of `x` in a fixed order (lane-wise partial sums, then the lanes).

@@ -53,7 +53,7 @@ pub use activation_grad::activation_backward;
 pub use cache::CacheSizes;
 pub use elementwise::{binary, scale_add, unary, BinaryOp, UnaryOp};
 pub use error::{KernelError, Result};
-pub use gather::{gather_rows, scatter_add_rows};
+pub use gather::{gather_rows, scatter_add_rows, weighted_row_sums, weighted_row_sums_backward};
 pub use isa::Isa;
 pub use norm::{layer_norm_rows, rms_norm_rows};
 pub use reduce::{reduce_axis, ReduceOp};

@@ -455,7 +455,7 @@ fn linear_backward(
         )?;
         grads.dx = Some(match sh.source {
             RowSource::Gathered => {
-                let dx = combine_rows(&da, &[], plan, fi);
+                let dx = combine_rows(&da, &[], plan, fi)?;
                 pool::give(da);
                 Tensor::from_vec(dx, &[plan.num_tokens(), fi])?
             }

@@ -3,53 +3,46 @@
 //! [`gather`] (token rows copied out in slot order), forward and backward. Sums run in slot
 //! order (fixed, no atomics), so results are bit-identical for any thread count.
 
-use super::{data, dense};
+use super::{data, dense, kernel_err};
 use crate::error::{Error, Result};
 use crate::plan::DispatchPlan;
 use elide_autodiff::Var;
+use elide_kernels::{gather_rows, weighted_row_sums, weighted_row_sums_backward, Isa};
 use elide_tensor::{pool, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-/// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`.
-/// One pass that writes each output row once: its first slot is stored, the others added (no
-/// zero-filled buffer read back).
-pub(super) fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
-    let mut out = pool::take(plan.num_tokens() * width);
-    let (start, slots) = plan.slots_by_token();
-    out.par_chunks_mut(width.max(1)).enumerate().with_min_len(64).for_each(|(t, row)| {
-        let mut mine = slots[start[t]..start[t + 1]].iter().map(|&s| s as usize);
-        let Some(first) = mine.next() else {
-            row.fill(0.0);
-            return;
-        };
-        let g = scale.get(first).copied().unwrap_or(1.0);
-        for (o, &y) in row.iter_mut().zip(&rows[first * width..(first + 1) * width]) {
-            *o = g * y;
-        }
-        for s in mine {
-            let g = scale.get(s).copied().unwrap_or(1.0);
-            for (o, &y) in row.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
-                *o += g * y;
-            }
-        }
-    });
-    out
+/// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`,
+/// by the vector kernel [`weighted_row_sums`]: each output row written once, its first slot
+/// stored and the others added (no zero-filled buffer read back).
+pub(super) fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Result<Vec<f32>> {
+    let out = pool::take(plan.num_tokens() * width);
+    combine_rows_into(out, rows, scale, plan, width, false)
 }
 
 /// [`combine_rows`] added onto `out` (`[T, width]`).
-fn combine_rows_onto(mut out: Vec<f32>, rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
+fn combine_rows_onto(
+    out: Vec<f32>,
+    rows: &[f32],
+    scale: &[f32],
+    plan: &DispatchPlan,
+    width: usize,
+) -> Result<Vec<f32>> {
+    combine_rows_into(out, rows, scale, plan, width, true)
+}
+
+fn combine_rows_into(
+    mut out: Vec<f32>,
+    rows: &[f32],
+    scale: &[f32],
+    plan: &DispatchPlan,
+    width: usize,
+    onto: bool,
+) -> Result<Vec<f32>> {
     let (start, slots) = plan.slots_by_token();
-    out.par_chunks_mut(width.max(1)).enumerate().with_min_len(64).for_each(|(t, row)| {
-        for &s in &slots[start[t]..start[t + 1]] {
-            let s = s as usize;
-            let g = scale.get(s).copied().unwrap_or(1.0);
-            for (o, &y) in row.iter_mut().zip(&rows[s * width..(s + 1) * width]) {
-                *o += g * y;
-            }
-        }
-    });
-    out
+    let isa = Isa::try_active().map_err(kernel_err)?;
+    weighted_row_sums(isa, rows, width, start, slots, scale, &mut out, onto).map_err(kernel_err)?;
+    Ok(out)
 }
 
 /// `out[t] = Σ_{s: token(s)=t} g_s · rows[s]`, summed in slot order (fixed, so bit-identical for
@@ -98,9 +91,9 @@ fn combine_impl(
         Some(r) => {
             let mut base = pool::take(t * d);
             base.copy_from_slice(data(&dense(r.value())));
-            combine_rows_onto(base, data(&rv), &gv, plan, d)
+            combine_rows_onto(base, data(&rv), &gv, plan, d)?
         }
-        None => combine_rows(data(&rv), &gv, plan, d),
+        None => combine_rows(data(&rv), &gv, plan, d)?,
     };
     let out = Tensor::from_vec(combined, &[t, d])?;
     let mut parents = vec![rows];
@@ -117,23 +110,13 @@ fn combine_impl(
         let tokens = plan.tokens();
         let mut drows = pool::take(s * d);
         let mut dgate = vec![0.0f32; if has_gates { s } else { 0 }];
-        let fill = |slot: usize, row: &mut [f32]| {
-            let src = &dout[tokens[slot] as usize * d..][..d];
-            let g = gv.get(slot).copied().unwrap_or(1.0);
-            row.iter_mut().zip(src).for_each(|(o, &v)| *o = g * v);
-        };
+        let isa = Isa::try_active().map_err(kernel_err)?;
         if has_gates {
-            let y = data(&rv);
-            drows.par_chunks_mut(d.max(1)).zip(dgate.par_iter_mut()).enumerate().with_min_len(64).for_each(
-                |(slot, (row, dg))| {
-                    fill(slot, row);
-                    let src = &dout[tokens[slot] as usize * d..][..d];
-                    *dg = src.iter().zip(&y[slot * d..(slot + 1) * d]).map(|(a, b)| a * b).sum();
-                },
-            );
+            weighted_row_sums_backward(isa, dout, d, tokens, data(&rv), &gv, &mut drows, &mut dgate)
         } else {
-            drows.par_chunks_mut(d.max(1)).enumerate().with_min_len(64).for_each(|(slot, row)| fill(slot, row));
+            gather_rows(isa, dout, t, d, tokens, &mut drows)
         }
+        .map_err(kernel_err)?;
         let mut grads = vec![Some(Tensor::from_vec(drows, &[s, d])?)];
         if has_gates {
             grads.push(Some(Tensor::from_vec(dgate, &[s])?));
@@ -170,6 +153,6 @@ pub fn gather(x: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
     let plan = plan.clone();
     Ok(Var::from_op(OP, out, &[x], move |dy| {
         let dy = dense(dy);
-        Ok(vec![Some(Tensor::from_vec(combine_rows(data(&dy), &[], &plan, d), &[t, d])?)])
+        Ok(vec![Some(Tensor::from_vec(combine_rows(data(&dy), &[], &plan, d)?, &[t, d])?)])
     }))
 }
