@@ -8,8 +8,9 @@
 //! element is the same for every thread count.
 
 use crate::error::{check_matrix, KernelError, Result};
+use crate::gemm::Accum;
 use crate::lanes;
-use crate::simd::{with_simd, Simd, SimdTask};
+use crate::simd::{with_simd, Simd, SimdTask, LINE_FLOATS};
 use crate::threading::{for_row_chunks, SendPtr, ROWWISE_CHUNK, ROWWISE_PAR_MIN};
 use crate::Isa;
 use rayon::prelude::*;
@@ -93,15 +94,19 @@ pub fn scatter_add_rows(
 /// The rows of each group, scaled and summed: `src` is `[n, cols]`, group `t`'s rows are
 /// `rows[start[t]..start[t + 1]]` (a CSR list), `scale` is `[n]` or empty (all 1), `out` is
 /// `[groups, cols]` with `groups = start.len() - 1`:
-/// `out[t, :] (+)= Σ_i scale[rows[i]] · src[rows[i], :]`, in list order, each product rounded
-/// before it is added (no fused multiply-add), a group with no rows giving 0 (or `out` as it
-/// was, with `onto`). This is a mixture-of-experts combine: each token's gated expert outputs.
+/// `out[t, :] = Σ_i scale[rows[i]] · src[rows[i], :]` in list order ([`Accum::Replace`]; a
+/// group with no rows gives 0), or that sum added onto `out` ([`Accum::Add`]), each product
+/// rounded before it is added (no fused multiply-add). This is a mixture-of-experts combine:
+/// each token's gated expert outputs.
+///
+/// [`Accum::Replace`]: crate::gemm::Accum::Replace
+/// [`Accum::Add`]: crate::gemm::Accum::Add
 ///
 /// ```
-/// use elide_kernels::{weighted_row_sums, Isa};
+/// use elide_kernels::{gemm::Accum, weighted_row_sums, Isa};
 /// let src = [1.0, 2.0, 10.0, 20.0, 100.0, 200.0]; // 3 rows of 2
 /// let mut out = [0.0; 4]; // 2 groups: rows {2, 0} and {1}
-/// weighted_row_sums(Isa::active(), &src, 2, &[0, 2, 3], &[2, 0, 1], &[0.5, 2.0, 0.1], &mut out, false)?;
+/// weighted_row_sums(Isa::active(), &src, 2, &[0, 2, 3], &[2, 0, 1], &[0.5, 2.0, 0.1], &mut out, Accum::Replace)?;
 /// assert_eq!(out, [10.5, 21.0, 20.0, 40.0]);
 /// # Ok::<(), elide_kernels::KernelError>(())
 /// ```
@@ -119,7 +124,7 @@ pub fn weighted_row_sums(
     rows: &[u32],
     scale: &[f32],
     out: &mut [f32],
-    onto: bool,
+    accum: Accum,
 ) -> Result<()> {
     const OP: &str = "weighted_row_sums";
     let n = src.len() / cols.max(1);
@@ -140,7 +145,7 @@ pub fn weighted_row_sums(
     }
     check_indices(OP, rows, n)?;
     for_row_chunks(out, cols, 2 * cols, |t0, out| {
-        with_simd(isa, CombineTask { src, cols, start: &start[t0..], rows, scale, out, onto });
+        with_simd(isa, CombineTask { src, cols, start: &start[t0..], rows, scale, out, accum });
     });
     Ok(())
 }
@@ -153,14 +158,14 @@ struct CombineTask<'a> {
     rows: &'a [u32],
     scale: &'a [f32],
     out: &'a mut [f32],
-    onto: bool,
+    accum: Accum,
 }
 
 impl SimdTask for CombineTask<'_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let CombineTask { src, cols, start, rows, scale, out, onto } = self;
+        let CombineTask { src, cols, start, rows, scale, out, accum } = self;
         let groups = out.len() / cols;
         for (t, row) in out.chunks_exact_mut(cols).enumerate() {
             // The rows of a group lie anywhere in `src`: fetch the next group's while this one
@@ -168,12 +173,12 @@ impl SimdTask for CombineTask<'_> {
             if t + 1 < groups {
                 for &r in &rows[start[t + 1]..start[t + 2]] {
                     let next = &src[r as usize * cols..(r as usize + 1) * cols];
-                    next.chunks(16).for_each(|line| s.prefetch(line.as_ptr()));
+                    next.chunks(LINE_FLOATS).for_each(|line| s.prefetch(line.as_ptr()));
                 }
             }
             let mut mine = rows[start[t]..start[t + 1]].iter().map(|&r| r as usize);
             let row_of = |r: usize| (&src[r * cols..(r + 1) * cols], scale.get(r).copied().unwrap_or(1.0));
-            if !onto {
+            if accum == Accum::Replace {
                 match mine.next() {
                     Some(r) => {
                         let (x, g) = row_of(r);
@@ -381,8 +386,8 @@ mod tests {
         }
     }
 
-    /// Groups of rows for the combine tests: group `t` takes rows `t·3 % n`, `t·5 + 1 % n` for
-    /// odd `t`, nothing for every fourth group, one row otherwise; as CSR.
+    /// Groups of rows for the combine tests, as CSR: every fourth group is empty, odd groups take
+    /// rows `(3t) mod n` and `(5t + 1) mod n`, the others row `(3t) mod n`.
     fn groups(count: usize, n: usize) -> (Vec<usize>, Vec<u32>) {
         let (mut start, mut rows) = (vec![0], Vec::new());
         for t in 0..count {
@@ -406,9 +411,11 @@ mod tests {
                 let src = data(n * cols, cols as u64, -1.0, 1.0);
                 let scale = data(n, 5, -2.0, 2.0);
                 let base = data(count * cols, 6, -1.0, 1.0);
-                for (scale, onto) in [(&scale[..], false), (&scale[..], true), (&[][..], false)] {
+                let cases = [(&scale[..], false), (&scale[..], true), (&[][..], false), (&[][..], true)];
+                for (scale, onto) in cases {
+                    let accum = if onto { Accum::Add } else { Accum::Replace };
                     let mut out = if onto { base.clone() } else { vec![f32::NAN; count * cols] };
-                    weighted_row_sums(isa, &src, cols, &start, &rows, scale, &mut out, onto).unwrap();
+                    weighted_row_sums(isa, &src, cols, &start, &rows, scale, &mut out, accum).unwrap();
                     let mut want = vec![0.0f64; count * cols];
                     for t in 0..count {
                         for j in 0..cols {
@@ -464,7 +471,7 @@ mod tests {
         for isa in Isa::supported() {
             let runs = in_pools(&[1, 2], || {
                 let mut out = vec![0.0; count * cols];
-                weighted_row_sums(isa, &src, cols, &start, &rows, &scale, &mut out, false).unwrap();
+                weighted_row_sums(isa, &src, cols, &start, &rows, &scale, &mut out, Accum::Replace).unwrap();
                 let (mut dsrc, mut dscale) = (vec![0.0; n * cols], vec![0.0; n]);
                 weighted_row_sums_backward(isa, &dout, cols, &group, &src, &scale, &mut dsrc, &mut dscale).unwrap();
                 [bits(&out), bits(&dsrc), bits(&dscale)]
@@ -490,12 +497,14 @@ mod tests {
         assert_eq!(err.to_string(), "scatter_add_rows: shape mismatch: src has 6 elements, expected [2, 2]");
         let err = scatter_add_rows(isa, &src, &[0, 1, 2], &mut out, 4, 2).unwrap_err();
         assert_eq!(err.to_string(), "scatter_add_rows: shape mismatch: dst has 6 elements, expected [4, 2]");
-        let err = weighted_row_sums(isa, &src, 2, &[0, 2, 3], &[0, 5, 1], &[], &mut out[..4], false).unwrap_err();
+        let err =
+            weighted_row_sums(isa, &src, 2, &[0, 2, 3], &[0, 5, 1], &[], &mut out[..4], Accum::Replace).unwrap_err();
         assert_eq!(err.to_string(), "weighted_row_sums: index 5 at position 1 is out of range for 3 rows");
         assert_eq!(out, [1.0; 6], "nothing written");
-        let err = weighted_row_sums(isa, &src, 2, &[0, 3, 2], &[0, 1, 2], &[], &mut out[..4], false).unwrap_err();
+        let err =
+            weighted_row_sums(isa, &src, 2, &[0, 3, 2], &[0, 1, 2], &[], &mut out[..4], Accum::Replace).unwrap_err();
         assert!(err.to_string().contains("start must rise from 0"), "{err}");
-        let err = weighted_row_sums(isa, &src, 2, &[0, 1], &[0], &[1.0; 2], &mut out[..2], false).unwrap_err();
+        let err = weighted_row_sums(isa, &src, 2, &[0, 1], &[0], &[1.0; 2], &mut out[..2], Accum::Replace).unwrap_err();
         assert_eq!(err.to_string(), "weighted_row_sums: shape mismatch: scale has 2 elements for 3 rows of src");
         let (mut dsrc, mut dscale) = ([0.0; 6], [0.0; 3]);
         let err = weighted_row_sums_backward(isa, &src[..2], 2, &[0, 1, 0], &src, &[1.0; 3], &mut dsrc, &mut dscale)

@@ -45,7 +45,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::gemm::{Activation, MatMut, MatRef};
-use crate::simd::{with_simd, Simd, SimdTask};
+use crate::simd::{with_simd, Simd, SimdTask, LINE_FLOATS};
 use crate::threading::{Par, SendPtr};
 use crate::Isa;
 use rayon::prelude::*;
@@ -314,7 +314,7 @@ impl SimdTask for DotUnits<'_> {
             if let Some(&next) = groups.units.get(g + 1) {
                 // The next chosen row is at an unpredictable address: start fetching it now.
                 let next = unit_row(w, next as usize);
-                for line in (0..next.len()).step_by(16) {
+                for line in (0..next.len()).step_by(LINE_FLOATS) {
                     s.prefetch(next[line..].as_ptr());
                 }
             }
@@ -393,7 +393,7 @@ impl SimdTask for AccumulateChunk<'_> {
             if let Some(&next) = groups.units.get(g + 1) {
                 // The next chosen row is at an unpredictable address: start its first lines now.
                 let next = unit_row(task.w, next as usize);
-                for line in (0..len).step_by(16) {
+                for line in (0..len).step_by(LINE_FLOATS) {
                     s.prefetch(next[j0 + line..].as_ptr());
                 }
             }

@@ -22,7 +22,7 @@ use super::packed::PackedB;
 use super::view::{MatMut, MatRef, RowOwners};
 use super::{empty_product, Gemm};
 use crate::error::{KernelError, Result};
-use crate::simd::{with_simd, Simd, SimdTask, TileTask};
+use crate::simd::{with_simd, Simd, SimdTask, TileTask, LINE_FLOATS as LINE};
 use crate::threading::{Par, SendPtr};
 use rayon::prelude::*;
 
@@ -250,7 +250,7 @@ impl Gemm<'_> {
         };
         let work = |(i, item): (usize, &Item)| {
             let p = &problems[item.g];
-            let next_item = first_read(i + 1);
+            let next_first_read = first_read(i + 1);
             let kc = bl.kc_for(p.a.cols);
             let mc = bl.mc_for(p.a.rows);
             with_buffer(&PACK_A, mc.div_ceil(bl.mr) * bl.mr * kc, |packed_a| {
@@ -263,7 +263,7 @@ impl Gemm<'_> {
                         item: *item,
                         packed_a,
                         packed_b,
-                        next_item,
+                        next_first_read,
                     };
                     with_simd(isa, task)
                 })
@@ -348,8 +348,9 @@ struct GroupBlock<'a, 'c> {
     item: Item,
     packed_a: &'a mut [f32],
     packed_b: &'a mut [f32],
-    /// What the next work item reads first, prefetched while this item's last tiles run.
-    next_item: &'a [f32],
+    /// What the next work item reads first from memory (see `first_read`), prefetched while
+    /// this item's last tiles run.
+    next_first_read: &'a [f32],
 }
 
 impl SimdTask for GroupBlock<'_, '_> {
@@ -371,7 +372,7 @@ impl TileTask for GroupBlock<'_, '_> {
 
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        let GroupBlock { call, b, prepacked, item, packed_a, packed_b, next_item } = self;
+        let GroupBlock { call, b, prepacked, item, packed_a, packed_b, next_first_read } = self;
         let (mr, nr, m, k) = (MR, NV * S::LANES, call.a.rows, call.a.cols);
         let (q0, q1) = item.panels;
         // One row tile uses each panel once: read B where it lives instead of packing it.
@@ -408,18 +409,24 @@ impl TileTask for GroupBlock<'_, '_> {
                     // Weights reach a panel from memory on their first use, and the hardware
                     // prefetcher, which stops at every 4 KiB page, cannot run ahead of a
                     // panel read this fast. So the tiles fetch what comes next while they run,
-                    // spread over them: with B packed ahead, the next panel (of this item, or
-                    // the next item's first); packing B per slice, in the item's last slice,
-                    // the rows the next item packs first.
+                    // spread over them (at most a line per four steps of each tile, so a
+                    // region larger than that is fetched in part): with B packed ahead, the
+                    // next panel of this item, else the first panel of its next K slice, else
+                    // the next item's first panel; packing B per slice, in the item's last
+                    // slice, the next item's B rows of its first K slice (all columns, when
+                    // they are one block of memory), a share per panel.
                     let (ahead, spread) = match prepacked {
                         _ if ic != 0 => (&[][..], 1),
                         Some(pb) if q + 1 < q1 => (pb.panels(pc, kc, q + 1, 1), tiles),
                         Some(pb) if !last => (pb.panels(pc + kc, k_slice.min(k - pc - kc), q0, 1), tiles),
-                        Some(_) => (next_item, tiles),
+                        Some(_) => (next_first_read, tiles),
                         None if last => {
-                            let share = next_item.len().div_ceil(q1 - q0);
+                            let share = next_first_read.len().div_ceil(q1 - q0);
                             let start = (q - q0) * share;
-                            (next_item.get(start..(start + share).min(next_item.len())).unwrap_or(&[]), tiles)
+                            (
+                                next_first_read.get(start..(start + share).min(next_first_read.len())).unwrap_or(&[]),
+                                tiles,
+                            )
                         }
                         None => (&[][..], 1),
                     };
@@ -440,9 +447,6 @@ impl TileTask for GroupBlock<'_, '_> {
         }
     }
 }
-
-/// Floats in a 64-byte cache line.
-const LINE: usize = 16;
 
 /// The memory rows `0..kc` of `b` occupy, when it is one block with no gaps (a row-major view
 /// whose rows follow each other, or the transpose of one when `kc` covers all of its K), else

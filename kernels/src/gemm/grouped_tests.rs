@@ -218,30 +218,33 @@ fn bit_identical_on_one_and_two_threads() {
 fn packed_weights_give_the_bits_of_packing_per_call() {
     let case = Case::new(&[300, 0, 45, 129, 7, 1], 400, 257, 130);
     for isa in Isa::supported() {
-        let bl = Blocking::of(isa);
-        for gather_k in [false, true] {
-            let problems = case.problems(false, gather_k, Activation::Gelu);
-            let packed: Vec<PackedB> = problems.iter().map(|p| PackedB::new(p.b, bl)).collect();
-            let with_packed: Vec<GroupProblem<'_>> =
-                problems.iter().zip(&packed).map(|(p, pb)| GroupProblem { packed_b: Some(pb), ..*p }).collect();
-            let run = |problems: &[GroupProblem<'_>], threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                let mut out = vec![0.0f32; 482 * 130];
-                pool.install(|| {
-                    Gemm { isa, ..Gemm::default() }
-                        .run_grouped(MatMut::row_major(&mut out, 482, 130).unwrap(), problems)
-                        .unwrap()
-                });
-                crate::testing::bits(&out)
-            };
-            let per_call = run(&problems, 2);
-            assert_eq!(run(&with_packed, 1), per_call, "{isa} gather_k={gather_k}");
-            assert_eq!(run(&with_packed, 2), per_call, "{isa} gather_k={gather_k}");
-            // The panels are read: the first expert's packed from the second's weights differs.
-            let decoy = PackedB::new(problems[2].b, bl);
-            let mut swapped = with_packed.clone();
-            swapped[0].packed_b = Some(&decoy);
-            assert_ne!(run(&swapped, 2), per_call, "{isa} gather_k={gather_k}");
+        // The blocking of the machine (K = 257 in one slice) and a KC of 40 (seven slices, so the
+        // items fetch ahead across K slices as well as panels and items).
+        for bl in [Blocking::of(isa), Blocking::of(isa).with_kc(40).unwrap()] {
+            for gather_k in [false, true] {
+                let problems = case.problems(false, gather_k, Activation::Gelu);
+                let packed: Vec<PackedB> = problems.iter().map(|p| PackedB::new(p.b, bl)).collect();
+                let with_packed: Vec<GroupProblem<'_>> =
+                    problems.iter().zip(&packed).map(|(p, pb)| GroupProblem { packed_b: Some(pb), ..*p }).collect();
+                let run = |problems: &[GroupProblem<'_>], threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    let mut out = vec![0.0f32; 482 * 130];
+                    pool.install(|| {
+                        Gemm { isa, blocking: Some(bl), ..Gemm::default() }
+                            .run_grouped(MatMut::row_major(&mut out, 482, 130).unwrap(), problems)
+                            .unwrap()
+                    });
+                    crate::testing::bits(&out)
+                };
+                let per_call = run(&problems, 2);
+                assert_eq!(run(&with_packed, 1), per_call, "{isa} {bl} gather_k={gather_k}");
+                assert_eq!(run(&with_packed, 2), per_call, "{isa} {bl} gather_k={gather_k}");
+                // The panels are read: the first expert's packed from the second's weights differs.
+                let decoy = PackedB::new(problems[2].b, bl);
+                let mut swapped = with_packed.clone();
+                swapped[0].packed_b = Some(&decoy);
+                assert_ne!(run(&swapped, 2), per_call, "{isa} {bl} gather_k={gather_k}");
+            }
         }
     }
     let problems = case.problems(false, false, Activation::Identity);

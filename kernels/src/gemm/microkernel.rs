@@ -1,5 +1,6 @@
-//! The register-tile micro-kernel: `MR × NR` of C from an `MR`-row panel of A and an
-//! `NR`-column panel of B, both packed, over `kc` steps of K.
+//! The register-tile micro-kernel: `MR × NR` of C from an `MR`-row tile of A (packed, or read
+//! in place by rows or by columns: [`APanel`]) and an `NR`-column panel of B (packed, or read in
+//! place: [`BPanel`]), over `kc` steps of K; and the edge kernel for tiles of fewer rows.
 //!
 //! Written once over [`Simd`] and the tile's `MR` and `NV` as const generics, so every tile of
 //! every instruction set is its own monomorphised kernel that keeps exactly `MR × NV` vectors
@@ -8,10 +9,7 @@
 use super::blocking::MAX_MR;
 use super::pack::ZEROS;
 use super::view::MatRef;
-use crate::simd::Simd;
-
-/// Floats in a 64-byte cache line.
-const LINE: usize = 16;
+use crate::simd::{Simd, LINE_FLOATS as LINE};
 
 /// `kc` steps of an NR-wide panel of B as the micro-kernel reads it: step `p` is the `NR`
 /// floats at `ptr + p·stride`. Built only by the two checked constructors below.
@@ -68,9 +66,10 @@ impl BPanel {
 ///
 /// # Safety
 /// `a` must address `kc` steps of `MR` rows (packed: `kc·MR` floats; rows: each of the first
-/// `MR` pointers valid for `kc` floats); `b` must describe `kc` readable steps (its
-/// constructors check that); each of the first `MR` pointers in `c` must be valid for reading
-/// and writing `NR` floats, with no two rows overlapping.
+/// `MR` pointers valid for `kc` floats; columns: `(kc − 1)·ld + MR` floats from `ptr`, as
+/// [`APanel::cols`] checks); `b` must describe `kc` readable steps (its constructors check
+/// that); each of the first `MR` pointers in `c` must be valid for reading and writing `NR`
+/// floats, with no two rows overlapping.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     s: S,
@@ -115,7 +114,10 @@ pub(crate) unsafe fn edge_microkernel<S: Simd, const MR: usize, const NV: usize>
 ) {
     debug_assert!(rows < MR);
     let mut i = 0;
+    // Only the first piece prefetches what comes next; the others would fetch it again.
+    let quiet = BPanel { ahead_lines: 0, ..b };
     while i < rows {
+        let b = if i == 0 { b } else { quiet };
         let left = rows - i;
         // SAFETY: rows i.. of the tile are among its first `rows` (caller's contract); the
         // piece reads A rows, and writes C rows, i .. i + piece only.
@@ -167,9 +169,10 @@ unsafe fn rows_piece<S: Simd, const MR: usize, const NV: usize, const R: usize>(
 }
 
 /// `kc` steps of an MR-row tile of A as the micro-kernel reads it: packed (row `i` of step `p`
-/// at `ptr + p·MR + i`), or in place from MR rows whose K steps are contiguous (row `i` of step
-/// `p` at `rows[i] + p`; rows past the tile's last point at zeros). Built only by the checked
-/// constructor [`APanel::rows`] or from a packed buffer the driver sized.
+/// at `ptr + p·MR + i`), in place from MR rows whose K steps are contiguous (row `i` of step
+/// `p` at `rows[i] + p`; rows past the tile's last point at zeros), or in place from a
+/// column-major view (row `i` of step `p` at `ptr + p·ld + i`). Built only by the checked
+/// constructors [`APanel::rows`] and [`APanel::cols`] or from a packed buffer the driver sized.
 #[derive(Clone, Copy)]
 pub(crate) enum APanel {
     Packed(*const f32),
@@ -278,8 +281,9 @@ impl ATile for ColsA {
     }
     #[inline(always)]
     unsafe fn advanced(self, steps: usize) -> Self {
-        // SAFETY: forwarded from the caller.
-        ColsA { ptr: unsafe { self.ptr.add(steps * self.ld) }, ld: self.ld }
+        // Wrapping: after the last step this points up to `ld` floats past the view's buffer,
+        // where it is never read.
+        ColsA { ptr: self.ptr.wrapping_add(steps * self.ld), ld: self.ld }
     }
 }
 
@@ -343,7 +347,8 @@ unsafe fn kernel<S: Simd, const MR: usize, const NV: usize, A: ATile>(
             step::<S, MR, NV, A>(s, a, 2, b.add(2 * b_stride), &mut acc);
             step::<S, MR, NV, A>(s, a, 3, b.add(3 * b_stride), &mut acc);
             a = a.advanced(4);
-            b = b.add(4 * b_stride);
+            // Wrapping: after the last step an in-place panel's pointer can pass its buffer.
+            b = b.wrapping_add(4 * b_stride);
         }
     }
     for _ in 0..kc % 4 {
@@ -351,7 +356,7 @@ unsafe fn kernel<S: Simd, const MR: usize, const NV: usize, A: ATile>(
         unsafe {
             step::<S, MR, NV, A>(s, a, 0, b, &mut acc);
             a = a.advanced(1);
-            b = b.add(b_stride);
+            b = b.wrapping_add(b_stride);
         }
     }
     debug_assert!(nr <= super::blocking::MAX_NR);

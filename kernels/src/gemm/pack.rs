@@ -4,7 +4,7 @@
 //! anyway, so reading row `index[i]` instead of row `i` is the whole price of a gather.
 
 use super::view::MatRef;
-use crate::simd::{prefetch, with_simd, Simd, SimdTask};
+use crate::simd::{prefetch, with_simd, Simd, SimdTask, LINE_FLOATS};
 use crate::Isa;
 
 /// Packs `a[rows, cols]` for `rows = row0..row0+mc`, `cols = col0..col0+kc` into `mr`-row
@@ -24,7 +24,7 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef<'_>, row0: usize, mc: usize, co
         for p in 0..kc {
             if p + AHEAD < kc {
                 let next = a.col_offset(col0 + p + AHEAD) + row0;
-                for line in (0..mc).step_by(16) {
+                for line in (0..mc).step_by(LINE_FLOATS) {
                     prefetch(a.data[next..].as_ptr().wrapping_add(line));
                 }
             }
@@ -159,6 +159,7 @@ fn pack_b_columns(isa: Isa, dst: &mut [f32], data: &[f32], row0: usize, kc: usiz
     with_simd(isa, PackColumns { dst, data, row0, kc, col_offsets, nr })
 }
 
+/// One [`pack_b_columns`] call, run on an instruction set's vector code.
 struct PackColumns<'a> {
     dst: &'a mut [f32],
     data: &'a [f32],

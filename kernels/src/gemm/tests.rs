@@ -361,38 +361,52 @@ fn one_panel_products_read_a_in_place_with_the_bits_of_packing() {
 /// An edge tile (fewer rows than MR) runs smaller kernels that sum each row in a full tile's
 /// order: a product of `m` rows gives the bits of the first `m` rows of a taller one, for every
 /// tile, for A packed, read in place by rows, or in place by columns (`Xᵀ`, whose edge tile
-/// reads past the view's last row into the buffer's padding), on one or several panels.
+/// reads past the view's last row into the buffer's padding), on one or several panels. And a
+/// one-panel product, which reads A in place, gives the bits of the same columns of a wider
+/// product, which packs it.
 #[test]
 fn edge_rows_give_the_bits_of_full_tiles() {
     let k = 81;
     for isa in Isa::supported() {
         for &(mr, nv) in Blocking::tiles(isa) {
             let bl = Blocking::for_tile(isa, mr, nv).unwrap().with_kc(40).unwrap();
-            let tall = 3 * mr;
+            let (tall, nr) = (3 * mr, bl.nr());
             let rows_data = data(tall * k, 1, -1.0, 1.0);
             // X is [k, tall + 3] row-major; A = X[:, ..m]ᵀ is column-major with 3 floats of padding.
             let x = data(k * (tall + 3), 2, -1.0, 1.0);
-            for n in [bl.nr(), 2 * bl.nr() + 5] {
-                let b = data(k * n, 3, -1.0, 1.0);
-                let b = MatRef::row_major(&b, k, n).unwrap();
-                for by_cols in [false, true] {
-                    let a = |m: usize| match by_cols {
-                        false => MatRef::row_major(&rows_data[..m * k], m, k).unwrap(),
-                        true => MatRef::new(&x, m, k, 1, tall + 3).unwrap(),
-                    };
-                    let run = |m: usize| {
-                        let mut c = vec![0.0f32; m * n];
-                        let gemm = Gemm { isa, blocking: Some(bl), par: Par::Seq, ..Gemm::default() };
-                        gemm.run(MatMut::row_major(&mut c, m, n).unwrap(), a(m), b).unwrap();
-                        crate::testing::bits(&c)
-                    };
-                    let full = run(tall);
-                    // (At most MR rows take the few-row paths, not the tiles.)
-                    for m in [mr + 1, 2 * mr - 1, 2 * mr + 1, 3 * mr - 1] {
-                        let what = format!("{isa} {bl} n={n} m={m} by_cols={by_cols}");
-                        assert_eq!(run(m), full[..m * n], "{what}");
-                    }
+            let wide = 2 * nr + 5;
+            let b_data = data(k * wide, 3, -1.0, 1.0);
+            for by_cols in [false, true] {
+                let a = |m: usize| match by_cols {
+                    false => MatRef::row_major(&rows_data[..m * k], m, k).unwrap(),
+                    true => MatRef::new(&x, m, k, 1, tall + 3).unwrap(),
+                };
+                // B's first n columns (a view into the wide B).
+                let run = |m: usize, n: usize| {
+                    let mut c = vec![0.0f32; m * n];
+                    let b = MatRef::new(&b_data, k, n, wide, 1).unwrap();
+                    let gemm = Gemm { isa, blocking: Some(bl), par: Par::Seq, ..Gemm::default() };
+                    gemm.run(MatMut::row_major(&mut c, m, n).unwrap(), a(m), b).unwrap();
+                    c
+                };
+                let full = run(tall, wide);
+                // (At most MR rows take the few-row paths, not the tiles.)
+                for m in [mr + 1, 2 * mr - 1, 2 * mr + 1, 3 * mr - 1, tall] {
+                    let what = format!("{isa} {bl} m={m} by_cols={by_cols}");
+                    let first_columns: Vec<f32> =
+                        full[..m * wide].chunks(wide).flat_map(|r| r[..nr].to_vec()).collect();
+                    assert_eq!(crate::testing::bits(&run(m, wide)), crate::testing::bits(&full[..m * wide]), "{what}");
+                    assert_eq!(
+                        crate::testing::bits(&run(m, nr)),
+                        crate::testing::bits(&first_columns),
+                        "{what} one panel"
+                    );
                 }
+                let mut want = vec![0.0f32; tall * nr];
+                let b = MatRef::new(&b_data, k, nr, wide, 1).unwrap();
+                let mut c = MatMut::row_major(&mut want, tall, nr).unwrap();
+                gemm_reference(&mut c, Accum::Replace, &a(tall), &b, 1.0, &Epilogue::default());
+                assert_gemm_close(&run(tall, nr), &want, k, &format!("{isa} {bl} by_cols={by_cols} reference"));
             }
         }
     }

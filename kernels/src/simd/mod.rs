@@ -202,6 +202,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     }
 }
 
+/// Floats in a 64-byte cache line: the step of a prefetch loop.
+pub(crate) const LINE_FLOATS: usize = 16;
+
 /// [`Simd::prefetch`] outside vector code: prefetch instructions are part of the x86-64
 /// baseline (SSE), so scalar code such as packing can hint too. A no-op elsewhere.
 #[inline(always)]

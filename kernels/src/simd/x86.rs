@@ -18,6 +18,8 @@ pub(crate) struct Avx512(());
 /// As [`Simd::transpose8`], on a CPU with AVX (both tokens prove it).
 #[inline(always)]
 unsafe fn transpose8_avx(src: [*const f32; 8], dst: *mut f32, dst_stride: usize) {
+    // SAFETY: the loads read 8 floats at each `src[c]` and the stores write 8 at each of
+    // `dst + r·dst_stride`, as the caller guarantees; AVX is present (see above).
     unsafe {
         let r: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(src[c]));
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);

@@ -175,8 +175,7 @@ fn bit_identical_on_one_and_two_threads() {
 fn inference_reuses_packed_weights_until_a_parameter_changes() {
     use elide_autodiff::{no_grad, Optimizer, Sgd};
     for kind in [ExpertKind::Mlp(Activation::Gelu), ExpertKind::SwiGlu] {
-        // Expert 0 takes 600 rows (the dense driver), experts 1-3 a few each (the grouped work
-        // list), expert 4 none.
+        // Expert 0 takes 600 rows, experts 1-3 a few each, expert 4 none.
         let (t, e, d, h) = (700, 5, 24, 40);
         let tokens: Vec<u32> = (0..t as u32).collect();
         let ex: Vec<u32> = (0..t as u32).map(|i| if i < 600 { 0 } else { 1 + i % 3 }).collect();

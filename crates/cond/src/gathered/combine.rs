@@ -7,9 +7,9 @@ use super::{data, dense, kernel_err};
 use crate::error::{Error, Result};
 use crate::plan::DispatchPlan;
 use elide_autodiff::Var;
+use elide_kernels::gemm::Accum;
 use elide_kernels::{gather_rows, weighted_row_sums, weighted_row_sums_backward, Isa};
 use elide_tensor::{pool, Tensor};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// `out[t] = Σ_{slots s of t, in order} scale_s · rows[s]` (`scale` empty: 1), `[T, width]`,
@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// stored and the others added (no zero-filled buffer read back).
 pub(super) fn combine_rows(rows: &[f32], scale: &[f32], plan: &DispatchPlan, width: usize) -> Result<Vec<f32>> {
     let out = pool::take(plan.num_tokens() * width);
-    combine_rows_into(out, rows, scale, plan, width, false)
+    combine_rows_into(out, rows, scale, plan, width, Accum::Replace)
 }
 
 /// [`combine_rows`] added onto `out` (`[T, width]`).
@@ -28,7 +28,7 @@ fn combine_rows_onto(
     plan: &DispatchPlan,
     width: usize,
 ) -> Result<Vec<f32>> {
-    combine_rows_into(out, rows, scale, plan, width, true)
+    combine_rows_into(out, rows, scale, plan, width, Accum::Add)
 }
 
 fn combine_rows_into(
@@ -37,11 +37,11 @@ fn combine_rows_into(
     scale: &[f32],
     plan: &DispatchPlan,
     width: usize,
-    onto: bool,
+    accum: Accum,
 ) -> Result<Vec<f32>> {
     let (start, slots) = plan.slots_by_token();
     let isa = Isa::try_active().map_err(kernel_err)?;
-    weighted_row_sums(isa, rows, width, start, slots, scale, &mut out, onto).map_err(kernel_err)?;
+    weighted_row_sums(isa, rows, width, start, slots, scale, &mut out, accum).map_err(kernel_err)?;
     Ok(out)
 }
 
@@ -145,10 +145,7 @@ pub fn gather(x: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
     let xv = dense(x.value());
     let src = data(&xv);
     let mut out = pool::take(s * d);
-    let tokens = plan.tokens();
-    out.par_chunks_mut(d.max(1)).enumerate().with_min_len(64).for_each(|(slot, row)| {
-        row.copy_from_slice(&src[tokens[slot] as usize * d..][..d]);
-    });
+    gather_rows(Isa::try_active().map_err(kernel_err)?, src, t, d, plan.tokens(), &mut out).map_err(kernel_err)?;
     let out = Tensor::from_vec(out, &[s, d])?;
     let plan = plan.clone();
     Ok(Var::from_op(OP, out, &[x], move |dy| {

@@ -55,8 +55,8 @@ fn naive_linear(
 
 #[test]
 fn grouped_linear_matches_the_naive_reference() {
-    // Odd sizes, a destination with no rows (g = 64 > t·k for t = 7), and both input kinds.
-    // 1100 rows over 2 destinations: problems large enough for the dense driver, one after another.
+    // Odd sizes, a destination with no rows (g = 64 > t·k for t = 7), and both input kinds;
+    // all on the grouped work list (the dense driver's test follows).
     for (t, g, k) in [(1, 1, 1), (7, 3, 2), (33, 64, 3), (257, 5, 2), (1100, 2, 1)] {
         let p = plan(t, g, k, t as u64);
         for (fi, fo) in [(1, 7), (9, 17), (33, 5)] {
@@ -94,6 +94,35 @@ fn grouped_linear_matches_the_naive_reference() {
             }
         }
     }
+}
+
+/// Problems of at least `DENSE_MIN_MACS` multiply-adds run one after another on the dense
+/// driver (here two destinations of ~550 rows × 352 × 384, out of slot order in the output).
+#[test]
+fn large_problems_run_on_the_dense_driver_and_match_the_naive_reference() {
+    let (t, g, fi, fo) = (1100, 2, 352, 384);
+    let p = plan(t, g, 1, 5);
+    assert!((0..g).all(|e| p.expert_range(e).len() * fi * fo >= DENSE_MIN_MACS));
+    let mut rng = Rng::seed(9);
+    let w = Tensor::randn(&WeightLayout::InOut.shape(g, fi, fo), &mut rng);
+    let b = Tensor::randn(&[g, fo], &mut rng);
+    let x = Tensor::randn(&[t, fi], &mut rng);
+    let (wv, bv) = (Var::constant(w.clone()), Var::constant(b.clone()));
+    let gw = GroupedWeight::new(&wv, WeightLayout::InOut).with_bias(&bv);
+    let got = grouped_linear(&Var::constant(x.clone()), RowSource::Gathered, &p, gw, Activation::Gelu).unwrap();
+    let b_data = b.to_vec();
+    let want = naive_linear(
+        &x.to_vec(),
+        RowSource::Gathered,
+        &p,
+        &w.to_vec(),
+        WeightLayout::InOut,
+        Some(&b_data),
+        Activation::Gelu,
+        fi,
+        fo,
+    );
+    assert_close(&got.value().to_vec(), &want, 1e-4, "dense driver (K = 352)");
 }
 
 #[test]
