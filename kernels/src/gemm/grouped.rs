@@ -12,6 +12,11 @@
 //! problem of at most eight rows whose B has contiguous rows takes the skinny form instead (B
 //! streamed once in row order, every B vector shared by the rows); one of at most MR rows with
 //! another layout reads B in place. Packing would touch every weight twice for so few uses.
+//!
+//! An expert's A rows are read in place when their K steps are contiguous (gathered rows
+//! included), and while a work item's tiles run they prefetch the weights it, or the item after
+//! it, reads next: a layer's expert weights come from memory, faster than the hardware
+//! prefetcher fetches them (see the loop in [`GroupBlock`]'s tile task).
 
 use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_SLICE, PARALLEL_MIN_MACS};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
