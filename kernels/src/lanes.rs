@@ -13,7 +13,7 @@
 use crate::simd::Simd;
 
 /// The widest vector any [`Simd`] implementation has (AVX-512: 16 f32 lanes).
-const MAX_LANES: usize = 16;
+pub(crate) const MAX_LANES: usize = 16;
 
 /// A lane-wise function of one vector.
 pub(crate) trait LaneFn: Copy {
