@@ -45,6 +45,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::gemm::{Activation, MatMut, MatRef};
+use crate::lanes;
 use crate::simd::{with_simd, Simd, SimdTask, LINE_FLOATS};
 use crate::threading::{Par, SendPtr};
 use crate::Isa;
@@ -321,7 +322,7 @@ impl SimdTask for DotUnits<'_> {
             let row = unit_row(w, u);
             let b = bias.map_or(0.0, |b| b[u]);
             for slot in groups.slots(g) {
-                let v = dot(s, x_rows[groups.tokens[slot] as usize], row) + b;
+                let v = lanes::dot(s, x_rows[groups.tokens[slot] as usize], row) + b;
                 out[slot - base] = match activation {
                     Activation::Identity => v,
                     Activation::Relu => v.max(0.0),
@@ -330,36 +331,6 @@ impl SimdTask for DotUnits<'_> {
             }
         }
     }
-}
-
-/// `⟨x, w⟩` with four vector accumulators (added pairwise at the end) and a scalar tail.
-#[inline(always)]
-fn dot<S: Simd>(s: S, x: &[f32], w: &[f32]) -> f32 {
-    let n = x.len().min(w.len());
-    let lanes = S::LANES;
-    let step = 4 * lanes;
-    let mut acc = [s.splat(0.0); 4];
-    let mut p = 0;
-    while p + step <= n {
-        // SAFETY: p + 4·lanes <= n and both slices hold at least n floats.
-        unsafe {
-            for (g, a) in acc.iter_mut().enumerate() {
-                let at = p + g * lanes;
-                *a = s.mul_add(s.load(x.as_ptr().add(at)), s.load(w.as_ptr().add(at)), *a);
-            }
-        }
-        p += step;
-    }
-    while p + lanes <= n {
-        // SAFETY: p + lanes <= n, as above.
-        unsafe { acc[0] = s.mul_add(s.load(x.as_ptr().add(p)), s.load(w.as_ptr().add(p)), acc[0]) };
-        p += lanes;
-    }
-    let mut sum = s.reduce_sum(s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3])));
-    for q in p..n {
-        sum = x[q].mul_add(w[q], sum);
-    }
-    sum
 }
 
 /// The shared state of one [`accumulate_unit_rows`] call.

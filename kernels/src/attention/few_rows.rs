@@ -54,7 +54,7 @@ impl SimdTask for HeadRows<'_> {
             let qi = &q[i * d..(i + 1) * d];
             let p = &mut scores[..visible];
             for (j, pj) in p.iter_mut().enumerate() {
-                *pj = dot(s, qi, &k[j * d..(j + 1) * d]) * scale;
+                *pj = lanes::dot(s, qi, &k[j * d..(j + 1) * d]) * scale;
             }
             let max = lanes::max(s, p);
             lanes::map_in_place(s, p, ExpShifted { max });
@@ -67,19 +67,4 @@ impl SimdTask for HeadRows<'_> {
             *lse = max + sum.ln();
         }
     }
-}
-
-/// `Σ a_i b_i` over equal-length slices, lane-wise partial sums then the lanes (a fixed order).
-#[inline(always)]
-fn dot<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = s.splat(0.0);
-    let (mut ac, mut bc) = (a.chunks_exact(S::LANES), b.chunks_exact(S::LANES));
-    for (x, y) in (&mut ac).zip(&mut bc) {
-        acc = s.mul_add(lanes::load(s, x), lanes::load(s, y), acc);
-    }
-    let (x, y) = (ac.remainder(), bc.remainder());
-    if !x.is_empty() {
-        acc = s.mul_add(lanes::load_partial(s, x, 0.0), lanes::load_partial(s, y, 0.0), acc);
-    }
-    s.reduce_sum(acc)
 }
