@@ -43,6 +43,7 @@ pub mod reduce;
 pub mod rope;
 pub(crate) mod simd;
 pub mod softmax;
+pub mod softmax_topk;
 #[cfg(test)]
 mod testing;
 pub mod threading;
@@ -58,5 +59,6 @@ pub use isa::Isa;
 pub use norm::{layer_norm_rows, rms_norm_rows};
 pub use reduce::{reduce_axis, ReduceOp};
 pub use softmax::{log_softmax_rows, softmax_rows};
+pub use softmax_topk::softmax_topk_rows;
 pub use threading::Par;
 pub use topk::{argmax_rows, topk_rows};

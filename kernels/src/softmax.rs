@@ -78,7 +78,7 @@ impl SimdTask for SoftmaxTask<'_> {
 }
 
 #[inline(always)]
-fn softmax_row<S: Simd>(s: S, x: &[f32], out: &mut [f32]) {
+pub(crate) fn softmax_row<S: Simd>(s: S, x: &[f32], out: &mut [f32]) {
     let max = lanes::max(s, x);
     lanes::map(s, x, out, ExpShifted { max });
     let factor = 1.0 / lanes::sum(s, out);

@@ -98,7 +98,7 @@ pub fn topk_rows(
 }
 
 /// The checks both ops share: the shape of `x`, `cols > 0`, `1 <= k <= cols`, `u32` columns.
-fn check(op: &'static str, x: &[f32], rows: usize, cols: usize, k: usize) -> Result<()> {
+pub(crate) fn check(op: &'static str, x: &[f32], rows: usize, cols: usize, k: usize) -> Result<()> {
     let argument = |detail: String| Err(KernelError::Argument { op, detail });
     if cols == 0 {
         return argument(format!("cols is 0 (x is [{rows}, 0]): nothing to select from"));
@@ -171,22 +171,41 @@ impl SimdTask for TopkTask<'_> {
     #[inline(always)]
     fn run<S: Simd>(self, s: S) -> Option<usize> {
         let k = self.k;
-        let mut keys = Vec::new();
-        let mut copy = [0.0f32; PASSES_MAX_COLS];
+        let mut select = RowTopk::new();
         let outs = self.values.chunks_exact_mut(k).zip(self.indices.chunks_exact_mut(k));
         for (r, (row, (values, indices))) in self.x.chunks_exact(self.cols).zip(outs).enumerate() {
-            let ok = if k <= PASSES_MAX_K && self.cols <= PASSES_MAX_COLS {
-                topk_lanes(s, row, values, indices, &mut copy)
-            } else if k <= INSERTION_MAX_K {
-                topk_insertion(s, row, values, indices)
-            } else {
-                topk_select(row, values, indices, &mut keys)
-            };
-            if !ok {
+            if !select.row(s, row, values, indices) {
                 return Some(r);
             }
         }
         None
+    }
+}
+
+/// The top-k of one row at a time, by the method that suits `k` and the row length, with the
+/// scratch space those methods need (kept across the rows of a task).
+pub(crate) struct RowTopk {
+    keys: Vec<u64>,
+    copy: [f32; PASSES_MAX_COLS],
+}
+
+impl RowTopk {
+    pub(crate) fn new() -> RowTopk {
+        RowTopk { keys: Vec::new(), copy: [0.0; PASSES_MAX_COLS] }
+    }
+
+    /// The `values.len()` (= `indices.len()`, at least 1, at most `row.len()`) best entries of
+    /// `row`, best first, ties to the lower column. Returns false if the row holds a NaN.
+    #[inline(always)]
+    pub(crate) fn row<S: Simd>(&mut self, s: S, row: &[f32], values: &mut [f32], indices: &mut [u32]) -> bool {
+        let k = values.len();
+        if k <= PASSES_MAX_K && row.len() <= PASSES_MAX_COLS {
+            topk_lanes(s, row, values, indices, &mut self.copy)
+        } else if k <= INSERTION_MAX_K {
+            topk_insertion(s, row, values, indices)
+        } else {
+            topk_select(row, values, indices, &mut self.keys)
+        }
     }
 }
 

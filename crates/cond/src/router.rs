@@ -199,21 +199,35 @@ impl RouterKind {
         if shape.len() != 2 || shape[1] == 0 {
             return Err(Error::shape("router", format!("logits must be [tokens, experts >= 1], got {shape:?}")));
         }
-        check_finite(logits.value(), shape[1])?;
-        self.route_finite_logits(logits)
+        self.select(logits)
     }
 
-    /// [`RouterKind::route_logits`] for `[T, E]` logits already checked to be finite.
-    fn route_finite_logits(&self, logits: &Var) -> Result<Routing> {
+    /// [`RouterKind::route_logits`] for `[T, E]` logits, checking that they are finite.
+    fn select(&self, logits: &Var) -> Result<Routing> {
         let (t, e) = (logits.shape()[0], logits.shape()[1]);
         self.validate(e)?;
         if t == 0 {
             return Ok(Routing { logits: logits.clone(), ..Routing::empty(e) });
         }
         let (score, selection) = self.parts();
+        if let (ScoreFn::Softmax, Selection::TopK { k, renormalize }) = (score, selection) {
+            // One pass computes the softmax, takes its top k and checks the logits.
+            let (probs, top, positions) = match logits.softmax_topk(k) {
+                Ok(selected) => selected,
+                Err(err) => {
+                    check_finite(logits.value(), e)?; // names the row, expert and value
+                    return Err(err.into());
+                }
+            };
+            return token_choice(logits, probs, (top, positions.into_vec()), k, renormalize);
+        }
+        check_finite(logits.value(), e)?;
         let scores = score.apply(logits)?;
         match selection {
-            Selection::TopK { k, renormalize } => token_choice(logits, scores, k, renormalize),
+            Selection::TopK { k, renormalize } => {
+                let (top, positions) = scores.value().topk(k)?;
+                token_choice(logits, scores, (top, positions.into_vec()), k, renormalize)
+            }
             Selection::TopC { capacity_factor, rounding } => {
                 expert_choice(logits, scores, expert_choice_capacity(t, e, capacity_factor, rounding))
             }
@@ -232,10 +246,11 @@ fn check_finite(logits: &Tensor, num_experts: usize) -> Result<()> {
     }
 }
 
-/// Token choice: the top `k` of each row of the scores `probs` `[T, E]`, token-major.
-fn token_choice(logits: &Var, probs: Var, k: usize, renormalize: bool) -> Result<Routing> {
+/// Token choice: the top `k` of each row of the scores `probs` `[T, E]`, token-major, given
+/// that top k (values `[T, k]` and their columns).
+fn token_choice(logits: &Var, probs: Var, top: (Tensor, Vec<u32>), k: usize, renormalize: bool) -> Result<Routing> {
     let (t, e) = (probs.shape()[0], probs.shape()[1]);
-    let (gates, experts) = select_top_k(&probs, k, renormalize)?;
+    let (gates, experts) = select_top_k(&probs, top, k, renormalize)?;
     Ok(Routing {
         num_tokens: t,
         num_experts: e,
@@ -247,15 +262,16 @@ fn token_choice(logits: &Var, probs: Var, k: usize, renormalize: bool) -> Result
     })
 }
 
-/// The `k` best scores of each row of `scores` `[T, E]` as `[T·k]` gates (best first, ties to
-/// the lower index), divided by their row sum when `renormalize`, and their columns: one pass
-/// per row instead of a top-k, a sum and a division, each with its own buffers.
+/// The `k` best scores of each row of `scores` `[T, E]` (`top`: their values `[T, k]`, best
+/// first, ties to the lower index, and their columns) as `[T·k]` gates, divided by their row sum
+/// when `renormalize`, and their columns: one pass per row instead of a sum and a division,
+/// each with its own buffers.
 ///
 /// Backward, per row with `S = Σ_selected p`: without renormalisation `dp_j = dg_j`; with it
 /// `g_j = p_j/S`, so `dp_j = (dg_j − Σ_i dg_i·g_i)/S`; unselected scores get 0.
-fn select_top_k(scores: &Var, k: usize, renormalize: bool) -> Result<(Var, Vec<u32>)> {
+fn select_top_k(scores: &Var, top: (Tensor, Vec<u32>), k: usize, renormalize: bool) -> Result<(Var, Vec<u32>)> {
     let (t, e) = (scores.shape()[0], scores.shape()[1]);
-    let (top, positions) = scores.value().topk(k)?;
+    let (top, columns) = top;
     let mut gates = top.to_vec();
     let sums: Vec<f32> = if renormalize {
         gates
@@ -269,7 +285,6 @@ fn select_top_k(scores: &Var, k: usize, renormalize: bool) -> Result<(Var, Vec<u
     } else {
         Vec::new()
     };
-    let columns = positions.into_vec();
     let value = Tensor::from_vec(gates.clone(), &[t * k])?;
     let cols = columns.clone();
     let var = Var::from_op("select_top_k", value, &[scores], move |dg| {
@@ -554,23 +569,20 @@ impl Router {
     pub fn route(&self, x: &Var, noise_rng: Option<&mut Rng>) -> Result<Routing> {
         let logits = self.logits(x)?;
         let (t, e) = (logits.shape()[0], logits.shape()[1]);
-        // Checked before the noise, so the error names what the router computed (and once:
-        // the selection below takes the logits as checked).
-        check_finite(logits.value(), e)?;
         let logits = match (self.kind, noise_rng) {
             (RouterKind::TopK { noisy: true, .. }, Some(rng)) if t > 0 => {
+                // Checked before the noise too, so the error names what the router computed.
+                check_finite(logits.value(), e)?;
                 let eps = Var::constant(Tensor::try_randn(&[t, e], rng)?);
                 let noise = match &self.noise_weight {
                     Some(w) => eps.mul(&softplus(&x.matmul(&w.var())?)?)?,
                     None => eps.mul_scalar(noise_std(e)),
                 };
-                let noised = logits.add(&noise)?;
-                check_finite(noised.value(), e)?;
-                noised
+                logits.add(&noise)?
             }
             _ => logits,
         };
-        self.kind.route_finite_logits(&logits)
+        self.kind.select(&logits)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::var::Var;
-use elide_tensor::Tensor;
+use elide_tensor::{IndexTensor, Tensor};
 
 /// `Σ_last(a ⊙ b)`, keeping the dim.
 fn row_dot(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -18,9 +18,24 @@ fn sum_rows(t: &Tensor) -> Result<Tensor> {
 impl Var {
     /// Softmax over the last dim. Backward: `dx = y ⊙ (g − Σ g⊙y)`.
     pub fn softmax(&self) -> Result<Var> {
-        let y = self.value.softmax()?;
+        Ok(self.softmax_of(self.value.softmax()?))
+    }
+
+    /// Softmax over the last dim, as [`Var::softmax`], and the top `k` of each of its rows
+    /// (values, largest first, and positions; constants), from one pass over the input
+    /// ([`Tensor::softmax_topk`]): a token-choice router's probabilities and choice.
+    ///
+    /// # Errors
+    /// As [`Tensor::softmax_topk`]: `k` not in `1..=cols`, or a NaN or infinity in a row.
+    pub fn softmax_topk(&self, k: usize) -> Result<(Var, Tensor, IndexTensor)> {
+        let (probs, values, positions) = self.value.softmax_topk(k)?;
+        Ok((self.softmax_of(probs), values, positions))
+    }
+
+    /// The softmax op over `self` given its value `y`.
+    fn softmax_of(&self, y: Tensor) -> Var {
         let saved = y.clone();
-        Ok(Var::from_op("softmax", y, &[self], move |g| Ok(vec![Some(saved.mul(&g.sub(&row_dot(g, &saved)?)?)?)])))
+        Var::from_op("softmax", y, &[self], move |g| Ok(vec![Some(saved.mul(&g.sub(&row_dot(g, &saved)?)?)?)]))
     }
 
     /// Log-softmax over the last dim. Backward: `dx = g − softmax ⊙ Σ g`.

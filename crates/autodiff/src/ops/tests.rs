@@ -112,6 +112,7 @@ fn views_and_concat() {
 fn softmax_norms_and_cross_entropy() {
     let x = randn(&[4, 7], 21);
     check("softmax", |v| v[0].softmax(), vec![x.clone()]);
+    check("softmax of softmax_topk", |v| Ok(v[0].softmax_topk(2)?.0), vec![x.clone()]);
     check("log_softmax", |v| v[0].log_softmax(), vec![x.clone()]);
     check("cross_entropy", |v| v[0].cross_entropy(&[0, 6, 3, 3]), vec![x.clone()]);
     let w = randn(&[7], 22);

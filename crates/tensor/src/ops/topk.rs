@@ -1,9 +1,10 @@
-//! Positions of the largest values along the last dimension: argmax and top-k.
+//! Positions of the largest values along the last dimension: argmax, top-k, and top-k of a
+//! softmax computed in the same pass.
 //!
 //! Positions come back as an [`IndexTensor`] (`u32`), never as rounded floats.
 
 use elide_kernels::topk::{argmax_rows, topk_rows};
-use elide_kernels::Isa;
+use elide_kernels::{softmax_topk_rows, Isa};
 
 use crate::error::{Error, Result};
 use crate::indices::IndexTensor;
@@ -73,6 +74,48 @@ impl Tensor {
         }
         Ok((Tensor::from_contiguous(values, shape.clone()), IndexTensor::from_parts(indices, shape)))
     }
+
+    /// The softmax along the last dim and the top `k` of each of its rows (values, largest
+    /// first, and positions), in one pass: a token-choice router's probabilities and choice.
+    /// The results are bit-identical to [`Tensor::softmax`] and then [`Tensor::topk`] of it.
+    ///
+    /// ```
+    /// use elide_tensor::Tensor;
+    /// let logits = Tensor::from_vec(vec![0.0, 2.0, 1.0, 2.0], &[1, 4])?;
+    /// let (probs, top, positions) = logits.softmax_topk(2)?;
+    /// assert_eq!(positions.as_slice(), &[1, 3]);
+    /// assert_eq!(top.to_vec(), probs.topk(2)?.0.to_vec());
+    /// # Ok::<(), elide_tensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Argument`] for a 0-dimensional tensor, or `k` not in `1..=cols`;
+    /// [`Error::Kernel`] when a row holds a NaN or an infinity (naming the first such row).
+    pub fn softmax_topk(&self, k: usize) -> Result<(Tensor, Tensor, IndexTensor)> {
+        const OP: &str = "softmax_topk";
+        let (rows, cols) = self.rows_cols(OP)?;
+        if k == 0 || k > cols {
+            return Err(Error::argument(
+                OP,
+                format!("k = {k} must be between 1 and the last dim of shape {:?}", self.shape),
+            ));
+        }
+        let mut shape = self.shape.clone();
+        *shape.last_mut().unwrap_or(&mut 0) = k;
+        let mut probs = crate::pool::take(rows * cols);
+        let mut values = crate::pool::take(rows * k);
+        let mut indices = vec![0u32; rows * k];
+        if rows > 0 {
+            let x = self.contiguous();
+            let x = x.as_slice().unwrap_or_default();
+            softmax_topk_rows(Isa::try_active()?, x, rows, cols, k, &mut probs, &mut values, &mut indices)?;
+        }
+        Ok((
+            Tensor::from_contiguous(probs, self.shape.clone()),
+            Tensor::from_contiguous(values, shape.clone()),
+            IndexTensor::from_parts(indices, shape),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +153,31 @@ mod tests {
                 assert_eq!((v.to_vec(), i.into_vec()), (values, idx));
             }
         }
+    }
+
+    #[test]
+    fn softmax_topk_is_softmax_then_topk() {
+        // A strided view and a 3-D tensor: the fused op reads them through `contiguous`.
+        let inputs = [random(&[9, 5], 4).t().unwrap(), random(&[3, 2, 40], 5), random(&[1, 64], 6)];
+        for x in &inputs {
+            let cols = *x.shape().last().unwrap();
+            for k in [1, 2, cols] {
+                let (probs, values, idx) = x.softmax_topk(k).unwrap();
+                let want = x.softmax().unwrap();
+                let (want_values, want_idx) = want.topk(k).unwrap();
+                assert_eq!(probs.shape(), x.shape());
+                assert_eq!(values.shape(), want_values.shape());
+                assert_eq!(probs.to_vec(), want.to_vec());
+                assert_eq!((values.to_vec(), idx.into_vec()), (want_values.to_vec(), want_idx.into_vec()));
+            }
+        }
+        let x = Tensor::from_vec(vec![0.0, f32::INFINITY, 1.0, 2.0], &[2, 2]).unwrap();
+        assert_eq!(x.softmax_topk(1).unwrap_err().to_string(), "softmax_topk_rows: row 0 holds a NaN or an infinity");
+        assert_eq!(
+            x.softmax_topk(3).unwrap_err().to_string(),
+            "softmax_topk: k = 3 must be between 1 and the last dim of shape [2, 2]"
+        );
+        assert_eq!(Tensor::zeros(&[0, 3]).softmax_topk(2).unwrap().2.shape(), &[0, 2]);
     }
 
     #[test]
