@@ -9,7 +9,7 @@ use super::timing::{interleaved, median, Plan};
 use elide::autodiff::{no_grad, ParamStore, Var};
 use elide::cond::{ExpertKind, MoeConfig, MoeLayer, RouterKind};
 use elide::kernels::gemm::Activation;
-use elide::kernels::{peak, CacheSizes, Isa};
+use elide::kernels::{peak, softmax_rows, softmax_topk_rows, topk_rows, CacheSizes, Isa};
 use elide::tensor::{pool, Rng, Tensor};
 
 /// A GELU-expert, top-2, dropless layer of the given sizes.
@@ -194,6 +194,41 @@ fn pool_speedup(plan: Plan, r: &mut Report, t: usize, d: usize) {
     r.figure("pool_speedup_moe_a_fwd", speedup);
 }
 
+/// Config B's routing after the logits (4096 tokens, 64 experts, top-2): the softmax, top-k
+/// and finiteness check as one pass (`softmax_topk_rows`) against the three separate passes
+/// it replaced. Returns separate ÷ fused.
+fn router_fusion(plan: Plan, r: &mut Report) -> f64 {
+    let (t, e, k) = (4096, 64, 2);
+    let logits: Vec<f32> = fill(t * e, 3).iter().map(|v| 4.0 * v).collect();
+    let isa = Isa::active();
+    let (mut probs, mut values, mut indices) = (vec![0.0; t * e], vec![0.0; t * k], vec![0u32; t * k]);
+    let (mut probs2, mut values2, mut indices2) = (probs.clone(), values.clone(), indices.clone());
+    let res = interleaved(
+        plan,
+        &mut [
+            &mut || {
+                assert!(logits.iter().all(|v| v.is_finite()), "bench logits are finite");
+                softmax_rows(isa, &logits, t, e, &mut probs).expect("shapes");
+                topk_rows(isa, &probs, t, e, k, &mut values, &mut indices).expect("shapes");
+            },
+            &mut || {
+                softmax_topk_rows(isa, &logits, t, e, k, &mut probs2, &mut values2, &mut indices2).expect("shapes");
+            },
+        ],
+    );
+    let speedup = res.ratios_to_first[1].recip();
+    r.row(vec![
+        "B route: softmax, top-2".into(),
+        format!("T={t} E={e}"),
+        ms(res.medians[1]),
+        "".into(),
+        format!("separate passes {} ms: {speedup:.2}× fused", ms(res.medians[0])),
+        "".into(),
+        "".into(),
+    ]);
+    speedup
+}
+
 /// Decode (config A's sizes, `t` tokens) against the memory bandwidth: a ring of layers (the
 /// same weights, in separate memory) through which the weights touched total at least four
 /// times L3, so every call reads them from memory; each call counts the bytes of the weights it
@@ -274,6 +309,8 @@ pub fn bench_moe(plan: Plan) -> Report {
     r.figure("moe_b_fwdbwd_vs_dense_active", b.fwdbwd_vs_active);
     r.figure("moe_b_fwd_ms", b.fwd_s * 1e3);
     r.figure("moe_b_fwdbwd_ms", b.fwdbwd_s * 1e3);
+    let router_speedup = router_fusion(plan, &mut r);
+    r.figure("router_softmax_topk_fused_speedup", router_speedup);
     // Config C: skipped experts cost nothing — forward time across E at fixed T and top-2.
     let layers: Vec<(usize, MoeLayer)> = [8, 16, 32, 64].into_iter().map(|e| (e, layer(d, 1024, e))).collect();
     let xc = Var::constant(Tensor::from_vec(fill(t * d, 1), &[t, d]).expect("shape"));

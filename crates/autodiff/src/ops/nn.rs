@@ -26,7 +26,8 @@ impl Var {
     /// ([`Tensor::softmax_topk`]): a token-choice router's probabilities and choice.
     ///
     /// # Errors
-    /// As [`Tensor::softmax_topk`]: `k` not in `1..=cols`, or a NaN or infinity in a row.
+    /// As [`Tensor::softmax_topk`]: a 0-dimensional tensor, `k` not in `1..=cols`, or a NaN or
+    /// infinity in a row.
     pub fn softmax_topk(&self, k: usize) -> Result<(Var, Tensor, IndexTensor)> {
         let (probs, values, positions) = self.value.softmax_topk(k)?;
         Ok((self.softmax_of(probs), values, positions))

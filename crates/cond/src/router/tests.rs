@@ -265,8 +265,18 @@ fn bad_input_is_refused_with_a_clear_message() {
 
     let mut x = Tensor::randn(&[5, 4], &mut Rng::seed(1)).to_vec();
     x[3 * 4 + 2] = f32::NAN;
-    let err = r.route(&Var::constant(Tensor::from_vec(x, &[5, 4]).unwrap()), None).unwrap_err();
+    let x = Var::constant(Tensor::from_vec(x, &[5, 4]).unwrap());
+    let err = r.route(&x, None).unwrap_err();
     assert_eq!(err.to_string(), "router: NaN or infinite logit in row 3 (expert 0 is NaN)");
+    // Training with noise: the error names the logit the router computed, before the noise.
+    let noisy = router(4, 3, RouterKind::TopK { k: 2, renormalize: true, noisy: true }, 0);
+    let err = noisy.route(&x, Some(&mut Rng::seed(2))).unwrap_err();
+    assert_eq!(err.to_string(), "router: NaN or infinite logit in row 3 (expert 0 is NaN)");
+    // An infinite logit, which the noise cannot make finite.
+    let mut big = vec![0.5f32; 5 * 4];
+    big[4 + 1] = f32::INFINITY;
+    let err = noisy.route(&Var::constant(Tensor::from_vec(big, &[5, 4]).unwrap()), Some(&mut Rng::seed(2)));
+    assert!(err.unwrap_err().to_string().starts_with("router: NaN or infinite logit in row 1 (expert "));
     let mut logits = vec![0.5; 12];
     logits[7] = f32::NEG_INFINITY;
     let err = TOP2.route_logits(&Var::constant(Tensor::from_vec(logits, &[4, 3]).unwrap())).unwrap_err();

@@ -77,7 +77,8 @@ impl Tensor {
 
     /// The softmax along the last dim and the top `k` of each of its rows (values, largest
     /// first, and positions), in one pass: a token-choice router's probabilities and choice.
-    /// The results are bit-identical to [`Tensor::softmax`] and then [`Tensor::topk`] of it.
+    /// For finite inputs the results are bit-identical to [`Tensor::softmax`] and then
+    /// [`Tensor::topk`] of it.
     ///
     /// ```
     /// use elide_tensor::Tensor;
