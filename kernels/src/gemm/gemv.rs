@@ -214,10 +214,10 @@ pub(crate) fn rows_form_multi<S: Simd>(
         // The next group's rows are prefetched while this group streams: an expert's weight
         // row is one 4 KiB page or less, hardware prefetchers do not cross pages, so without
         // this every group of rows began with demand misses (decode at config A's sizes took
-        // about 30 % more CPU time per call, measured interleaved). Measured on Zen 5 against a
-        // strided read of the same bytes (config A's decode, 7 rounds each): fetching 8 or 16
-        // rows ahead instead of 4 gave nothing (0.63, 0.63, 0.59 of the read), groups of 1 or 2
-        // rows less (0.51, 0.60), an L2-only hint no more, and no prefetch 0.35-0.39.
+        // about 30 % more CPU time per call, measured interleaved). Against a strided read of
+        // the same bytes on Zen 5 (config A's decode, medians of 7 rounds): fetching 4, 8 or 16
+        // rows ahead, 0.63, 0.63, 0.59 of the read; groups of 1, 2 or 4 rows, 0.51, 0.60, 0.63;
+        // an L2-only hint, no better; no prefetch, 0.35-0.39 against 0.53-0.59 with it.
         let next: [&[f32]; 4] = std::array::from_fn(|g| if p + 4 + g < k { row(p + 4 + g) } else { rows[g] });
         let mut xv = [[s.splat(0.0); 4]; SKINNY_MAX_ROWS];
         for (i, xi) in xv.iter_mut().enumerate().take(m) {
