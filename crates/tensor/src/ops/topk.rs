@@ -57,15 +57,7 @@ impl Tensor {
     /// [`Error::Kernel`] when a row holds a NaN.
     pub fn topk(&self, k: usize) -> Result<(Tensor, IndexTensor)> {
         const OP: &str = "topk";
-        let (rows, cols) = self.rows_cols(OP)?;
-        if k == 0 || k > cols {
-            return Err(Error::argument(
-                OP,
-                format!("k = {k} must be between 1 and the last dim of shape {:?}", self.shape),
-            ));
-        }
-        let mut shape = self.shape.clone();
-        *shape.last_mut().unwrap_or(&mut 0) = k;
+        let (rows, cols, shape) = self.topk_shape(OP, k)?;
         let mut values = crate::pool::take(rows * k);
         let mut indices = vec![0u32; rows * k];
         if rows > 0 {
@@ -73,6 +65,21 @@ impl Tensor {
             topk_rows(Isa::try_active()?, x.as_slice().unwrap_or_default(), rows, cols, k, &mut values, &mut indices)?;
         }
         Ok((Tensor::from_contiguous(values, shape.clone()), IndexTensor::from_parts(indices, shape)))
+    }
+
+    /// The rows and columns of a selection of `k` along the last dim, and the shape of its
+    /// result (this shape with the last dim `k`).
+    fn topk_shape(&self, op: &'static str, k: usize) -> Result<(usize, usize, Vec<usize>)> {
+        let (rows, cols) = self.rows_cols(op)?;
+        if k == 0 || k > cols {
+            return Err(Error::argument(
+                op,
+                format!("k = {k} must be between 1 and the last dim of shape {:?}", self.shape),
+            ));
+        }
+        let mut shape = self.shape.clone();
+        *shape.last_mut().unwrap_or(&mut 0) = k;
+        Ok((rows, cols, shape))
     }
 
     /// The softmax along the last dim and the top `k` of each of its rows (values, largest
@@ -94,15 +101,7 @@ impl Tensor {
     /// [`Error::Kernel`] when a row holds a NaN or an infinity (naming the first such row).
     pub fn softmax_topk(&self, k: usize) -> Result<(Tensor, Tensor, IndexTensor)> {
         const OP: &str = "softmax_topk";
-        let (rows, cols) = self.rows_cols(OP)?;
-        if k == 0 || k > cols {
-            return Err(Error::argument(
-                OP,
-                format!("k = {k} must be between 1 and the last dim of shape {:?}", self.shape),
-            ));
-        }
-        let mut shape = self.shape.clone();
-        *shape.last_mut().unwrap_or(&mut 0) = k;
+        let (rows, cols, shape) = self.topk_shape(OP, k)?;
         let mut probs = crate::pool::take(rows * cols);
         let mut values = crate::pool::take(rows * k);
         let mut indices = vec![0u32; rows * k];
