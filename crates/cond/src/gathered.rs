@@ -465,98 +465,6 @@ fn linear_backward(
     Ok(grads)
 }
 
-/// Multiply-adds below which [`streamed_mlp`] runs on the calling thread: the GEMM driver's own
-/// threshold for forking.
-const STREAMED_PAR_MIN_MACS: usize = 1 << 20;
-
-/// Inference of an MLP expert block whose every destination has a few rows (decode):
-/// `Y[s] = act(X[token(s)]·W1[g] + b1[g])·W2[g] + b2[g]` with each destination's up- and
-/// down-projection back to back in one task, `[S, out]` slot rows out. Two grouped ops would
-/// run two parallel phases with a join between them; here the threads part once per call (the
-/// scheduler's wake-ups and idle spinning measured about a fifth of a decode call's CPU time).
-/// Each destination is computed by one task whatever the thread count, with the arithmetic of
-/// [`grouped_linear`]'s streamed form, so results are bit-identical to it.
-///
-/// # Errors
-/// [`Error::Shape`] if the weights (`[G, in, hidden]`, `[G, hidden, out]`, biases `[G, ·]`) or
-/// `x` (`[T, in]`) do not fit the plan and each other.
-pub(crate) fn streamed_mlp(
-    x: &Tensor,
-    plan: &DispatchPlan,
-    (w1, b1): (&Tensor, &Tensor),
-    (w2, b2): (&Tensor, &Tensor),
-    act: Activation,
-) -> Result<Tensor> {
-    const OP: &str = "streamed_mlp";
-    let g = plan.num_experts();
-    let (ws1, ws2) = (w1.shape(), w2.shape());
-    let fits = ws1.len() == 3 && ws2.len() == 3 && ws1[0] == g && ws2[0] == g && ws2[1] == ws1[2];
-    let (fi, hidden, fo) = if fits { (ws1[1], ws1[2], ws2[2]) } else { (0, 0, 0) };
-    if !fits || x.shape() != [plan.num_tokens(), fi] || b1.shape() != [g, hidden] || b2.shape() != [g, fo] {
-        return Err(Error::shape(
-            OP,
-            format!(
-                "x {:?}, w1 {ws1:?}, b1 {:?}, w2 {ws2:?}, b2 {:?} do not chain for {g} destinations",
-                x.shape(),
-                b1.shape(),
-                b2.shape()
-            ),
-        ));
-    }
-    let (xv, w1v, b1v, w2v, b2v) = (dense(x), dense(w1), dense(b1), dense(w2), dense(b2));
-    let (xd, w1d, b1d, w2d, b2d) = (data(&xv), data(&w1v), data(&b1v), data(&w2v), data(&b2v));
-    let mut out = pool::take(plan.num_kept() * fo);
-    // Each active destination's slot rows of the output, in slot order.
-    let mut tasks = Vec::new();
-    let mut rest = &mut out[..];
-    let mut at = 0;
-    for (e, r) in active(plan) {
-        let tail = std::mem::take(&mut rest);
-        let (_, tail) = tail.split_at_mut((r.start - at) * fo);
-        let (mine, tail) = tail.split_at_mut(r.len() * fo);
-        (rest, at) = (tail, r.end);
-        tasks.push((e, r, mine));
-    }
-    // The threads share out the destinations; each destination's GEMMs run on its task's thread.
-    // Below the GEMM driver's threshold for a fork (a small model's decode step), one thread
-    // runs them all: waking the pool would cost more than the work (measured 2× slower at
-    // d 64, 8 experts of 128).
-    let gemm = Gemm { par: elide_kernels::threading::Par::Seq, ..Gemm::default() };
-    let macs: usize = tasks.iter().map(|(_, r, _)| r.len() * hidden * (fi + fo)).sum();
-    let run = |(e, r, mine): (usize, std::ops::Range<usize>, &mut [f32])| -> Result<()> {
-        let m = r.len();
-        let mut h = pool::take(m * hidden);
-        let up = GroupProblem {
-            a: source_rows(RowSource::Gathered, xd, fi, plan, r)?,
-            b: block(WeightLayout::InOut, w1d, e, fi, hidden)?,
-            rows: OutRows::Range(0),
-            epilogue: Epilogue { bias: Some(&b1d[e * hidden..(e + 1) * hidden]), activation: act, row_scale: None },
-            packed_b: None,
-        };
-        gemm.run_grouped(MatMut::row_major(&mut h, m, hidden).map_err(kernel_err)?, &[up]).map_err(kernel_err)?;
-        let down = GroupProblem {
-            a: view(&h, m, hidden)?,
-            b: block(WeightLayout::InOut, w2d, e, hidden, fo)?,
-            rows: OutRows::Range(0),
-            epilogue: Epilogue {
-                bias: Some(&b2d[e * fo..(e + 1) * fo]),
-                activation: Activation::Identity,
-                row_scale: None,
-            },
-            packed_b: None,
-        };
-        gemm.run_grouped(MatMut::row_major(mine, m, fo).map_err(kernel_err)?, &[down]).map_err(kernel_err)?;
-        pool::give(h);
-        Ok(())
-    };
-    if macs < STREAMED_PAR_MIN_MACS {
-        tasks.into_iter().try_for_each(run)?;
-    } else {
-        tasks.into_par_iter().try_for_each(run)?;
-    }
-    Ok(Tensor::from_vec(out, &[plan.num_kept(), fo])?)
-}
-
 /// The elementwise op of an activation (`None` for the identity).
 fn unary_of(act: Activation) -> Option<UnaryOp> {
     match act {
@@ -582,9 +490,11 @@ fn bias_grad(rows: &[f32], plan: &DispatchPlan, width: usize) -> Vec<f32> {
 }
 
 mod combine;
+mod mlp;
 
 use combine::combine_rows;
 pub use combine::{combine, combine_onto, gather};
+pub(crate) use mlp::{expert_mlp, MlpWeights};
 
 #[cfg(test)]
 mod tests;

@@ -15,8 +15,9 @@
 //!
 //! An expert's A rows are read in place when their K steps are contiguous (gathered rows
 //! included), and while a work item's tiles run they prefetch the weights it, or the item after
-//! it, reads next: a layer's expert weights come from memory, faster than the hardware
-//! prefetcher fetches them (see the loop in [`GroupBlock`]'s tile task).
+//! it (after the last, what the caller names: [`Gemm::run_grouped_then`]), reads next: a
+//! layer's expert weights come from memory, faster than the hardware prefetcher fetches them
+//! (see the loop in [`GroupBlock`]'s tile task).
 
 use super::driver::{store_tile, with_buffer, CRows, Call, StoreMode, Tile, PACK_A, PACK_B_SLICE, PARALLEL_MIN_MACS};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
@@ -162,6 +163,19 @@ impl Gemm<'_> {
     /// row outside `c` or claimed by two problems, an epilogue on the settings instead of the
     /// problems, or a scattered `c`.
     pub fn run_grouped(&self, c: MatMut<'_>, problems: &[GroupProblem<'_>]) -> Result<()> {
+        self.run_grouped_then(c, problems, &[])
+    }
+
+    /// [`Gemm::run_grouped`], fetching `next` into cache while the last work item's final
+    /// tiles run: memory the caller reads next, so that its misses overlap this call's
+    /// multiply-adds instead of stalling the next product. Pass the weights the next product
+    /// starts on ([`PackedB::first_panel`]) when running one small product after another, as a
+    /// mixture-of-experts layer does with each expert's two projections. Only prefetch
+    /// instructions touch `next`; the results are those of [`Gemm::run_grouped`].
+    ///
+    /// # Errors
+    /// As [`Gemm::run_grouped`].
+    pub fn run_grouped_then(&self, c: MatMut<'_>, problems: &[GroupProblem<'_>], next: &[f32]) -> Result<()> {
         let isa = self.isa.min(crate::Isa::best_supported());
         let settings = Gemm { isa, ..*self };
         validate(&c, problems, &settings)?;
@@ -241,7 +255,9 @@ impl Gemm<'_> {
         // splitting of a list into contiguous runs, is usually the one its thread ran last)
         // prefetches it.
         let first_read = |i: usize| -> &[f32] {
-            let Some(item) = items.get(i) else { return &[] };
+            let Some(item) = items.get(i) else {
+                return if i == items.len() { next } else { &[] };
+            };
             let p = &problems[item.g];
             if is_skinny(p) {
                 return &[];

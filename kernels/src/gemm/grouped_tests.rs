@@ -226,19 +226,26 @@ fn packed_weights_give_the_bits_of_packing_per_call() {
                 let packed: Vec<PackedB> = problems.iter().map(|p| PackedB::new(p.b, bl)).collect();
                 let with_packed: Vec<GroupProblem<'_>> =
                     problems.iter().zip(&packed).map(|(p, pb)| GroupProblem { packed_b: Some(pb), ..*p }).collect();
-                let run = |problems: &[GroupProblem<'_>], threads: usize| {
+                // `next`: what the last item fetches ahead (only prefetched, never read).
+                let run_then = |problems: &[GroupProblem<'_>], threads: usize, next: &[f32]| {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                     let mut out = vec![0.0f32; 482 * 130];
                     pool.install(|| {
                         Gemm { isa, blocking: Some(bl), ..Gemm::default() }
-                            .run_grouped(MatMut::row_major(&mut out, 482, 130).unwrap(), problems)
+                            .run_grouped_then(MatMut::row_major(&mut out, 482, 130).unwrap(), problems, next)
                             .unwrap()
                     });
                     crate::testing::bits(&out)
                 };
+                let run = |problems: &[GroupProblem<'_>], threads: usize| run_then(problems, threads, &[]);
                 let per_call = run(&problems, 2);
                 assert_eq!(run(&with_packed, 1), per_call, "{isa} {bl} gather_k={gather_k}");
                 assert_eq!(run(&with_packed, 2), per_call, "{isa} {bl} gather_k={gather_k}");
+                let next = packed[3].first_panel();
+                for threads in [1, 2] {
+                    assert_eq!(run_then(&with_packed, threads, next), per_call, "{isa} {bl} then, {threads} threads");
+                    assert_eq!(run_then(&problems, threads, next), per_call, "{isa} {bl} then, unpacked");
+                }
                 // The panels are read: the first expert's packed from the second's weights differs.
                 let decoy = PackedB::new(problems[2].b, bl);
                 let mut swapped = with_packed.clone();
@@ -254,4 +261,25 @@ fn packed_weights_give_the_bits_of_packing_per_call() {
     let mut out = vec![0.0f32; 482 * 130];
     let err = Gemm::default().run_grouped(MatMut::row_major(&mut out, 482, 130).unwrap(), &bad).unwrap_err();
     assert_eq!(err.to_string(), "grouped_gemm: shape mismatch: problem 2: packed B is 130x257, B is 257x130");
+}
+
+/// A packed matrix's first panel is B's first K slice, NR columns wide (zero-padded past the
+/// last column), step by step.
+#[test]
+fn first_panel_is_the_first_k_slice_of_the_first_columns() {
+    for isa in Isa::supported() {
+        for (k, n, kc) in [(7, 5, 512), (257, 130, 512), (100, 33, 40)] {
+            let bl = Blocking::of(isa).with_kc(kc).unwrap();
+            let b = data(k * n, 9, -1.0, 1.0);
+            let packed = PackedB::new(MatRef::row_major(&b, k, n).unwrap(), bl);
+            let (depth, nr) = (bl.kc_for(k).min(k), bl.nr());
+            let want: Vec<f32> = (0..depth)
+                .flat_map(|p| (0..nr).map(move |j| (p, j)))
+                .map(|(p, j)| if j < n { b[p * n + j] } else { 0.0 })
+                .collect();
+            assert_eq!(packed.first_panel(), &want[..], "{isa} {k}x{n} KC {kc}");
+        }
+    }
+    let empty = PackedB::new(MatRef::row_major(&[], 0, 4).unwrap(), Blocking::of(Isa::active()));
+    assert!(empty.first_panel().is_empty());
 }

@@ -57,6 +57,15 @@ impl PackedB {
         PackedB { blocking, k, n, raw, offset }
     }
 
+    /// The panel a product over this matrix reads first (the first NR columns of its first K
+    /// slice), to prefetch ahead of that product ([`Gemm::run_grouped_then`](super::Gemm::run_grouped_then)).
+    pub fn first_panel(&self) -> &[f32] {
+        if self.k == 0 || self.n == 0 {
+            return &[];
+        }
+        self.panels(0, self.blocking.kc_for(self.k).min(self.k), 0, 1)
+    }
+
     /// The blocking it was packed for.
     pub fn blocking(&self) -> Blocking {
         self.blocking

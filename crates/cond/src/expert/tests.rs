@@ -262,3 +262,77 @@ fn decode_runs_each_expert_in_one_task() {
         }
     }
 }
+
+/// Prefill with several experts per thread of similar sizes (not recording) also runs each
+/// expert's two projections in one task, from the packed weights: it matches the naive
+/// reference and gives the bits of the two grouped ops, packed or not, on one and two threads,
+/// and after `Param::set` it reads the new weights.
+#[test]
+fn prefill_with_many_even_experts_runs_each_expert_in_one_task() {
+    use elide_autodiff::no_grad;
+    let kind = ExpertKind::Mlp(Activation::Gelu);
+    // 16 experts of ~25 rows; the second case is above the threshold (1M multiply-adds) at
+    // which the experts run in parallel, and its hidden width is several NR panels plus an edge.
+    for (t, e, k, d, h) in [(200, 16, 2, 33, 70), (400, 16, 2, 64, 300)] {
+        let (_, experts) = build(kind, e, d, h, 61);
+        let (tokens, ex, g) = routing(t, e, k, 67);
+        let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
+        assert!(active(&plan).all(|(_, r)| r.len() > STREAMED_MAX_ROWS));
+        let slot_g: Vec<f32> = plan.assignment().iter().map(|&a| g[a as usize]).collect();
+        let x = Tensor::randn(&[t, d], &mut Rng::seed(71));
+        let (xv, gv) =
+            (Var::constant(x.clone()), Var::constant(Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap()));
+        let bits = |v: Var| v.value().to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                assert!(shares_evenly(&plan), "t={t}: the plan takes the per-expert path");
+                bits(no_grad(|| experts.forward(&xv, &gv, &plan).unwrap()))
+            })
+        };
+        let two_ops = || {
+            let vars: Vec<Var> = experts.params().iter().map(Param::var).collect();
+            bits(no_grad(|| apply(kind, &xv, &gv, &vars, None, &plan).unwrap().0))
+        };
+        let got = run(2);
+        assert!(experts.packed_weight_bytes() > 0, "t={t}: packed");
+        assert_eq!(got, run(1), "t={t}: 1 vs 2 threads");
+        assert_eq!(got, two_ops(), "t={t}: two grouped ops");
+        experts.set_weight_packing(false);
+        assert_eq!(run(2), got, "t={t}: unpacked");
+        experts.set_weight_packing(true);
+        let w: Vec<Vec<f32>> = experts.params().iter().map(|p| p.value().to_vec()).collect();
+        let want = naive(kind, &x.to_vec(), &w, &plan, &slot_g, d, h);
+        for (i, (a, b)) in got.iter().map(|&a| f32::from_bits(a)).zip(&want).enumerate() {
+            let tol = 1e-5 * (h as f32).sqrt() * (1.0 + b.abs());
+            assert!((a - b).abs() <= tol, "t={t}: [{i}] {a} vs {b}");
+        }
+        for p in experts.params() {
+            p.set(p.value().mul_scalar(-0.5)).unwrap();
+        }
+        let after_set = run(2);
+        assert_ne!(after_set, got, "t={t}");
+        assert_eq!(after_set, two_ops(), "t={t}: after Param::set");
+    }
+}
+
+/// The threads share whole experts only when there are several per thread and none is much
+/// larger than the rest.
+#[test]
+fn whole_experts_are_shared_only_when_they_balance() {
+    let plan_of = |ex: &[u32], e: usize| {
+        let tokens: Vec<u32> = (0..ex.len() as u32).collect();
+        DispatchPlan::new(&tokens, ex, ex.len(), e, Capacity::Dropless).unwrap()
+    };
+    let even: Vec<u32> = (0..640).map(|i| i % 16).collect();
+    let skewed: Vec<u32> = (0..640).map(|i| if i < 320 { 0 } else { 1 + i % 15 }).collect();
+    let few: Vec<u32> = (0..640).map(|i| i % 3).collect();
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            assert!(shares_evenly(&plan_of(&even, 16)), "{threads} threads: even");
+            assert!(!shares_evenly(&plan_of(&skewed, 16)), "{threads} threads: one expert takes half");
+            assert!(!shares_evenly(&plan_of(&few, 3)), "{threads} threads: 3 experts");
+        });
+    }
+}
