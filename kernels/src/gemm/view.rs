@@ -166,6 +166,22 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// Whether each row's elements are contiguous (column stride 1, columns not gathered; rows
+    /// may be strided or gathered): as the left operand of a product, such a view is read where
+    /// it lives instead of being packed.
+    ///
+    /// ```
+    /// use elide_kernels::gemm::MatRef;
+    /// let data = [0.0; 6];
+    /// let a = MatRef::row_major(&data, 2, 3)?;
+    /// assert!(a.rows_contiguous() && a.gather_rows(&[1, 0])?.rows_contiguous());
+    /// assert!(!a.t().rows_contiguous() && !a.gather_cols(&[2, 0])?.rows_contiguous());
+    /// # Ok::<(), elide_kernels::KernelError>(())
+    /// ```
+    pub fn rows_contiguous(&self) -> bool {
+        self.col_stride == 1 && self.col_index.is_none()
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
