@@ -21,7 +21,8 @@
 
 use crate::error::{Error, Result};
 use crate::gathered::{
-    active, combine, expert_mlp, grouped_linear, pack_blocks, GroupedWeight, MlpWeights, RowSource, WeightLayout,
+    active, combine, expert_mlp, expert_mlp_recorded, grouped_linear, pack_blocks, GroupedWeight, MlpWeights,
+    RowSource, WeightLayout,
 };
 use crate::plan::DispatchPlan;
 use crate::weights::ParamSource;
@@ -76,8 +77,9 @@ const PER_EXPERT_MIN_PER_THREAD: usize = 4;
 /// Whether the threads can share out whole experts evenly: at least
 /// [`PER_EXPERT_MIN_PER_THREAD`] active experts per thread, none with more than twice the mean
 /// rows. Otherwise the grouped ops, which cut large experts into column slices, share the work
-/// better. Measured against them on 2 threads (`elide bench moe`, interleaved): 0.96 of the
-/// forward time at 64 experts of ~128 rows, 0.97 at 8 experts of ~1024.
+/// better. Against the grouped ops on 2 threads, interleaved in one process: 0.98 of a layer
+/// forward's CPU time at 64 experts of ~128 rows (config B), 0.97 at 8 experts of ~1024
+/// (config A).
 fn shares_evenly(plan: &DispatchPlan) -> bool {
     let (count, total, largest) =
         active(plan).fold((0, 0, 0), |(n, sum, max), (_, rows)| (n + 1, sum + rows.len(), max.max(rows.len())));
@@ -288,13 +290,22 @@ impl Experts {
                 b2: &values[3],
                 packed: packed.as_ref().map(|p| (&p.blocks[0][..], &p.blocks[2][..])),
             };
-            let y = Var::constant(expert_mlp(x.value(), plan, &weights, act)?);
+            let y = Var::constant(expert_mlp(x.value(), plan, &weights, act, false)?.y);
             let multiplied = Instant::now();
             let out = combine(&y, Some(slot_gates), plan)?;
             return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
         }
         if !packing {
             let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
+            if let (ExpertKind::Mlp(act), true) = (self.kind, is_recording() && shares_evenly(plan)) {
+                // Training: the same per-expert tasks, keeping what the backward pass needs.
+                let start = Instant::now();
+                let w = [&weight_vars[0], &weight_vars[1], &weight_vars[2], &weight_vars[3]];
+                let y = expert_mlp_recorded(x, plan, w, act)?;
+                let multiplied = Instant::now();
+                let out = combine(&y, Some(slot_gates), plan)?;
+                return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
+            }
             return apply(self.kind, x, slot_gates, &weight_vars, None, plan);
         }
         let packed = self.packed_weights()?;

@@ -212,12 +212,12 @@ fn data(t: &Tensor) -> &[f32] {
 
 /// The shapes [`grouped_linear`] checked, and what it saves for the backward pass.
 #[derive(Clone, Copy)]
-struct LinearShape {
-    source: RowSource,
-    layout: WeightLayout,
-    activation: Activation,
-    fan_in: usize,
-    fan_out: usize,
+pub(crate) struct LinearShape {
+    pub(crate) source: RowSource,
+    pub(crate) layout: WeightLayout,
+    pub(crate) activation: Activation,
+    pub(crate) fan_in: usize,
+    pub(crate) fan_out: usize,
 }
 
 /// `Y[s] = act(A[s]·W[g(s)] + b[g(s)])` for every planned slot: one grouped GEMM over all
@@ -289,7 +289,26 @@ pub fn grouped_linear(
         _ => (z, None),
     };
     let out = Tensor::from_vec(out, &[s, fan_out])?;
-    if !training {
+    recorded_linear(x, plan, &w, shape, out, saved_z, (xv, wv))
+}
+
+/// The output of [`grouped_linear`] (computed by its caller, `[S, out]`, with the
+/// pre-activation `saved_z` when there is an activation, from the contiguous values `xv`, `wv`
+/// of `x` and the weight) as a `Var` whose backward is that op's, or a constant when none of
+/// `x`, the weight and the bias records.
+pub(crate) fn recorded_linear(
+    x: &Var,
+    plan: &Arc<DispatchPlan>,
+    w: &GroupedWeight<'_>,
+    shape: LinearShape,
+    out: Tensor,
+    saved_z: Option<Tensor>,
+    (xv, wv): (Tensor, Tensor),
+) -> Result<Var> {
+    const OP: &str = "grouped_linear";
+    let mut parents = vec![x, w.weight];
+    parents.extend(w.bias);
+    if !Var::records(&parents) {
         return Ok(Var::constant(out));
     }
     let wants = (Var::records(&[x]), Var::records(&[w.weight]), w.bias.is_some_and(|b| Var::records(&[b])));
@@ -471,7 +490,7 @@ fn linear_backward(
 }
 
 /// The elementwise op of an activation (`None` for the identity).
-fn unary_of(act: Activation) -> Option<UnaryOp> {
+pub(crate) fn unary_of(act: Activation) -> Option<UnaryOp> {
     match act {
         Activation::Relu => Some(UnaryOp::Relu),
         Activation::Gelu => Some(UnaryOp::Gelu),
@@ -499,7 +518,7 @@ mod mlp;
 
 use combine::combine_rows;
 pub use combine::{combine, combine_onto, gather};
-pub(crate) use mlp::{expert_mlp, MlpWeights};
+pub(crate) use mlp::{expert_mlp, expert_mlp_recorded, MlpWeights};
 
 #[cfg(test)]
 mod tests;

@@ -166,6 +166,15 @@ impl Gemm<'_> {
         self.run_grouped_then(c, problems, &[])
     }
 
+    /// The memory a grouped product over `b` (unpacked) reads first: its rows of the first K
+    /// slice, when they are one block of memory (all of B's columns of a row-major view), else
+    /// nothing. What to pass to [`Gemm::run_grouped_then`] ahead of that product; for packed
+    /// weights, [`PackedB::first_panel`].
+    pub fn first_read<'b>(&self, b: MatRef<'b>) -> &'b [f32] {
+        let bl = self.blocking_for(self.isa.min(crate::Isa::best_supported()));
+        leading_rows(&b, bl.kc_for(b.rows).min(b.rows))
+    }
+
     /// [`Gemm::run_grouped`], fetching `next` into cache while the last work item's final
     /// tiles run: memory the caller reads next, so that its misses overlap this call's
     /// multiply-adds instead of stalling the next product. Pass the weights the next product

@@ -192,7 +192,7 @@ pub(crate) enum APanel {
 /// micro-kernel loads them. An array built with scalar stores and then moved as a value
 /// (through the `Option` and `match` around each tile) was copied with vector loads that
 /// cannot be forwarded from those stores; on Zen 5 the stall took 12 % of the time of every
-/// in-place product (a grouped down-projection ran 1.10–1.17× its dense equivalent).
+/// in-place product (a grouped down-projection ran 1.09–1.19× its dense equivalent).
 #[derive(Clone, Copy)]
 pub(crate) struct TileRows {
     start: *const f32,
