@@ -283,3 +283,23 @@ fn first_panel_is_the_first_k_slice_of_the_first_columns() {
     let empty = PackedB::new(MatRef::row_major(&[], 0, 4).unwrap(), Blocking::of(Isa::active()));
     assert!(empty.first_panel().is_empty());
 }
+
+/// What a product over unpacked weights reads first: the rows of its first K slice when they
+/// are one block of memory, else nothing.
+#[test]
+fn first_read_is_the_first_k_slice_of_a_row_major_b() {
+    let b = data(100 * 33, 11, -1.0, 1.0);
+    let view = MatRef::row_major(&b, 100, 33).unwrap();
+    for kc in [512, 40] {
+        let gemm = Gemm { blocking: Some(Blocking::of(Isa::active()).with_kc(kc).unwrap()), ..Gemm::default() };
+        let rows = Blocking::of(Isa::active()).with_kc(kc).unwrap().kc_for(100).min(100);
+        assert_eq!(gemm.first_read(view), &b[..rows * 33], "KC {kc}");
+        // The transpose (33 × 100): all of its K in one slice is the whole buffer.
+        assert_eq!(gemm.first_read(view.t()), &b[..], "KC {kc}: a transposed B");
+        // The transpose of a 33 × 100 view (100 × 33): its first K slice is spread over the buffer.
+        let wide = MatRef::row_major(&b, 33, 100).unwrap().t();
+        let want: &[f32] = if rows == 100 { &b } else { &[] };
+        assert_eq!(gemm.first_read(wide), want, "KC {kc}: a transposed B, K past one slice");
+        assert!(gemm.first_read(view.gather_rows(&[3, 1]).unwrap()).is_empty(), "KC {kc}: gathered rows");
+    }
+}

@@ -1,5 +1,6 @@
-//! Inference of an MLP expert block with each destination's two products back to back in one
-//! task, instead of two [`grouped_linear`](super::grouped_linear) ops.
+//! An MLP expert block with each destination's two products back to back in one task, instead
+//! of two [`grouped_linear`](super::grouped_linear) ops: at inference, and while recording
+//! (keeping the hidden rows for those two ops' backward).
 
 use super::{
     active, block, data, dense, kernel_err, recorded_linear, source_rows, unary_of, view, GroupedWeight, LinearShape,
