@@ -10,9 +10,11 @@
 //! combine out[t] = Σ_{s: token(s)=t} g_s · Y[s]   in slot order: fixed, no atomics
 //! ```
 //!
-//! At inference, MLP experts run both products of each expert in one task instead
-//! (`expert_mlp`), with the same bits, when the threads can share whole experts: a decode batch
-//! (a few rows per expert), or several experts per thread of similar sizes.
+//! MLP experts run both products of each expert in one task instead (`expert_mlp`; while
+//! recording, `expert_mlp_recorded`, which keeps the hidden rows for the two ops' backward),
+//! with the same bits, when the threads can share whole experts: at inference, a decode batch
+//! (a few rows per expert); at inference or in training, several experts per thread of similar
+//! sizes.
 //!
 //! The backward pass is conditional too: each grouped op's backward runs two grouped GEMMs
 //! over the same rows (weight gradient, input gradient), so it costs about twice the forward's
@@ -70,7 +72,7 @@ pub struct Experts {
 /// skinny form).
 const STREAMED_MAX_ROWS: usize = 8;
 
-/// Active experts per thread from which inference runs each expert's two products in one task
+/// Active experts per thread from which each expert's two products run in one task
 /// ([`expert_mlp`]): the threads then share whole experts, so they need several each.
 const PER_EXPERT_MIN_PER_THREAD: usize = 4;
 

@@ -138,7 +138,8 @@ fn grouped<'a>(
     // contiguous (tokens, gathered or not; hidden rows) is read in place by either driver, so
     // those problems stay in the grouped list, which shares the threads without a fork per
     // problem: config A's training step (8 experts of ~1024 tokens) took 0.97 of the time it
-    // took with every large problem on the dense driver. The choice depends on the shapes
+    // took with every large problem on the dense driver (measured before its forward moved to
+    // per-expert tasks, `mlp.rs`; its backward still runs here). The choice depends on the shapes
     // alone, never on the thread count.
     let single = problems.len() == 1;
     let ranges: Option<Vec<usize>> = problems
