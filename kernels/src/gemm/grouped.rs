@@ -168,8 +168,8 @@ impl Gemm<'_> {
 
     /// The memory a grouped product over `b` (unpacked) reads first: its rows of the first K
     /// slice, when they are one block of memory (a row-major view, or the transpose of one
-    /// whose K fits one slice), else nothing. What to pass to [`Gemm::run_grouped_then`] ahead of that product; for packed
-    /// weights, [`PackedB::first_panel`].
+    /// whose K fits one slice), else nothing. What to pass to [`Gemm::run_grouped_then`]
+    /// ahead of that product; for packed weights, [`PackedB::first_panel`].
     pub fn first_read<'b>(&self, b: MatRef<'b>) -> &'b [f32] {
         let bl = self.blocking_for(self.isa.min(crate::Isa::best_supported()));
         leading_rows(&b, bl.kc_for(b.rows).min(b.rows))
