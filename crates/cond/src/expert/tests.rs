@@ -347,7 +347,15 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
         let (t, e, k, d, h) = (300, 16, 2, 33, 70);
         let (_, experts) = build(kind, e, d, h, 73);
         let (tokens, ex, g) = routing(t, e, k, 79);
+        // The last expert gets nothing: its weight and bias gradients must be zero.
+        let keep: Vec<usize> = (0..tokens.len()).filter(|&i| ex[i] as usize != e - 1).collect();
+        let (tokens, ex, g): (Vec<u32>, Vec<u32>, Vec<f32>) = (
+            keep.iter().map(|&i| tokens[i]).collect(),
+            keep.iter().map(|&i| ex[i]).collect(),
+            keep.iter().map(|&i| g[i]).collect(),
+        );
         let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
+        assert!(plan.expert_range(e - 1).is_empty());
         let slot_g: Vec<f32> = plan.assignment().iter().map(|&a| g[a as usize]).collect();
         let x = Tensor::randn(&[t, d], &mut Rng::seed(83));
         let dy = Tensor::randn(&[t, d], &mut Rng::seed(89));
@@ -378,6 +386,10 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
         let got = run(2, false);
         assert_eq!(got, run(1, false), "{act:?}: 1 vs 2 threads");
         assert_eq!(got, run(2, true), "{act:?}: two grouped ops");
+        // The idle expert's block of dW1 (after the output, dx and the gates' gradient) is zero.
+        let dw1_start = 2 * t * d + slot_g.len();
+        let idle = &got[dw1_start + (e - 1) * d * h..dw1_start + e * d * h];
+        assert!(idle.iter().all(|&b| b == 0), "{act:?}: idle expert's dW1");
     }
 }
 

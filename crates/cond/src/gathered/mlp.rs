@@ -3,16 +3,16 @@
 //! (keeping the hidden rows for those two ops' backward).
 
 use super::{
-    active, block, data, dense, kernel_err, recorded_linear, source_rows, unary_of, view, GroupedWeight, LinearShape,
-    RowSource,
+    active, block, combine_rows, data, dense, kernel_err, recorded_linear, source_rows, unary_of, view, GroupedWeight,
+    LinearShape, RowSource,
 };
 use crate::error::{Error, Result};
 use crate::plan::DispatchPlan;
 use elide_autodiff::init::WeightLayout;
 use elide_autodiff::Var;
-use elide_kernels::gemm::{Activation, Epilogue, Gemm, GroupProblem, MatMut, OutRows, PackedB};
+use elide_kernels::gemm::{Activation, Epilogue, Gemm, GroupProblem, MatMut, MatRef, OutRows, PackedB};
 use elide_kernels::threading::Par;
-use elide_kernels::{unary, Isa};
+use elide_kernels::{activation_backward, unary, Isa};
 use elide_tensor::{pool, Tensor};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -213,10 +213,21 @@ pub(crate) fn expert_mlp(
     Ok(MlpOutput { y: Tensor::from_vec(out, &[s_rows, fo])?, hidden: rows_of(hidden_rows)?, pre: rows_of(pre_rows)? })
 }
 
-/// [`expert_mlp`] while recording: the same per-destination tasks, its result a `Var` whose
-/// backward is that of the two [`super::grouped_linear`] ops it replaces (bit-identical to
-/// them, forward and backward). `w` is `[w1, b1, w2, b2]`, weights packed per call (they
-/// change every training step).
+/// Mean rows per active destination from which [`expert_mlp_recorded`] also runs the backward
+/// pass per destination. Against the two ops' backward (`elide bench moe --cpu-time`, three
+/// alternating pairs): 0.96–0.97 of config A's training step (~1024 rows per expert), but
+/// 0.98–1.05 of config B's (~128 rows), whose many small products share out better as grouped
+/// lists.
+const FUSED_BACKWARD_MIN_ROWS: usize = 512;
+
+/// [`expert_mlp`] while recording: the same per-destination tasks forward. Backward, for
+/// destinations of [`FUSED_BACKWARD_MIN_ROWS`] rows or more on average, each destination's
+/// gradients in one task too (`dH = dY·W2ᵀ`, `dZ = act'(Z) ⊙ dH`, the two weight gradients,
+/// the two bias gradients and `dZ·W1ᵀ`), so `dH` and `dZ` stay in the task's cache instead of
+/// making a round trip to memory between separate passes; for smaller ones, the backward of
+/// the two [`super::grouped_linear`] ops. The result is the `[S, out]` slot rows; every GEMM and
+/// sum runs in the order of those two ops, so forward and gradients have their bits either way.
+/// `w` is `[w1, b1, w2, b2]`, weights packed per call (they change every training step).
 ///
 /// # Errors
 /// As [`expert_mlp`].
@@ -224,24 +235,195 @@ pub(crate) fn expert_mlp_recorded(x: &Var, plan: &Arc<DispatchPlan>, w: [&Var; 4
     let [w1, b1, w2, b2] = w;
     let values = MlpWeights { w1: w1.value(), b1: b1.value(), w2: w2.value(), b2: b2.value(), packed: None };
     let MlpOutput { y, hidden, pre } = expert_mlp(x.value(), plan, &values, act, true)?;
+    let parents = [x, w1, b1, w2, b2];
+    if !Var::records(&parents) {
+        return Ok(Var::constant(y));
+    }
     let hidden = hidden.expect("kept when asked");
-    let (fi, width, fo) = (w1.shape()[1], w1.shape()[2], w2.shape()[2]);
-    let up = GroupedWeight::new(w1, WeightLayout::InOut).with_bias(b1);
-    let shape = LinearShape {
-        source: RowSource::Gathered,
-        layout: WeightLayout::InOut,
-        activation: act,
-        fan_in: fi,
-        fan_out: width,
+    let (active_count, slots) = active(plan).fold((0, 0), |(n, s), (_, r)| (n + 1, s + r.len()));
+    if slots < FUSED_BACKWARD_MIN_ROWS * active_count {
+        // Small experts: the two ops' backward, which share each product out over the threads.
+        let (fi, width, fo) = (w1.shape()[1], w1.shape()[2], w2.shape()[2]);
+        let up = GroupedWeight::new(w1, WeightLayout::InOut).with_bias(b1);
+        let shape = LinearShape {
+            source: RowSource::Gathered,
+            layout: WeightLayout::InOut,
+            activation: act,
+            fan_in: fi,
+            fan_out: width,
+        };
+        let h = recorded_linear(x, plan, &up, shape, hidden.clone(), pre, (dense(x.value()), dense(w1.value())))?;
+        let down = GroupedWeight::new(w2, WeightLayout::InOut).with_bias(b2);
+        let shape = LinearShape {
+            source: RowSource::Slots,
+            layout: WeightLayout::InOut,
+            activation: Activation::Identity,
+            fan_in: width,
+            fan_out: fo,
+        };
+        return recorded_linear(&h, plan, &down, shape, y, None, (hidden, dense(w2.value())));
+    }
+    let wants = parents.map(|p| Var::records(&[p]));
+    let saved = Saved {
+        x: dense(x.value()),
+        w1: dense(w1.value()),
+        w2: dense(w2.value()),
+        hidden,
+        pre,
+        act,
+        plan: plan.clone(),
     };
-    let h = recorded_linear(x, plan, &up, shape, hidden.clone(), pre, (dense(x.value()), dense(w1.value())))?;
-    let down = GroupedWeight::new(w2, WeightLayout::InOut).with_bias(b2);
-    let shape = LinearShape {
-        source: RowSource::Slots,
-        layout: WeightLayout::InOut,
-        activation: Activation::Identity,
-        fan_in: width,
-        fan_out: fo,
-    };
-    recorded_linear(&h, plan, &down, shape, y, None, (hidden, dense(w2.value())))
+    Ok(Var::from_op("expert_mlp", y, &parents, move |dy| Ok(saved.backward(&dense(dy), wants)?)))
+}
+
+/// What the backward pass of [`expert_mlp_recorded`] reads.
+struct Saved {
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    /// `[S, hidden]` activations and (for an activation other than the identity) pre-activations.
+    hidden: Tensor,
+    pre: Option<Tensor>,
+    act: Activation,
+    plan: Arc<DispatchPlan>,
+}
+
+/// One destination's gradient work: its slot rows of `dA` and its blocks of the weight and bias
+/// gradients (each `None` when not asked for).
+struct GradTask<'a> {
+    e: usize,
+    rows: Range<usize>,
+    da: Option<&'a mut [f32]>,
+    dw1: Option<&'a mut [f32]>,
+    db1: Option<&'a mut [f32]>,
+    dw2: Option<&'a mut [f32]>,
+    db2: Option<&'a mut [f32]>,
+}
+
+/// `C = A·B` into a buffer of its own, no epilogue.
+fn problem<'a>(a: MatRef<'a>, b: MatRef<'a>) -> GroupProblem<'a> {
+    GroupProblem { a, b, rows: OutRows::Range(0), epilogue: Epilogue::default(), packed_b: None }
+}
+
+/// `acc[j] = Σ rows[s][j]` over the rows in order: a bias gradient, summed as the grouped op
+/// sums it.
+fn column_sums(acc: &mut [f32], rows: &[f32]) {
+    acc.fill(0.0);
+    for row in rows.chunks(acc.len().max(1)) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+}
+
+/// Blocks of a `[G, block]` gradient for each active destination, in order; idle destinations'
+/// blocks are zeroed (they take no gradient).
+fn blocks_of<'a>(buf: Option<&'a mut [f32]>, block: usize, plan: &DispatchPlan) -> Vec<Option<&'a mut [f32]>> {
+    let Some(buf) = buf else { return active(plan).map(|_| None).collect() };
+    let mut out = Vec::new();
+    for (g, chunk) in buf.chunks_mut(block.max(1)).enumerate().take(plan.num_experts()) {
+        if plan.expert_range(g).is_empty() {
+            chunk.fill(0.0);
+        } else {
+            out.push(Some(chunk));
+        }
+    }
+    out
+}
+
+impl Saved {
+    /// The gradients of `[x, w1, b1, w2, b2]` from `dy` (`[S, out]`), `None` where `wants` is
+    /// false.
+    fn backward(&self, dy: &Tensor, wants: [bool; 5]) -> Result<Vec<Option<Tensor>>> {
+        let plan = &*self.plan;
+        let (g, s) = (plan.num_experts(), plan.num_kept());
+        let (fi, hidden, fo) = (self.w1.shape()[1], self.w1.shape()[2], self.w2.shape()[2]);
+        let (xd, w1d, w2d, hd, dyd) = (data(&self.x), data(&self.w1), data(&self.w2), data(&self.hidden), data(dy));
+        let zd = self.pre.as_ref().map(data);
+        let take = |want: bool, len: usize| want.then(|| pool::take(len));
+        let mut da = take(wants[0], s * fi);
+        let (mut dw1, mut db1) = (take(wants[1], g * fi * hidden), take(wants[2], g * hidden));
+        let (mut dw2, mut db2) = (take(wants[3], g * hidden * fo), take(wants[4], g * fo));
+        let slots: Vec<Range<usize>> = active(plan).map(|(_, r)| r).collect();
+        let da_parts = split_kept(da.as_deref_mut(), fi, &slots);
+        let dw1_parts = blocks_of(dw1.as_deref_mut(), fi * hidden, plan);
+        let db1_parts = blocks_of(db1.as_deref_mut(), hidden, plan);
+        let dw2_parts = blocks_of(dw2.as_deref_mut(), hidden * fo, plan);
+        let db2_parts = blocks_of(db2.as_deref_mut(), fo, plan);
+        let tasks: Vec<GradTask<'_>> = active(plan)
+            .zip(da_parts)
+            .zip(dw1_parts.into_iter().zip(db1_parts))
+            .zip(dw2_parts.into_iter().zip(db2_parts))
+            .map(|((((e, rows), da), (dw1, db1)), (dw2, db2))| GradTask { e, rows, da, dw1, db1, dw2, db2 })
+            .collect();
+        let isa = Isa::try_active().map_err(kernel_err)?;
+        let gemm = Gemm { par: Par::Seq, ..Gemm::default() };
+        let product = |c: &mut [f32], rows: usize, cols: usize, problem: GroupProblem<'_>| -> Result<()> {
+            let c = MatMut::row_major(c, rows, cols).map_err(kernel_err)?;
+            gemm.run_grouped(c, &[problem]).map_err(kernel_err)
+        };
+        let run = |GradTask { e, rows: r, da, dw1, db1, dw2, db2 }: GradTask<'_>| -> Result<()> {
+            let m = r.len();
+            let dy_e = &dyd[r.start * fo..r.end * fo];
+            let h_e = &hd[r.start * hidden..r.end * hidden];
+            // dH = dY·W2ᵀ, then dZ = act'(Z) ⊙ dH.
+            let mut dh = pool::take(m * hidden);
+            product(
+                &mut dh,
+                m,
+                hidden,
+                problem(view(dy_e, m, fo)?, block(WeightLayout::InOut, w2d, e, hidden, fo)?.t()),
+            )?;
+            let dz = match zd {
+                Some(z) => {
+                    let mut dz = pool::take(m * hidden);
+                    activation_backward(isa, self.act, &z[r.start * hidden..r.end * hidden], &dh, &mut dz)
+                        .map_err(kernel_err)?;
+                    pool::give(std::mem::replace(&mut dh, dz));
+                    dh
+                }
+                None => dh,
+            };
+            if let Some(dw2) = dw2 {
+                product(dw2, hidden, fo, problem(view(h_e, m, hidden)?.t(), view(dy_e, m, fo)?))?;
+            }
+            if let Some(db2) = db2 {
+                column_sums(db2, dy_e);
+            }
+            if let Some(dw1) = dw1 {
+                let x_e = source_rows(RowSource::Gathered, xd, fi, plan, r.clone())?.t();
+                product(dw1, fi, hidden, problem(x_e, view(&dz, m, hidden)?))?;
+            }
+            if let Some(db1) = db1 {
+                column_sums(db1, &dz);
+            }
+            if let Some(da) = da {
+                product(
+                    da,
+                    m,
+                    fi,
+                    problem(view(&dz, m, hidden)?, block(WeightLayout::InOut, w1d, e, fi, hidden)?.t()),
+                )?;
+            }
+            pool::give(dz);
+            Ok(())
+        };
+        tasks.into_par_iter().try_for_each(run)?;
+        let dx = match da {
+            Some(da) => {
+                let dx = combine_rows(&da, &[], plan, fi)?;
+                pool::give(da);
+                Some(Tensor::from_vec(dx, &[plan.num_tokens(), fi])?)
+            }
+            None => None,
+        };
+        let tensor = |buf: Option<Vec<f32>>, shape: &[usize]| buf.map(|b| Tensor::from_vec(b, shape)).transpose();
+        Ok(vec![
+            dx,
+            tensor(dw1, &[g, fi, hidden])?,
+            tensor(db1, &[g, hidden])?,
+            tensor(dw2, &[g, hidden, fo])?,
+            tensor(db2, &[g, fo])?,
+        ])
+    }
 }
