@@ -519,6 +519,8 @@ mod mlp;
 
 use combine::combine_rows;
 pub use combine::{combine, combine_onto, gather};
+#[cfg(test)]
+pub(crate) use mlp::recorded_mlp;
 pub(crate) use mlp::{expert_mlp, expert_mlp_recorded, MlpWeights};
 
 #[cfg(test)]

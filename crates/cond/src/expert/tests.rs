@@ -360,17 +360,27 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
         let x = Tensor::randn(&[t, d], &mut Rng::seed(83));
         let dy = Tensor::randn(&[t, d], &mut Rng::seed(89));
         let bits = |t: &Tensor| t.to_vec().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-        let run = |threads: usize, two_ops: bool| {
+        #[derive(Clone, Copy)]
+        enum Path {
+            Layer,
+            TwoOps,
+            PerExpertBackward,
+        }
+        let run = |threads: usize, path: Path| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 assert!(shares_evenly(&plan), "{act:?}: the plan takes the per-expert path");
                 let xv = Var::leaf(x.clone());
                 let gv = Var::leaf(Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap());
-                let out = if two_ops {
-                    let vars: Vec<Var> = experts.params().iter().map(Param::var).collect();
-                    apply(kind, &xv, &gv, &vars, None, &plan).unwrap().0
-                } else {
-                    experts.forward(&xv, &gv, &plan).unwrap()
+                let vars: Vec<Var> = experts.params().iter().map(Param::var).collect();
+                let out = match path {
+                    Path::Layer => experts.forward(&xv, &gv, &plan).unwrap(),
+                    Path::TwoOps => apply(kind, &xv, &gv, &vars, None, &plan).unwrap().0,
+                    Path::PerExpertBackward => {
+                        let w = [&vars[0], &vars[1], &vars[2], &vars[3]];
+                        let y = crate::gathered::recorded_mlp(&xv, &plan, w, act, true).unwrap();
+                        combine(&y, Some(&gv), &plan).unwrap()
+                    }
                 };
                 let grads = out.backward_with(&dy).unwrap();
                 let mut all = bits(out.value());
@@ -383,9 +393,13 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
                 all
             })
         };
-        let got = run(2, false);
-        assert_eq!(got, run(1, false), "{act:?}: 1 vs 2 threads");
-        assert_eq!(got, run(2, true), "{act:?}: two grouped ops");
+        let got = run(2, Path::Layer);
+        assert_eq!(got, run(1, Path::Layer), "{act:?}: 1 vs 2 threads");
+        assert_eq!(got, run(2, Path::TwoOps), "{act:?}: two grouped ops");
+        // The backward per expert (the layer takes it from 512 rows per expert on average).
+        for threads in [1, 2] {
+            assert_eq!(run(threads, Path::PerExpertBackward), got, "{act:?}: per-expert backward, {threads} threads");
+        }
         // The idle expert's block of dW1 (after the output, dx and the gates' gradient) is zero.
         let dw1_start = 2 * t * d + slot_g.len();
         let idle = &got[dw1_start + (e - 1) * d * h..dw1_start + e * d * h];
@@ -403,10 +417,14 @@ fn per_expert_training_gradients_match_finite_differences() {
     let mut inputs =
         vec![Tensor::randn(&[t, d], &mut Rng::seed(103)), Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap()];
     inputs.extend(experts.params().iter().map(|p| p.value()));
-    let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
-        let err = |e: Error| elide_autodiff::Error::Backward(e.to_string());
-        let y = expert_mlp_recorded(&v[0], &plan, [&v[2], &v[3], &v[4], &v[5]], Activation::Gelu).map_err(err)?;
-        combine(&y, Some(&v[1]), &plan).map_err(err)
-    };
-    gradcheck(f, &inputs, GradcheckOptions::default()).unwrap();
+    for per_expert_backward in [false, true] {
+        let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
+            let err = |e: Error| elide_autodiff::Error::Backward(e.to_string());
+            let w = [&v[2], &v[3], &v[4], &v[5]];
+            let y =
+                crate::gathered::recorded_mlp(&v[0], &plan, w, Activation::Gelu, per_expert_backward).map_err(err)?;
+            combine(&y, Some(&v[1]), &plan).map_err(err)
+        };
+        gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{per_expert_backward}: {e}"));
+    }
 }

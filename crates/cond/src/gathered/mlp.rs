@@ -232,6 +232,19 @@ const FUSED_BACKWARD_MIN_ROWS: usize = 512;
 /// # Errors
 /// As [`expert_mlp`].
 pub(crate) fn expert_mlp_recorded(x: &Var, plan: &Arc<DispatchPlan>, w: [&Var; 4], act: Activation) -> Result<Var> {
+    let (active_count, slots) = active(plan).fold((0, 0), |(n, s), (_, r)| (n + 1, s + r.len()));
+    recorded_mlp(x, plan, w, act, slots >= FUSED_BACKWARD_MIN_ROWS * active_count)
+}
+
+/// [`expert_mlp_recorded`] with the choice of backward made by the caller: per destination
+/// (`per_destination`), or the two ops' backward.
+pub(crate) fn recorded_mlp(
+    x: &Var,
+    plan: &Arc<DispatchPlan>,
+    w: [&Var; 4],
+    act: Activation,
+    per_destination: bool,
+) -> Result<Var> {
     let [w1, b1, w2, b2] = w;
     let values = MlpWeights { w1: w1.value(), b1: b1.value(), w2: w2.value(), b2: b2.value(), packed: None };
     let MlpOutput { y, hidden, pre } = expert_mlp(x.value(), plan, &values, act, true)?;
@@ -240,8 +253,7 @@ pub(crate) fn expert_mlp_recorded(x: &Var, plan: &Arc<DispatchPlan>, w: [&Var; 4
         return Ok(Var::constant(y));
     }
     let hidden = hidden.expect("kept when asked");
-    let (active_count, slots) = active(plan).fold((0, 0), |(n, s), (_, r)| (n + 1, s + r.len()));
-    if slots < FUSED_BACKWARD_MIN_ROWS * active_count {
+    if !per_destination {
         // Small experts: the two ops' backward, which share each product out over the threads.
         let (fi, width, fo) = (w1.shape()[1], w1.shape()[2], w2.shape()[2]);
         let up = GroupedWeight::new(w1, WeightLayout::InOut).with_bias(b1);
