@@ -11,10 +11,10 @@
 //! ```
 //!
 //! MLP experts run both products of each expert in one task instead (`expert_mlp`; while
-//! recording, `expert_mlp_recorded`, which keeps the hidden rows for the two ops' backward),
-//! with the same bits, when the threads can share whole experts: at inference, a decode batch
-//! (a few rows per expert); at inference or in training, several experts per thread of similar
-//! sizes.
+//! recording, `expert_mlp_recorded`, which keeps the hidden rows and, for experts of 512 rows
+//! or more, runs the backward per expert too), with the same bits, when the threads can share
+//! whole experts: at inference, a decode batch (a few rows per expert); at inference or in
+//! training, several experts per thread of similar sizes.
 //!
 //! The backward pass is conditional too: each grouped op's backward runs two grouped GEMMs
 //! over the same rows (weight gradient, input gradient), so it costs about twice the forward's

@@ -391,8 +391,8 @@ impl Saved {
                     let mut dz = pool::take(m * hidden);
                     activation_backward(isa, self.act, &z[r.start * hidden..r.end * hidden], &dh, &mut dz)
                         .map_err(kernel_err)?;
-                    pool::give(std::mem::replace(&mut dh, dz));
-                    dh
+                    pool::give(dh);
+                    dz
                 }
                 None => dh,
             };
