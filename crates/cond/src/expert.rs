@@ -276,9 +276,10 @@ impl Experts {
         // packing them would only cost memory.
         let streamed = active(plan).all(|(_, rows)| rows.len() <= STREAMED_MAX_ROWS);
         let packing = !is_recording() && self.packing.load(Ordering::Relaxed) && !streamed;
+        let evenly = shares_evenly(plan);
         // Inference of MLP experts: each expert's two projections back to back in one task,
         // with the bits of the two grouped ops, when the threads can share whole experts.
-        if let (ExpertKind::Mlp(act), false, true) = (self.kind, is_recording(), streamed || shares_evenly(plan)) {
+        if let (ExpertKind::Mlp(act), false, true) = (self.kind, is_recording(), streamed || evenly) {
             let start = Instant::now();
             let packed = packing.then(|| self.packed_weights()).transpose()?;
             let values: Vec<Tensor> = match &packed {
@@ -299,7 +300,7 @@ impl Experts {
         }
         if !packing {
             let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
-            if let (ExpertKind::Mlp(act), true) = (self.kind, is_recording() && shares_evenly(plan)) {
+            if let (ExpertKind::Mlp(act), true) = (self.kind, is_recording() && evenly) {
                 // Training: the same per-expert tasks, keeping what the backward pass needs.
                 let start = Instant::now();
                 let w = [&weight_vars[0], &weight_vars[1], &weight_vars[2], &weight_vars[3]];

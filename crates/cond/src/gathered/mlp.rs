@@ -216,7 +216,7 @@ pub(crate) fn expert_mlp(
 /// Mean rows per active destination from which [`expert_mlp_recorded`] also runs the backward
 /// pass per destination. Against the two ops' backward (`elide bench moe --cpu-time`, three
 /// alternating pairs): 0.96–0.97 of config A's training step (~1024 rows per expert), but
-/// 0.98–1.05 of config B's (~128 rows), whose many small products share out better as grouped
+/// 0.97–1.05 of config B's (~128 rows), whose many small products share out better as grouped
 /// lists.
 const FUSED_BACKWARD_MIN_ROWS: usize = 512;
 
