@@ -250,6 +250,9 @@ fn decode_runs_each_expert_in_one_task() {
             };
             let got = run(2);
             assert_eq!(got, run(1), "{kind:?} t={t} e={e}: 1 vs 2 threads");
+            // From this thread, outside any pool: the calling thread runs experts too.
+            let outside = bits(no_grad(|| experts.forward(&xv, &gv, &plan).unwrap()));
+            assert_eq!(got, outside, "{kind:?} t={t} e={e}: called from outside the pool");
             let vars: Vec<Var> = experts.params().iter().map(Param::var).collect();
             let two_ops = no_grad(|| apply(kind, &xv, &gv, &vars, None, &plan).unwrap().0);
             assert_eq!(got, bits(two_ops), "{kind:?} t={t} e={e}: two grouped ops");

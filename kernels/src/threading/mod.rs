@@ -1,5 +1,10 @@
-//! Threading policy: which calls fork onto rayon's pool, and the small helpers that lets
-//! disjoint writers share one output buffer.
+//! Threading policy: which calls fork onto rayon's pool, a parallel loop in which the calling
+//! thread takes part ([`for_each_task`]), and the small helpers that let disjoint writers
+//! share one output buffer.
+
+mod tasks;
+
+pub use tasks::for_each_task;
 
 /// Whether a kernel may use rayon's thread pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
