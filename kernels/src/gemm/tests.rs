@@ -209,14 +209,39 @@ fn every_tile_matches_the_reference() {
     }
 }
 
+/// The row blocks share out over the threads by themselves when a lower block height makes
+/// them (always, for the large products here): then no thread packs an A block twice.
+#[test]
+fn row_blocks_share_out_evenly_without_column_slices() {
+    use super::driver::{column_chunks, row_block_height};
+    for isa in Isa::supported() {
+        for &(mr, nv) in Blocking::tiles(isa) {
+            let bl = Blocking::for_tile(isa, mr, nv).unwrap();
+            for m in [1, 7, 33, 257, 2048, 4096, 4099] {
+                assert_eq!(row_block_height(&bl, m, 1), bl.mc_for(m), "{isa} {bl} m={m}: one thread");
+                for threads in [2, 3, 4] {
+                    let h = row_block_height(&bl, m, threads);
+                    assert!(h <= bl.mc_for(m) && (h.is_multiple_of(mr) || h >= m), "{isa} {bl} m={m}: {h}");
+                    let blocks = m.div_ceil(h);
+                    if h < bl.mc_for(m) || m >= 2048 {
+                        assert_eq!(column_chunks(blocks, threads), 1, "{isa} {bl} m={m} t={threads}: {blocks}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn every_tile_is_bit_identical_on_one_and_two_threads() {
+    // 131 rows in blocks of at most 5·MR: an odd number of blocks on the 6- and 12-row tiles,
+    // which two threads share out with lower blocks than one thread uses.
     let (m, n, k) = (131, 150, 300);
     let a = data(m * k, 6, -1.0, 1.0);
     let b = data(k * n, 7, -1.0, 1.0);
     for isa in Isa::supported() {
         for &(mr, nv) in Blocking::tiles(isa) {
-            let bl = Blocking::for_tile(isa, mr, nv).unwrap().with_kc(64).unwrap().with_mc(3 * mr).unwrap();
+            let bl = Blocking::for_tile(isa, mr, nv).unwrap().with_kc(64).unwrap().with_mc(5 * mr).unwrap();
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut c = vec![0.0f32; m * n];
