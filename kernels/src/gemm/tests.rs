@@ -3,7 +3,7 @@
 
 use super::reference::gemm_reference;
 use super::*;
-use crate::testing::{assert_close, data, Layout, Operand};
+use crate::testing::{assert_close, bits, data, Layout, Operand};
 
 /// Checks a GEMM result against the reference, to a tolerance that grows with `√k`.
 #[track_caller]
@@ -156,6 +156,36 @@ fn bit_identical_on_one_and_two_threads() {
         let one = run(1, isa);
         let two = run(2, isa);
         assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa}: 1 vs 2 threads differ");
+    }
+}
+
+/// A one-row product wide enough to fork (three column chunks) gives the same bits on one
+/// and two threads and from a thread outside the pool, which takes part in it; B's rows or its
+/// columns contiguous.
+#[test]
+fn gemv_is_bit_identical_on_one_and_two_threads_and_outside_the_pool() {
+    let (n, k) = (4100, 70);
+    let a = data(k, 6, -1.0, 1.0);
+    let b = data(k * n, 7, -1.0, 1.0);
+    for isa in Isa::supported() {
+        for transposed in [false, true] {
+            let run = || {
+                let b = match transposed {
+                    false => MatRef::row_major(&b, k, n).unwrap(),
+                    true => MatRef::row_major(&b, n, k).unwrap().t(),
+                };
+                let mut c = vec![0.0f32; n];
+                Gemm { isa, ..Gemm::default() }
+                    .run(MatMut::row_major(&mut c, 1, n).unwrap(), MatRef::row_major(&a, 1, k).unwrap(), b)
+                    .unwrap();
+                bits(&c)
+            };
+            let pooled =
+                |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run);
+            let one = pooled(1);
+            assert_eq!(one, pooled(2), "{isa} transposed={transposed}: 1 vs 2 threads");
+            assert_eq!(one, run(), "{isa} transposed={transposed}: outside the pool");
+        }
     }
 }
 
