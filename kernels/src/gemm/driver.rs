@@ -214,12 +214,13 @@ pub(crate) fn run(
 }
 
 /// The row-block height for an `m`-row product on `threads` threads: [`Blocking::mc_for`], or
-/// the highest lower one (down to about half) with which the row blocks alone share out evenly. Otherwise the threads
-/// also split the NR panels ([`column_chunks`]), and every slice packs its A block again: with
-/// few columns per A element (`H·W2` of 4096 × 2048 × 512 at 17 row blocks, two slices) that
-/// packing took 8 % of the product, and 17–20 % for a column-major A (`Hᵀ·dY`). A lower block
-/// costs nothing of the kind (each tile streams its B panel whatever the block height), and
-/// which rows share a block does not change any element's arithmetic.
+/// the highest lower one (down to about half) with which the row blocks alone share out
+/// evenly. Otherwise the threads also split the NR panels ([`column_chunks`]), and every slice
+/// packs its A block again: with few columns per A element (`H·W2` of 4096 × 2048 × 512 at 17
+/// row blocks, two slices) that packing took 8 % of the product, and 17–20 % for a
+/// column-major A (`Hᵀ·dY`). A lower block costs nothing of the kind (each tile streams its B
+/// panel whatever the block height), and which rows share a block does not change any
+/// element's arithmetic, so results stay bit-identical across thread counts.
 pub(crate) fn row_block_height(bl: &Blocking, m: usize, threads: usize) -> usize {
     let mc = bl.mc_for(m);
     if threads <= 1 {

@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Spins of the caller's wait between yields of its core: about a microsecond of waiting.
+/// Spins of the caller's wait (`spin_loop` hints) between yields of its core.
 const SPINS_PER_YIELD: u32 = 256;
 
 /// Runs `task(i)` once for every `i` in `0..n`, on the calling thread and up to
@@ -36,7 +36,7 @@ const SPINS_PER_YIELD: u32 = 256;
 ///
 /// ```
 /// use elide_kernels::threading::for_each_task;
-/// use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
 /// let sum = AtomicUsize::new(0);
 /// for_each_task(100, |i| {
 ///     sum.fetch_add(i, Ordering::Relaxed);

@@ -323,7 +323,6 @@ struct GradTask<'a> {
     db2: Option<&'a mut [f32]>,
 }
 
-/// `C = A·B` into a buffer of its own, no epilogue.
 /// Runs `run` on every task, in parallel with the calling thread taking part
 /// ([`for_each_task`]): each task is taken by exactly one thread.
 fn run_each<T: Send>(tasks: Vec<T>, run: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
@@ -334,6 +333,7 @@ fn run_each<T: Send>(tasks: Vec<T>, run: impl Fn(T) -> Result<()> + Sync) -> Res
     })
 }
 
+/// `C = A·B` into a buffer of its own, no epilogue.
 fn problem<'a>(a: MatRef<'a>, b: MatRef<'a>) -> GroupProblem<'a> {
     GroupProblem { a, b, rows: OutRows::Range(0), epilogue: Epilogue::default(), packed_b: None }
 }
