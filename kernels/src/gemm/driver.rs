@@ -141,7 +141,7 @@ pub(crate) fn run(
         Par::Rayon if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
         _ => 1,
     };
-    let mc = row_block_height(&bl, m, threads);
+    let mc = row_block_height(&bl, m, n.min(bl.nc), threads);
     let call = Call {
         bl,
         a,
@@ -213,24 +213,34 @@ pub(crate) fn run(
     }
 }
 
-/// The row-block height for an `m`-row product on `threads` threads: [`Blocking::mc_for`], or
-/// the highest lower one (down to about half) with which the row blocks alone share out
-/// evenly. Otherwise the threads also split the NR panels ([`column_chunks`]), and every slice
-/// packs its A block again: with few columns per A element (`H·W2` of 4096 × 2048 × 512 at 17
-/// row blocks, two slices) that packing took 8 % of the product, and 17–20 % for a
-/// column-major A (`Hᵀ·dY`). A lower block costs nothing of the kind (each tile streams its B
-/// panel whatever the block height), and which rows share a block does not change any
-/// element's arithmetic, so results stay bit-identical across thread counts.
-pub(crate) fn row_block_height(bl: &Blocking, m: usize, threads: usize) -> usize {
+/// What packing an element of A costs, in elements of packed B read from L3: a round figure
+/// that picks the faster of the two splits at the products measured for [`row_block_height`].
+const A_PACK_COST: usize = 8;
+
+/// The row-block height for an `m`-row product `n` columns wide (one NC block) on `threads`
+/// threads: [`Blocking::mc_for`], or the highest lower one (down to about half) with which the
+/// row blocks alone share out evenly, when that costs less than the alternative. Otherwise the
+/// threads also split the NR panels ([`column_chunks`]), and every slice packs its A block
+/// again: with few columns per A element (`H·W2` of 4096 × 2048 × 512 at 17 row blocks, two
+/// slices) that packing took 8 % of the product, and 17–20 % for a column-major A (`Hᵀ·dY`).
+/// Each extra row block instead reads the packed B block once more (from L3). Measured on 2
+/// threads against each other, lower blocks won at 4096 × 512 × 2048 (+4 %), slices at
+/// 256 × 32000 × 256 (a language model's output layer, +5 %) and 100 × 4096 × 512 (+5 % in one
+/// of two runs), and at 600 × 4096 × 512 they were within 3 %: an extra packed A element costs
+/// about as much as [`A_PACK_COST`] extra B elements read. Which rows share a block does not
+/// change any element's arithmetic, so results stay bit-identical across thread counts.
+pub(crate) fn row_block_height(bl: &Blocking, m: usize, n: usize, threads: usize) -> usize {
     let mc = bl.mc_for(m);
     if threads <= 1 {
         return mc;
     }
-    // Up to twice the fewest blocks, i.e. blocks at least about half as high.
     let fewest = m.div_ceil(mc);
+    let slices = column_chunks(fewest, threads);
+    // Up to twice the fewest blocks, i.e. blocks at least about half as high.
     (fewest..=2 * fewest)
         .map(|blocks| m.div_ceil(blocks).next_multiple_of(bl.mr).min(mc))
         .find(|&h| column_chunks(m.div_ceil(h), threads) == 1)
+        .filter(|&h| (m.div_ceil(h) - fewest) * n < A_PACK_COST * (slices - 1) * m)
         .unwrap_or(mc)
 }
 

@@ -240,7 +240,9 @@ fn every_tile_matches_the_reference() {
 }
 
 /// The row blocks share out over the threads by themselves when a lower block height makes
-/// them (always, for the large products here): then no thread packs an A block twice.
+/// them and the product is tall for its width (always, for the tall products here): then no
+/// thread packs an A block twice. A short, wide product keeps its blocks (its threads split
+/// the columns instead, which costs less than reading all of B once more per extra block).
 #[test]
 fn row_blocks_share_out_evenly_without_column_slices() {
     use super::driver::{column_chunks, row_block_height};
@@ -248,16 +250,21 @@ fn row_blocks_share_out_evenly_without_column_slices() {
         for &(mr, nv) in Blocking::tiles(isa) {
             let bl = Blocking::for_tile(isa, mr, nv).unwrap();
             for m in [1, 7, 33, 257, 2048, 4096, 4099] {
-                assert_eq!(row_block_height(&bl, m, 1), bl.mc_for(m), "{isa} {bl} m={m}: one thread");
-                for threads in [2, 3, 4] {
-                    let h = row_block_height(&bl, m, threads);
-                    assert!(h <= bl.mc_for(m) && (h.is_multiple_of(mr) || h >= m), "{isa} {bl} m={m}: {h}");
-                    let blocks = m.div_ceil(h);
-                    if h < bl.mc_for(m) || m >= 2048 {
-                        assert_eq!(column_chunks(blocks, threads), 1, "{isa} {bl} m={m} t={threads}: {blocks}");
+                for n in [64, 512, 2048] {
+                    assert_eq!(row_block_height(&bl, m, n, 1), bl.mc_for(m), "{isa} {bl} m={m}: one thread");
+                    for threads in [2, 3, 4] {
+                        let h = row_block_height(&bl, m, n, threads);
+                        assert!(h <= bl.mc_for(m) && (h.is_multiple_of(mr) || h >= m), "{isa} {bl} m={m}: {h}");
+                        let blocks = m.div_ceil(h);
+                        if h < bl.mc_for(m) || m >= 2048 {
+                            assert_eq!(column_chunks(blocks, threads), 1, "{isa} {bl} {m}x{n} t={threads}: {blocks}");
+                        }
                     }
                 }
             }
+            // One block's worth of rows, 4096 columns: the columns are split, the block kept.
+            let m = bl.mc_for(1 << 20).min(100);
+            assert_eq!(row_block_height(&bl, m, 4096, 2), bl.mc_for(m), "{isa} {bl}: short and wide");
         }
     }
 }
