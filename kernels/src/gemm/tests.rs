@@ -159,32 +159,44 @@ fn bit_identical_on_one_and_two_threads() {
     }
 }
 
-/// A one-row product wide enough to fork (three column chunks) gives the same bits on one
-/// and two threads and from a thread outside the pool, which takes part in it; B's rows or its
-/// columns contiguous.
+/// Products of one row (the GEMV, wide enough to fork: three column chunks) and of a few
+/// rows (the skinny form, up to 8 rows whatever the tile's height) give the same bits on one
+/// and two threads and from a thread outside the pool, and match the reference; B's rows or
+/// its columns contiguous.
 #[test]
-fn gemv_is_bit_identical_on_one_and_two_threads_and_outside_the_pool() {
+fn few_row_products_are_bit_identical_on_one_and_two_threads_and_outside_the_pool() {
     let (n, k) = (4100, 70);
-    let a = data(k, 6, -1.0, 1.0);
     let b = data(k * n, 7, -1.0, 1.0);
-    for isa in Isa::supported() {
-        for transposed in [false, true] {
-            let run = || {
+    for m in [1, 7, 8] {
+        let a = data(m * k, 6, -1.0, 1.0);
+        for isa in Isa::supported() {
+            for transposed in [false, true] {
                 let b = match transposed {
                     false => MatRef::row_major(&b, k, n).unwrap(),
                     true => MatRef::row_major(&b, n, k).unwrap().t(),
                 };
-                let mut c = vec![0.0f32; n];
-                Gemm { isa, ..Gemm::default() }
-                    .run(MatMut::row_major(&mut c, 1, n).unwrap(), MatRef::row_major(&a, 1, k).unwrap(), b)
-                    .unwrap();
-                bits(&c)
-            };
-            let pooled =
-                |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run);
-            let one = pooled(1);
-            assert_eq!(one, pooled(2), "{isa} transposed={transposed}: 1 vs 2 threads");
-            assert_eq!(one, run(), "{isa} transposed={transposed}: outside the pool");
+                let a = MatRef::row_major(&a, m, k).unwrap();
+                let run = || {
+                    let mut c = vec![0.0f32; m * n];
+                    Gemm { isa, ..Gemm::default() }.run(MatMut::row_major(&mut c, m, n).unwrap(), a, b).unwrap();
+                    c
+                };
+                let what = format!("{isa} m={m} transposed={transposed}");
+                let pooled =
+                    |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run);
+                let one = pooled(1);
+                assert_eq!(bits(&one), bits(&pooled(2)), "{what}: 1 vs 2 threads");
+                assert_eq!(bits(&one), bits(&run()), "{what}: outside the pool");
+                let mut want = vec![0.0f32; m * n];
+                let mut c = MatMut::row_major(&mut want, m, n).unwrap();
+                gemm_reference(&mut c, Accum::Replace, &a, &b, 1.0, &Epilogue::default());
+                for (i, (&got, &w)) in one.iter().zip(&want).enumerate() {
+                    assert!(
+                        (got - w).abs() <= 1e-4 * (1.0 + w.abs()) * (k as f32).sqrt(),
+                        "{what}: [{i}] {got} vs {w}"
+                    );
+                }
+            }
         }
     }
 }
@@ -452,8 +464,10 @@ fn edge_rows_give_the_bits_of_full_tiles() {
                     c
                 };
                 let full = run(tall, wide);
-                // (At most MR rows take the few-row paths, not the tiles.)
-                for m in [mr + 1, 2 * mr - 1, 2 * mr + 1, 3 * mr - 1, tall] {
+                // (Up to MR rows, and up to 8 over a row-major B like this one, take the few-row
+                // paths, not the tiles.)
+                let tiled = [mr + 1, 2 * mr - 1, 2 * mr + 1, 3 * mr - 1, tall].into_iter().filter(|&m| m > 8);
+                for m in tiled {
                     let what = format!("{isa} {bl} m={m} by_cols={by_cols}");
                     let first_columns: Vec<f32> =
                         full[..m * wide].chunks(wide).flat_map(|r| r[..nr].to_vec()).collect();
