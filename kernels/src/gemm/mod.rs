@@ -156,9 +156,9 @@ impl Gemm<'_> {
         if (m <= bl.mr || skinny) && c.row_index.is_none() && mode_allows_grouped(self.accum, epi, k, bl.kc) {
             // A few rows: each weight is used once per row, so stream B in place (the skinny
             // form in grouped.rs, up to SKINNY_MAX_ROWS rows of a row-major B) rather than
-            // packing all of it. Above one register tile's rows the packed kernel had packed all
-            // of B for them: 7 and 8 rows times 1024 × 4096 weights from memory took 1.79 and
-            // 1.42 ms that way, 0.76 and 0.85 ms streamed (2 threads, side by side).
+            // packing all of it, as the packed kernel would for more rows than one register
+            // tile: 7 and 8 rows times 1024 × 4096 weights from memory took 1.79 and 1.42 ms
+            // that way, 0.76 and 0.85 ms streamed (2 threads, side by side).
             let settings = Gemm { isa, epilogue: Epilogue::default(), ..*self };
             let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi, packed_b: None };
             return settings.run_grouped(c, &[problem]);
