@@ -93,8 +93,8 @@ impl<'a> GroupedWeight<'a> {
 }
 
 /// Every block of a stacked weight `w` (`[G, in, out]` or `[G, out, in]` as `layout` says)
-/// packed as the right operand of the forward GEMM for `blocking`: what
-/// [`GroupedWeight::with_packed`] takes.
+/// packed as the right operand of the forward GEMM for `blocking`, all in one allocation
+/// ([`PackedB::new_each`]): what [`GroupedWeight::with_packed`] takes.
 ///
 /// # Errors
 /// [`Error::Shape`] if `w` is not three-dimensional.
@@ -105,7 +105,8 @@ pub fn pack_blocks(w: &Tensor, layout: WeightLayout, blocking: Blocking) -> Resu
     }
     let (fan_in, fan_out) = layout.fans(shape);
     let w = dense(w);
-    (0..shape[0]).map(|g| Ok(PackedB::new(block(layout, data(&w), g, fan_in, fan_out)?, blocking))).collect()
+    let blocks = (0..shape[0]).map(|g| block(layout, data(&w), g, fan_in, fan_out)).collect::<Result<Vec<_>>>()?;
+    Ok(PackedB::new_each(&blocks, blocking))
 }
 
 fn kernel_err(e: elide_kernels::KernelError) -> Error {

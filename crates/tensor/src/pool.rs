@@ -26,6 +26,7 @@
 //! pool::release(); // hand pooled memory back to the allocator
 //! ```
 
+use elide_kernels::buffer::zeroed_f32;
 use std::sync::Mutex;
 
 /// Buffers below this many floats (128 KiB) are not pooled: the allocator serves them from
@@ -121,7 +122,7 @@ fn class_at_most(capacity: usize) -> Option<usize> {
 /// A buffer of exactly `len` floats whose contents are unspecified (but initialised): a
 /// pooled buffer if one of its size class is free, else a new one.
 pub fn take(len: usize) -> Vec<f32> {
-    take_from_pool(len).unwrap_or_else(|| vec![0.0; len])
+    take_from_pool(len).unwrap_or_else(|| zeroed_f32(len))
 }
 
 /// A buffer of exactly `len` zeros (a pooled buffer, cleared, if one is free).
@@ -131,7 +132,7 @@ pub fn take_zeroed(len: usize) -> Vec<f32> {
             v.fill(0.0);
             v
         }
-        None => vec![0.0; len],
+        None => zeroed_f32(len),
     }
 }
 
@@ -199,9 +200,11 @@ fn take_from_pool(len: usize) -> Option<Vec<f32>> {
             v
         }
         None => {
-            // Allocate the class's full capacity so the buffer serves its whole class later.
-            let mut v = Vec::with_capacity(capacity);
-            v.resize(len, 0.0);
+            // Allocate the class's full capacity so the buffer serves its whole class later:
+            // zeroed by the allocator (fresh pages are not written here, so a large buffer's
+            // huge-page advice comes before its first write).
+            let mut v = zeroed_f32(capacity);
+            v.truncate(len);
             v
         }
     })

@@ -13,6 +13,8 @@
 use super::blocking::Blocking;
 use super::pack::pack_b_block;
 use super::view::MatRef;
+use crate::buffer::zeroed_f32;
+use std::sync::Arc;
 
 /// A `k × n` matrix packed for one [`Blocking`] (see the module docs), to pass as
 /// [`GroupProblem::packed_b`](super::GroupProblem::packed_b) or to
@@ -35,26 +37,67 @@ pub struct PackedB {
     blocking: Blocking,
     k: usize,
     n: usize,
-    /// Backing store; the panels start `offset` floats in, on a 64-byte boundary.
-    raw: Vec<f32>,
+    /// Backing store, shared by matrices packed together ([`PackedB::new_each`]); this one's
+    /// panels start `offset` floats in, on a 64-byte boundary.
+    raw: Arc<Vec<f32>>,
     offset: usize,
+}
+
+/// Floats of one matrix's panels: every NR-column panel (the last zero-padded) over all of K.
+fn packed_len(b: &MatRef<'_>, nr: usize) -> usize {
+    packed_len_of(b.rows, b.cols, nr)
+}
+
+fn packed_len_of(k: usize, n: usize, nr: usize) -> usize {
+    n.div_ceil(nr) * nr * k
 }
 
 impl PackedB {
     /// Packs `b` (any view: strided, transposed, gathered) for `blocking`.
     pub fn new(b: MatRef<'_>, blocking: Blocking) -> PackedB {
-        let (k, n, nr) = (b.rows, b.cols, blocking.nr);
-        let panels = n.div_ceil(nr);
-        let len = panels * nr * k;
-        let mut raw = vec![0.0f32; len + 16];
-        let offset = raw.as_ptr().align_offset(64).min(15);
-        let data = &mut raw[offset..offset + len];
-        let k_slice = blocking.kc_for(k);
-        for pc in (0..k).step_by(k_slice.max(1)) {
-            let kc = k_slice.min(k - pc);
-            pack_b_block(blocking.isa, &mut data[pc * panels * nr..(pc + kc) * panels * nr], &b, pc, kc, 0, panels, nr);
+        PackedB::new_each(&[b], blocking).pop().expect("one matrix in, one out")
+    }
+
+    /// Packs each of `bs` for `blocking`, all into one allocation, each matrix starting on a
+    /// 64-byte boundary: a layer's expert weights (128 matrices of 512 KiB for 64 experts of
+    /// config B) in one buffer, which gets huge pages ([`advise_huge_pages`]), where blocks
+    /// allocated one by one, each smaller than a huge page, could not. Streaming them then
+    /// costs a TLB miss per 2 MiB instead of per 4 KiB.
+    ///
+    /// [`advise_huge_pages`]: crate::buffer::advise_huge_pages
+    pub fn new_each(bs: &[MatRef<'_>], blocking: Blocking) -> Vec<PackedB> {
+        const ALIGN: usize = 16; // floats in 64 bytes
+        let nr = blocking.nr;
+        let total: usize = bs.iter().map(|b| packed_len(b, nr).next_multiple_of(ALIGN)).sum();
+        let mut raw = zeroed_f32(total + ALIGN);
+        let mut at = raw.as_ptr().align_offset(64).min(ALIGN - 1);
+        let mut offsets = Vec::with_capacity(bs.len());
+        for b in bs {
+            let (k, len) = (b.rows, packed_len(b, nr));
+            let panels = b.cols.div_ceil(nr);
+            let data = &mut raw[at..at + len];
+            let k_slice = blocking.kc_for(k);
+            for pc in (0..k).step_by(k_slice.max(1)) {
+                let kc = k_slice.min(k - pc);
+                pack_b_block(
+                    blocking.isa,
+                    &mut data[pc * panels * nr..(pc + kc) * panels * nr],
+                    b,
+                    pc,
+                    kc,
+                    0,
+                    panels,
+                    nr,
+                );
+            }
+            offsets.push(at);
+            at += len.next_multiple_of(ALIGN);
         }
-        PackedB { blocking, k, n, raw, offset }
+        let raw = Arc::new(raw);
+        bs.iter()
+            .zip(offsets)
+            .map(|(b, offset)| PackedB { blocking, k: b.rows, n: b.cols, raw: raw.clone(), offset })
+            .collect()
     }
 
     /// The panel a product over this matrix reads first (the first NR columns of its first K
@@ -81,9 +124,10 @@ impl PackedB {
         self.n
     }
 
-    /// Bytes held.
+    /// Bytes of its panels (matrices packed together share one allocation; each counts its
+    /// own panels).
     pub fn bytes(&self) -> usize {
-        self.raw.len() * 4
+        packed_len_of(self.k, self.n, self.blocking.nr) * 4
     }
 
     /// Whether a call with blocking `bl` can read its panels from here.

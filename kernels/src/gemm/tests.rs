@@ -351,6 +351,55 @@ fn packed_b_gives_the_bits_of_packing_per_call() {
     }
 }
 
+/// Matrices packed together (one allocation) are read as each packed alone: same bits for
+/// every layout and odd shape (a matrix overwriting its neighbour's panels would change them),
+/// each starting on a 64-byte boundary and counting only its own bytes.
+#[test]
+fn packed_together_gives_the_bits_of_packed_alone() {
+    let shapes = [(33, 7), (1, 65), (90, 77), (257, 1), (0, 4), (2, 129)];
+    for isa in Isa::supported() {
+        let bl = Blocking::of(isa).with_kc(40).unwrap();
+        let layouts = [Layout::RowMajor, Layout::Transposed, Layout::Gathered];
+        let bs: Vec<Operand> = shapes
+            .iter()
+            .zip(layouts.iter().cycle())
+            .enumerate()
+            .map(|(i, (&(k, n), &lb))| Operand::new(k, n, lb, 10 + i as u64))
+            .collect();
+        let views: Vec<MatRef<'_>> = bs.iter().map(|b| b.view()).collect();
+        let together = PackedB::new_each(&views, bl);
+        assert_eq!(together.len(), bs.len());
+        for (b, packed) in bs.iter().zip(&together) {
+            let (k, n) = (b.view().rows, b.view().cols);
+            let alone = PackedB::new(b.view(), bl);
+            let what = format!("{isa} k={k} n={n}");
+            assert_eq!(packed.bytes(), alone.bytes(), "{what}");
+            assert_eq!((packed.rows(), packed.cols()), (k, n), "{what}");
+            if k > 0 && n > 0 {
+                assert_eq!(packed.first_panel().as_ptr() as usize % 64, 0, "{what}");
+            }
+            let m = 9;
+            let a = Operand::new(m, k, Layout::Padded, 3);
+            let gemm = Gemm { isa, blocking: Some(bl), ..Gemm::default() };
+            let (mut want, mut got) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
+            gemm.run_packed(MatMut::row_major(&mut want, m, n).unwrap(), a.view(), b.view(), &alone).unwrap();
+            gemm.run_packed(MatMut::row_major(&mut got, m, n).unwrap(), a.view(), b.view(), packed).unwrap();
+            assert_eq!(crate::testing::bits(&got), crate::testing::bits(&want), "{what}");
+            let mut reference = vec![0.0f32; m * n];
+            gemm_reference(
+                &mut MatMut::row_major(&mut reference, m, n).unwrap(),
+                Accum::Replace,
+                &a.view(),
+                &b.view(),
+                1.0,
+                &Epilogue::default(),
+            );
+            assert_gemm_close(&got, &reference, k, &what);
+        }
+    }
+    assert!(PackedB::new_each(&[], Blocking::of(Isa::active())).is_empty());
+}
+
 #[test]
 fn packed_b_of_another_blocking_is_not_read_and_a_wrong_shape_is_refused() {
     let (m, n, k) = (50, 70, 300);
