@@ -289,7 +289,7 @@ fn gemv(plan: Plan, r: &mut Report, one: &rayon::ThreadPool) {
     // interleaved with a plain read of a buffer as large on the same threads.
     let layers = (4 * CacheSizes::get().l3).div_ceil(k * n * 4).max(4);
     let ring: Vec<Vec<f32>> = (0..layers).map(|l| fill(k * n, 100 + l as u64)).collect();
-    let stream = vec![1.0f32; layers * k * n];
+    let stream = super::ones(layers * k * n);
     let chunk = stream.len().div_ceil(rayon::current_num_threads());
     let res = interleaved(
         plan,

@@ -8,6 +8,7 @@ use super::report::Report;
 use super::timing::{interleaved, median, Plan};
 use elide::autodiff::{no_grad, ParamStore, Var};
 use elide::cond::{ExpertKind, MoeConfig, MoeLayer, RouterKind};
+use elide::kernels::buffer::set_huge_pages;
 use elide::kernels::gemm::Activation;
 use elide::kernels::{peak, softmax_rows, softmax_topk_rows, topk_rows, CacheSizes, Isa};
 use elide::tensor::{pool, Rng, Tensor};
@@ -229,13 +230,23 @@ fn router_fusion(plan: Plan, r: &mut Report) -> f64 {
     speedup
 }
 
+/// What [`decode_bandwidth`] measures.
+struct Decode {
+    /// Bytes of weights touched ÷ time ÷ stream bandwidth.
+    fraction: f64,
+    /// Milliseconds per layer call.
+    ms: f64,
+    /// Time of a ring whose buffers have 4 KiB pages ÷ time of the ring with huge pages.
+    huge_pages_speedup: f64,
+}
+
 /// Decode (config A's sizes, `t` tokens) against the memory bandwidth: a ring of layers (the
 /// same weights, in separate memory) through which the weights touched total at least four
 /// times L3, so every call reads them from memory; each call counts the bytes of the weights it
 /// touches (the router, and W1, b1, W2, b2 of every expert given a token), and the ring is
-/// interleaved with a plain read of as many bytes on the same threads. Returns (bytes touched
-/// ÷ time ÷ stream bandwidth, ms per layer call).
-fn decode_bandwidth(plan: Plan, r: &mut Report, t: usize, d: usize) -> (f64, f64) {
+/// interleaved with a plain read of as many bytes on the same threads, and with a second ring
+/// whose weights were allocated with the huge-page advice off.
+fn decode_bandwidth(plan: Plan, r: &mut Report, t: usize, d: usize) -> Decode {
     let (hidden, e) = (1024, 8);
     let x = Var::constant(Tensor::from_vec(fill(t * d, 1), &[t, d]).expect("shape"));
     let first = layer(d, hidden, e);
@@ -244,26 +255,37 @@ fn decode_bandwidth(plan: Plan, r: &mut Report, t: usize, d: usize) -> (f64, f64
     let per_call = 4 * (d * e + used * (2 * d * hidden + hidden + d));
     let count = (4 * CacheSizes::get().l3).div_ceil(per_call).max(4);
     let ring: Vec<MoeLayer> = std::iter::once(first).chain((1..count).map(|_| layer(d, hidden, e))).collect();
+    // The same ring again with 4 KiB pages, its weights packed (on the first forward) while
+    // the advice is off.
+    set_huge_pages(false);
+    let small_pages: Vec<MoeLayer> = (0..count).map(|_| layer(d, hidden, e)).collect();
+    for l in &small_pages {
+        no_grad(|| l.forward(&x).expect("forward"));
+    }
+    set_huge_pages(true);
     let touched = (per_call * count) as f64;
-    let stream = vec![1.0f32; per_call * count / 4];
+    let stream = super::ones(per_call * count / 4);
     let chunk = stream.len().div_ceil(rayon::current_num_threads());
+    let run = |ring: &[MoeLayer]| {
+        for l in ring {
+            no_grad(|| std::hint::black_box(l.forward(&x).expect("forward")));
+        }
+    };
     let res = interleaved(
         plan,
         &mut [
-            &mut || {
-                for l in &ring {
-                    no_grad(|| std::hint::black_box(l.forward(&x).expect("forward")));
-                }
-            },
+            &mut || run(&ring),
             &mut || {
                 use rayon::prelude::*;
                 let sum: f32 = stream.par_chunks(chunk).map(|c| peak::stream_read(Isa::active(), c)).sum();
                 std::hint::black_box(sum);
             },
+            &mut || run(&small_pages),
         ],
     );
     // time(stream) ÷ time(MoE) over the same bytes: the MoE's share of the stream's rate.
     let fraction = res.ratios_to_first[1];
+    let huge_pages_speedup = res.ratio(2, 0);
     let (gbps, stream_gbps) = (touched / res.medians[0] / 1e9, touched / res.medians[1] / 1e9);
     let per_call_ms = res.medians[0] / count as f64 * 1e3;
     r.row(vec![
@@ -275,7 +297,16 @@ fn decode_bandwidth(plan: Plan, r: &mut Report, t: usize, d: usize) -> (f64, f64
         format!("{gbps:.1} / {stream_gbps:.1} GB/s"),
         format!("{:.1} MiB of weights per call", touched / count as f64 / (1 << 20) as f64),
     ]);
-    (fraction, per_call_ms)
+    r.row(vec![
+        "D fwd, huge pages vs 4 KiB".into(),
+        format!("T={t} E={e} h={hidden}"),
+        ms(res.medians[0] / count as f64),
+        ms(res.medians[2] / count as f64),
+        format!("{huge_pages_speedup:.3}× faster on huge pages"),
+        "".into(),
+        "".into(),
+    ]);
+    Decode { fraction, ms: per_call_ms, huge_pages_speedup }
 }
 
 /// `elide bench moe`.
@@ -342,10 +373,11 @@ pub fn bench_moe(plan: Plan) -> Report {
     drop(layers);
     // Config D, decode: config A's sizes at T=1 and T=8, against memory bandwidth.
     for td in [1, 8] {
-        let (fraction, ms) = decode_bandwidth(plan, &mut r, td, d);
-        r.figure(&format!("moe_d_t{td}_bandwidth_fraction"), fraction);
+        let decode = decode_bandwidth(plan, &mut r, td, d);
+        r.figure(&format!("moe_d_t{td}_bandwidth_fraction"), decode.fraction);
+        r.figure(&format!("huge_pages_speedup_moe_d_t{td}"), decode.huge_pages_speedup);
         if td == 1 {
-            r.figure("moe_d_t1_ms", ms);
+            r.figure("moe_d_t1_ms", decode.ms);
         }
     }
     r.note(

@@ -55,7 +55,7 @@ pub fn stream_bytes() -> usize {
 /// median over rounds of one pass over a buffer four times the size of L3.
 pub fn stream_read_gbps(plan: Plan, threads: usize) -> f64 {
     let isa = Isa::active();
-    let data = vec![1.0f32; stream_bytes() / 4];
+    let data = super::ones(stream_bytes() / 4);
     let pool = pool(threads);
     let chunk = data.len().div_ceil(threads);
     let mut pass = || {
