@@ -38,10 +38,12 @@ fn check_case(isa: Isa, m: usize, n: usize, k: usize, la: Layout, lb: Layout, ge
 
 const SIZES: [usize; 6] = [1, 3, 7, 33, 65, 257];
 
+/// Odd shapes, row-major: up to 512 rows on the grouped path (`few_rows_for_grouped`), 513 on
+/// the dense driver.
 #[test]
 fn odd_shapes_on_every_path() {
     for isa in Isa::supported() {
-        for &m in &SIZES {
+        for m in SIZES.into_iter().chain([513]) {
             for &n in &SIZES {
                 for k in [1, 7, 65, 300] {
                     check_case(isa, m, n, k, Layout::RowMajor, Layout::RowMajor, Gemm::default(), false);
@@ -131,9 +133,16 @@ fn agrees_with_matrixmultiply() {
     }
 }
 
+/// Row-major A of 300 rows (the grouped path) and 600 (the dense driver).
 #[test]
 fn bit_identical_on_one_and_two_threads() {
-    let (m, n, k) = (300, 200, 700);
+    for m in [300, 600] {
+        bit_identical_on_one_and_two_threads_at(m);
+    }
+}
+
+fn bit_identical_on_one_and_two_threads_at(m: usize) {
+    let (n, k) = (200, 700);
     let a = data(m * k, 6, -1.0, 1.0);
     let b = data(k * n, 7, -1.0, 1.0);
     let bias = data(n, 8, -1.0, 1.0);
@@ -155,7 +164,7 @@ fn bit_identical_on_one_and_two_threads() {
     for isa in Isa::supported() {
         let one = run(1, isa);
         let two = run(2, isa);
-        assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa}: 1 vs 2 threads differ");
+        assert!(one.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()), "{isa} m={m}: 1 vs 2 threads differ");
     }
 }
 
@@ -447,15 +456,18 @@ fn packed_b_is_bit_identical_on_one_and_two_threads() {
 }
 
 /// A product of one NR panel reads A in place (each A tile is used once); it gives the bits of
-/// the same columns computed among several panels, where A is packed, for every tile, gathered
-/// and padded A, several K slices, and edge rows.
+/// the same columns computed among several panels (where the dense driver packs A, and the
+/// grouped path, which few rows take, reads it in place too), for every tile, gathered and
+/// padded A, several K slices, and edge rows.
 #[test]
 fn one_panel_products_read_a_in_place_with_the_bits_of_packing() {
     for isa in Isa::supported() {
         for &(mr, nv) in Blocking::tiles(isa) {
             let bl = Blocking::for_tile(isa, mr, nv).unwrap().with_kc(40).unwrap().with_mc(2 * mr).unwrap();
             let nr = bl.nr();
-            for (m, k) in [(1 + 2 * mr, 81), (3 * mr, 7), (40, 100)] {
+            // Up to 512 rows (64 on one panel), the grouped path takes both; 601 rows, the dense
+            // driver, which packs A for the wide product.
+            for (m, k) in [(1 + 2 * mr, 81), (3 * mr, 7), (40, 100), (601, 50)] {
                 for la in [Layout::RowMajor, Layout::Padded, Layout::Gathered] {
                     let a = Operand::new(m, k, la, 1);
                     // B: nr + 5 columns; its first nr columns alone are one panel.
