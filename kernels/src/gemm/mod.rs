@@ -204,11 +204,13 @@ const GROUPED_ONE_PANEL_MAX_ROWS: usize = 64;
 
 /// Whether a product of `m` rows over `panels` NR-column panels of B runs faster on the grouped
 /// path (one problem) than on the dense driver. Measured side by side on 2 threads (Zen 5,
-/// AVX-512), the grouped path's time ÷ the dense driver's, for B row-major / transposed, weights
-/// from memory: 2048 × 512 weights at 16–512 rows 0.54–0.87 / 0.81–0.99, 512 × 256 at 16–512
-/// rows 0.54–0.85 / 0.78–1.00, 1024 × 4096 at 16–512 rows 0.98–1.03 / 0.83–0.91, at 1024 rows
-/// 0.90–0.98; with B packed ahead, 0.83–0.99 in most cases, 1.04–1.09 in a few. One panel
-/// (4096 × 64): 0.46–0.68 at 16–64 rows, 1.20–1.40 at 256–512.
+/// AVX-512, session 8), the grouped path's time ÷ the dense driver's at 16–512 rows, B
+/// row-major / transposed, weights from memory: 2048 × 512 weights 0.40–0.87 / 0.67–0.99,
+/// 2048 × 128 0.36–0.83 / 0.48–0.84, 512 × 256 0.54–0.85 / 0.78–1.00, 1024 × 4096
+/// 0.98–1.03 / 0.83–0.93; with B packed ahead, 0.83–0.99 in most cases, 1.04–1.09 in a few.
+/// One panel (4096 × 64, row-major): 0.46–0.68 at 16–64 rows, 1.20–1.40 at 256–512. (At 1024
+/// rows over several panels it still measured 0.81–0.98; the cut stays where more shapes were
+/// measured.)
 fn few_rows_for_grouped(m: usize, panels: usize) -> bool {
     m <= if panels > 1 { GROUPED_MAX_ROWS } else { GROUPED_ONE_PANEL_MAX_ROWS }
 }
