@@ -318,11 +318,15 @@ fn is_skinny(p: &GroupProblem<'_>) -> bool {
 #[inline(always)]
 fn skinny<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, j_start: usize, j_end: usize) {
     let (m, k) = (call.a.rows, call.a.cols);
-    // The few rows of A, gathered once per work item (m·k floats, m ≤ 8: small).
+    // The few rows of A, gathered once per work item (m·k floats, m ≤ 8: small): copied whole
+    // when a row's K steps are contiguous (a decode step's tokens), else element by element.
     let mut x = vec![0.0f32; m * k];
-    for i in 0..m {
-        for (p, v) in x[i * k..(i + 1) * k].iter_mut().enumerate() {
-            *v = call.a.get(i, p);
+    let a = &call.a;
+    for (i, row) in x.chunks_exact_mut(k).enumerate() {
+        let start = a.row_offset(i);
+        match a.data.get(start..start + k).filter(|_| a.col_stride == 1 && a.col_index.is_none()) {
+            Some(src) => row.copy_from_slice(src),
+            None => row.iter_mut().enumerate().for_each(|(p, v)| *v = a.get(i, p)),
         }
     }
     skinny_rows(s, call, b, &x, j_start, j_end);
