@@ -256,7 +256,9 @@ fn decode_bandwidth(plan: Plan, r: &mut Report, t: usize, d: usize) -> Decode {
     let count = (4 * CacheSizes::get().l3).div_ceil(per_call).max(4);
     let ring: Vec<MoeLayer> = std::iter::once(first).chain((1..count).map(|_| layer(d, hidden, e))).collect();
     // The same ring again with 4 KiB pages, its weights packed (on the first forward) while
-    // the advice is off.
+    // the advice is off; the pool is emptied first, so that no parameter of it reuses a
+    // pooled buffer that got the advice.
+    pool::release();
     set_huge_pages(false);
     let small_pages: Vec<MoeLayer> = (0..count).map(|_| layer(d, hidden, e)).collect();
     for l in &small_pages {
