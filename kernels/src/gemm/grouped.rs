@@ -317,19 +317,31 @@ fn is_skinny(p: &GroupProblem<'_>) -> bool {
 /// row order (`gemv.rs`), each chunk of rows finished through the epilogue and stored.
 #[inline(always)]
 fn skinny<S: Simd>(s: S, call: &Call<'_>, b: &MatRef<'_>, j_start: usize, j_end: usize) {
-    let (m, k) = (call.a.rows, call.a.cols);
-    // The few rows of A, gathered once per work item (m·k floats, m ≤ 8: small): copied whole
-    // when a row's K steps are contiguous (a decode step's tokens), else element by element.
-    let mut x = vec![0.0f32; m * k];
-    let a = &call.a;
-    for (i, row) in x.chunks_exact_mut(k).enumerate() {
-        let start = a.row_offset(i);
-        match a.data.get(start..start + k).filter(|_| a.col_stride == 1 && a.col_index.is_none()) {
-            Some(src) => row.copy_from_slice(src),
-            None => row.iter_mut().enumerate().for_each(|(p, v)| *v = a.get(i, p)),
+    let (m, k, a) = (call.a.rows, call.a.cols, &call.a);
+    let in_place = a.col_stride == 1 && a.col_index.is_none();
+    // The few rows of A as one `m × k` block: read where they lie when they already are one (a
+    // decode step's tokens), else gathered once per work item (m·k floats, m ≤ 8: small), a
+    // row copied whole when its K steps are contiguous.
+    let block = (in_place && a.row_index.is_none() && (m == 1 || a.row_stride == k))
+        .then(|| a.data.get(a.row_offset(0)..a.row_offset(0) + m * k))
+        .flatten();
+    let gathered;
+    let x: &[f32] = match block {
+        Some(block) => block,
+        None => {
+            let mut x = vec![0.0f32; m * k];
+            for (i, row) in x.chunks_exact_mut(k).enumerate() {
+                let start = a.row_offset(i);
+                match a.data.get(start..start + k).filter(|_| in_place) {
+                    Some(src) => row.copy_from_slice(src),
+                    None => row.iter_mut().enumerate().for_each(|(p, v)| *v = a.get(i, p)),
+                }
+            }
+            gathered = x;
+            &gathered
         }
-    }
-    skinny_rows(s, call, b, &x, j_start, j_end);
+    };
+    skinny_rows(s, call, b, x, j_start, j_end);
 }
 
 /// Floats between the rows of the skinny form's `y`, so that rows 4 KiB long do not alias the

@@ -153,22 +153,16 @@ impl Gemm<'_> {
         }
         let bl = self.blocking_for(isa);
         let skinny = m <= gemv::SKINNY_MAX_ROWS && gemv::form_of(&b) == Some(gemv::GemvForm::Rows);
-        if (m <= bl.mr || skinny) && c.row_index.is_none() && mode_allows_grouped(self.accum, epi, k, bl.kc) {
-            // A few rows: each weight is used once per row, so stream B in place (the skinny
-            // form in grouped.rs, up to SKINNY_MAX_ROWS rows of a row-major B) rather than
-            // packing all of it, as the packed kernel would for more rows than one register
-            // tile: 7 and 8 rows times 1024 × 4096 weights from memory took 1.79 and 1.42 ms
-            // that way, 0.76 and 0.85 ms streamed (2 threads, side by side).
-            let settings = Gemm { isa, epilogue: Epilogue::default(), ..*self };
-            let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi, packed_b: None };
-            return settings.run_grouped(c, &[problem]);
-        }
-        let grouped = mode_allows_grouped(self.accum, epi, k, bl.kc) && c.row_index.is_none();
-        if grouped && a_rows_read_in_place(&a) && few_rows_for_grouped(m, n.div_ceil(bl.nr)) {
-            // Few rows whose K steps are contiguous: the grouped path (one problem) reads them
-            // in place and packs each work item's slice of B just before using it; the dense
-            // driver packs all of B first and splits few row blocks poorly over the threads.
-            // See `few_rows_for_grouped` for what was measured.
+        // A few rows: each weight is used once per row, so stream B in place (the skinny form in
+        // grouped.rs, up to SKINNY_MAX_ROWS rows of a row-major B) rather than packing all of
+        // it, as the packed kernel would for more rows than one register tile: 7 and 8 rows
+        // times 1024 × 4096 weights from memory took 1.79 and 1.42 ms that way, 0.76 and
+        // 0.85 ms streamed (2 threads, side by side). Up to 512 rows (64 over one panel) whose K steps
+        // are contiguous: the grouped path reads them in place and packs each work item's
+        // slice of B just before using it, where the dense driver packs all of B first and
+        // splits few row blocks poorly over the threads (see `few_rows_for_grouped`).
+        let few_rows = m <= bl.mr || skinny || (a_rows_read_in_place(&a) && few_rows_for_grouped(m, n.div_ceil(bl.nr)));
+        if few_rows && c.row_index.is_none() && mode_allows_grouped(self.accum, epi, k, bl.kc) {
             let settings = Gemm { isa, epilogue: Epilogue::default(), ..*self };
             let problem = GroupProblem { a, b, rows: OutRows::Range(0), epilogue: *epi, packed_b: packed };
             return settings.run_grouped(c, &[problem]);
