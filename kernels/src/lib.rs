@@ -41,6 +41,7 @@ pub mod norm;
 pub mod peak;
 pub mod reduce;
 pub mod rope;
+pub mod shared_rows;
 pub(crate) mod simd;
 pub mod softmax;
 pub mod softmax_topk;

@@ -14,7 +14,11 @@
 //! recording, `expert_mlp_recorded`, which keeps the hidden rows and, for experts of 512 rows
 //! or more, runs the backward per expert too), with the same bits, when the threads can share
 //! whole experts: at inference, a decode batch (a few rows per expert); at inference or in
-//! training, several experts per thread of similar sizes.
+//! training, several experts per thread of similar sizes. At inference, when no token has more
+//! than two slots (top-1, top-2), each task also adds its gated rows onto their tokens' output
+//! rows while they are still in its cache, instead of writing them all out for a combine pass
+//! to read back: a two-term sum does not depend on which task gets there first, so the bits are
+//! the combine's ([`elide_kernels::shared_rows`]).
 //!
 //! The backward pass is conditional too: each grouped op's backward runs two grouped GEMMs
 //! over the same rows (weight gradient, input gradient), so it costs about twice the forward's
@@ -23,15 +27,16 @@
 
 use crate::error::{Error, Result};
 use crate::gathered::{
-    active, combine, expert_mlp, expert_mlp_recorded, grouped_linear, pack_blocks, GroupedWeight, MlpWeights,
-    RowSource, WeightLayout,
+    active, combine, expert_mlp, expert_mlp_recorded, grouped_linear, kernel_err, pack_blocks, GroupedWeight, MlpSink,
+    MlpWeights, RowSource, WeightLayout,
 };
 use crate::plan::DispatchPlan;
 use crate::weights::ParamSource;
 use elide_autodiff::{init, is_recording, Param, Scope, Var};
 use elide_kernels::gemm::{Activation, Blocking, PackedB};
+use elide_kernels::shared_rows::{SharedRowSums, MAX_ADDS_PER_ROW};
 use elide_kernels::Isa;
-use elide_tensor::{Rng, Tensor};
+use elide_tensor::{pool, Rng, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -75,6 +80,13 @@ const STREAMED_MAX_ROWS: usize = 8;
 /// Active experts per thread from which each expert's two products run in one task
 /// ([`expert_mlp`]): the threads then share whole experts, so they need several each.
 const PER_EXPERT_MIN_PER_THREAD: usize = 4;
+
+/// Whether no token of `plan` has more slots than the expert tasks can combine themselves
+/// ([`MAX_ADDS_PER_ROW`]).
+fn at_most_two_slots_per_token(plan: &DispatchPlan) -> bool {
+    let (start, _) = plan.slots_by_token();
+    start.windows(2).all(|w| w[1] - w[0] <= MAX_ADDS_PER_ROW)
+}
 
 /// Whether the threads can share out whole experts evenly: at least
 /// [`PER_EXPERT_MIN_PER_THREAD`] active experts per thread, none with more than twice the mean
@@ -293,7 +305,20 @@ impl Experts {
                 b2: &values[3],
                 packed: packed.as_ref().map(|p| (&p.blocks[0][..], &p.blocks[2][..])),
             };
-            let y = Var::constant(expert_mlp(x.value(), plan, &weights, act, false)?.y);
+            if at_most_two_slots_per_token(plan) {
+                // The tasks combine their own rows (same bits, see `SharedRowSums`); what is
+                // left of the combine is zeroing tokens no expert took.
+                let gates = slot_gates.value().to_vec();
+                let mut out = pool::take(t * d);
+                let sums = SharedRowSums::new(&mut out, t, d).map_err(kernel_err)?;
+                expert_mlp(x.value(), plan, &weights, act, MlpSink::Combine { out: &sums, gates: &gates })?;
+                let multiplied = Instant::now();
+                sums.finish();
+                let out = Var::constant(Tensor::from_vec(out, &[t, d])?);
+                return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
+            }
+            let slot_rows = expert_mlp(x.value(), plan, &weights, act, MlpSink::Slots { keep: false })?.y;
+            let y = Var::constant(slot_rows.expect("slot rows when asked"));
             let multiplied = Instant::now();
             let out = combine(&y, Some(slot_gates), plan)?;
             return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));

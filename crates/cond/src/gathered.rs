@@ -109,7 +109,7 @@ pub fn pack_blocks(w: &Tensor, layout: WeightLayout, blocking: Blocking) -> Resu
     Ok(PackedB::new_each(&blocks, blocking))
 }
 
-fn kernel_err(e: elide_kernels::KernelError) -> Error {
+pub(crate) fn kernel_err(e: elide_kernels::KernelError) -> Error {
     Error::Tensor(e.into())
 }
 
@@ -522,7 +522,7 @@ use combine::combine_rows;
 pub use combine::{combine, combine_onto, gather};
 #[cfg(test)]
 pub(crate) use mlp::recorded_mlp;
-pub(crate) use mlp::{expert_mlp, expert_mlp_recorded, MlpWeights};
+pub(crate) use mlp::{expert_mlp, expert_mlp_recorded, MlpSink, MlpWeights};
 
 #[cfg(test)]
 mod tests;

@@ -267,18 +267,31 @@ fn decode_runs_each_expert_in_one_task() {
 }
 
 /// Prefill with several experts per thread of similar sizes (not recording) also runs each
-/// expert's two projections in one task, from the packed weights: it matches the naive
-/// reference and gives the bits of the two grouped ops, packed or not, on one and two threads,
-/// and after `Param::set` it reads the new weights.
+/// expert's two projections in one task, from the packed weights, and (up to two slots a token)
+/// combines each expert's rows in its task: it matches the naive reference and gives the bits
+/// of the two grouped ops and the combine, packed or not, on one and two threads, and after
+/// `Param::set` it reads the new weights.
 #[test]
 fn prefill_with_many_even_experts_runs_each_expert_in_one_task() {
     use elide_autodiff::no_grad;
     let kind = ExpertKind::Mlp(Activation::Gelu);
     // 16 experts of ~25 rows; the second case is above the threshold (1M multiply-adds) at
     // which the experts run in parallel, and its hidden width is several NR panels plus an edge.
-    for (t, e, k, d, h) in [(200, 16, 2, 33, 70), (400, 16, 2, 64, 300)] {
+    // The third has three slots a token (a separate combine); in the last, every fifth token
+    // has no slot (a zero row).
+    let cases = [(200, 16, 2, 33, 70, 0), (400, 16, 2, 64, 300, 0), (300, 16, 3, 33, 70, 0), (200, 16, 2, 33, 70, 5)];
+    for (t, e, k, d, h, unrouted_every) in cases {
         let (_, experts) = build(kind, e, d, h, 61);
-        let (tokens, ex, g) = routing(t, e, k, 67);
+        let (mut tokens, mut ex, mut g) = routing(t, e, k, 67);
+        if unrouted_every > 0 {
+            let keep: Vec<usize> =
+                (0..tokens.len()).filter(|&i| !(tokens[i] as usize).is_multiple_of(unrouted_every)).collect();
+            (tokens, ex, g) = (
+                keep.iter().map(|&i| tokens[i]).collect(),
+                keep.iter().map(|&i| ex[i]).collect(),
+                keep.iter().map(|&i| g[i]).collect(),
+            );
+        }
         let plan = Arc::new(DispatchPlan::new(&tokens, &ex, t, e, Capacity::Dropless).unwrap());
         assert!(active(&plan).all(|(_, r)| r.len() > STREAMED_MAX_ROWS));
         let slot_g: Vec<f32> = plan.assignment().iter().map(|&a| g[a as usize]).collect();

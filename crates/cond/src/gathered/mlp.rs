@@ -11,6 +11,7 @@ use crate::plan::DispatchPlan;
 use elide_autodiff::init::WeightLayout;
 use elide_autodiff::Var;
 use elide_kernels::gemm::{Activation, Epilogue, Gemm, GroupProblem, MatMut, MatRef, OutRows, PackedB};
+use elide_kernels::shared_rows::SharedRowSums;
 use elide_kernels::threading::{for_each_task, Par};
 use elide_kernels::{activation_backward, unary, Isa};
 use elide_tensor::{pool, Tensor};
@@ -41,13 +42,32 @@ pub(crate) struct MlpWeights<'a> {
     pub(crate) packed: Option<(&'a [PackedB], &'a [PackedB])>,
 }
 
-/// One destination's work: its slot rows of the output (and, when they are kept, of the hidden
-/// activations and pre-activations), in slot order, and the destination after it, whose
-/// weights its task fetches last.
+/// Where [`expert_mlp`] puts the slot rows it computes.
+#[derive(Clone, Copy)]
+pub(crate) enum MlpSink<'s, 'o> {
+    /// Returned as `[S, out]` slot rows; with `keep`, the hidden rows too.
+    Slots {
+        /// Whether to return the hidden rows (and pre-activations) for a backward pass.
+        keep: bool,
+    },
+    /// Each slot row times its gate (`gates`, `[S]`) added onto its token's row of `out` by the
+    /// task that computed it, while the row is still in that task's cache: the combine, with
+    /// its bits when no token has more than two slots (see [`SharedRowSums`]).
+    Combine {
+        /// The `[T, out]` output the tasks add into.
+        out: &'s SharedRowSums<'o>,
+        /// Each slot's gate.
+        gates: &'s [f32],
+    },
+}
+
+/// One destination's work: its slot rows of the output (none when they go to a combine), and
+/// when they are kept, of the hidden activations and pre-activations, in slot order; and the
+/// destination after it, whose weights its task fetches last.
 struct Task<'a> {
     e: usize,
     rows: Range<usize>,
-    out: &'a mut [f32],
+    out: Option<&'a mut [f32]>,
     hidden: Option<&'a mut [f32]>,
     pre: Option<&'a mut [f32]>,
     next: Option<usize>,
@@ -61,10 +81,11 @@ fn split_kept<'a>(buf: Option<&'a mut [f32]>, width: usize, ranges: &[Range<usiz
     }
 }
 
-/// What [`expert_mlp`] returns: the `[S, out]` slot rows, and when asked to keep them, the
-/// `[S, hidden]` activations and, for an activation other than the identity, pre-activations.
+/// What [`expert_mlp`] returns: the `[S, out]` slot rows (none when they went to a combine),
+/// and when asked to keep them, the `[S, hidden]` activations and, for an activation other than
+/// the identity, pre-activations.
 pub(crate) struct MlpOutput {
-    pub(crate) y: Tensor,
+    pub(crate) y: Option<Tensor>,
     pub(crate) hidden: Option<Tensor>,
     pub(crate) pre: Option<Tensor>,
 }
@@ -83,11 +104,14 @@ fn split_rows<'a>(buf: &'a mut [f32], width: usize, ranges: &[Range<usize>]) -> 
     parts
 }
 
-/// `Y[s] = act(X[token(s)]·W1[g] + b1[g])·W2[g] + b2[g]`, `[S, out]` slot rows out, with each
-/// destination's up- and down-projection back to back in one task, its hidden rows in a buffer
-/// of its own, or, with `keep`, in `[S, hidden]` buffers returned for a backward pass (the
-/// pre-activations stored by the GEMM, the activation applied to the task's rows after it, as
-/// [`super::grouped_linear`] does while recording).
+/// `Y[s] = act(X[token(s)]·W1[g] + b1[g])·W2[g] + b2[g]`, with each destination's up- and
+/// down-projection back to back in one task, its hidden rows in a buffer of its own, or, with
+/// [`MlpSink::Slots`]` { keep: true }`, in `[S, hidden]` buffers returned for a backward pass
+/// (the pre-activations stored by the GEMM, the activation applied to the task's rows after it,
+/// as [`super::grouped_linear`] does while recording). The `[S, out]` slot rows are returned
+/// ([`MlpSink::Slots`]), or each task adds its gated rows onto their tokens' rows of a shared
+/// output while they are still in its cache ([`MlpSink::Combine`]), which saves writing all
+/// `S` rows out and reading them back.
 ///
 /// Two grouped ops run two parallel phases with a join between them and write every hidden
 /// row out before reading it back. Here the threads part once per call (for a decode batch,
@@ -102,14 +126,15 @@ fn split_rows<'a>(buf: &'a mut [f32], width: usize, ranges: &[Range<usize>]) -> 
 /// destinations, so the caller keeps this for plans with enough destinations of similar sizes.
 ///
 /// # Errors
-/// [`Error::Shape`] if the weights or `x` (`[T, in]`) do not fit the plan and each other, or
-/// packed blocks are not one per destination.
+/// [`Error::Shape`] if the weights or `x` (`[T, in]`) do not fit the plan and each other, packed
+/// blocks are not one per destination, or a combine's output or gates do not fit the plan; the
+/// combine's [`SharedRowSums::add_scaled`] errors (a token with more than two slots).
 pub(crate) fn expert_mlp(
     x: &Tensor,
     plan: &DispatchPlan,
     w: &MlpWeights<'_>,
     act: Activation,
-    keep: bool,
+    sink: MlpSink<'_, '_>,
 ) -> Result<MlpOutput> {
     const OP: &str = "expert_mlp";
     let g = plan.num_experts();
@@ -133,7 +158,19 @@ pub(crate) fn expert_mlp(
     let (xv, w1v, b1v, w2v, b2v) = (dense(x), dense(w.w1), dense(w.b1), dense(w.w2), dense(w.b2));
     let (xd, w1d, b1d, w2d, b2d) = (data(&xv), data(&w1v), data(&b1v), data(&w2v), data(&b2v));
     let s_rows = plan.num_kept();
-    let mut out = pool::take(s_rows * fo);
+    let keep = matches!(sink, MlpSink::Slots { keep: true });
+    if let MlpSink::Combine { out, gates } = sink {
+        if out.num_rows() != plan.num_tokens() || gates.len() != s_rows {
+            let detail = format!(
+                "a combine into {} rows with {} gates for {} tokens and {s_rows} slots",
+                out.num_rows(),
+                gates.len(),
+                plan.num_tokens()
+            );
+            return Err(Error::shape(OP, detail));
+        }
+    }
+    let mut out = matches!(sink, MlpSink::Slots { .. }).then(|| pool::take(s_rows * fo));
     let mut hidden_rows = keep.then(|| pool::take(s_rows * hidden));
     let unary_op = unary_of(act);
     let mut pre_rows = (keep && unary_op.is_some()).then(|| pool::take(s_rows * hidden));
@@ -142,7 +179,7 @@ pub(crate) fn expert_mlp(
     let (hidden_parts, pre_parts) =
         (split_kept(hidden_rows.as_deref_mut(), hidden, &slots), split_kept(pre_rows.as_deref_mut(), hidden, &slots));
     let mut tasks: Vec<Task<'_>> = Vec::with_capacity(ranges.len());
-    let outs = split_rows(&mut out, fo, &slots);
+    let outs = split_kept(out.as_deref_mut(), fo, &slots);
     for ((((e, r), mine), hidden), pre) in ranges.iter().cloned().zip(outs).zip(hidden_parts).zip(pre_parts) {
         if let Some(prev) = tasks.last_mut() {
             prev.next = Some(e);
@@ -173,7 +210,7 @@ pub(crate) fn expert_mlp(
         };
         let stored_act = if pre.is_some() { Activation::Identity } else { act };
         let up = GroupProblem {
-            a: source_rows(RowSource::Gathered, xd, fi, plan, r)?,
+            a: source_rows(RowSource::Gathered, xd, fi, plan, r.clone())?,
             b: block(WeightLayout::InOut, w1d, e, fi, hidden)?,
             rows: OutRows::Range(0),
             epilogue: Epilogue {
@@ -206,10 +243,18 @@ pub(crate) fn expert_mlp(
             },
             packed_b: w.packed.map(|p| &p.1[e]),
         };
-        let y_out = MatMut::row_major(mine, m, fo).map_err(kernel_err)?;
+        let mut local_y = None;
+        let y: &mut [f32] = match mine {
+            Some(y) => y,
+            None => local_y.insert(pool::take(m * fo)),
+        };
+        let y_out = MatMut::row_major(y, m, fo).map_err(kernel_err)?;
         gemm.run_grouped_then(y_out, &[down], next.map_or(&[], |n| first_read(0, n))).map_err(kernel_err)?;
-        if let Some(h) = local {
-            pool::give(h);
+        if let MlpSink::Combine { out, gates } = sink {
+            out.add_scaled(isa, y, &plan.tokens()[r.clone()], &gates[r]).map_err(kernel_err)?;
+        }
+        for buf in [local, local_y].into_iter().flatten() {
+            pool::give(buf);
         }
         Ok(())
     };
@@ -221,7 +266,8 @@ pub(crate) fn expert_mlp(
         tasks.into_par_iter().try_for_each(run)?;
     }
     let rows_of = |buf: Option<Vec<f32>>| buf.map(|b| Tensor::from_vec(b, &[s_rows, hidden])).transpose();
-    Ok(MlpOutput { y: Tensor::from_vec(out, &[s_rows, fo])?, hidden: rows_of(hidden_rows)?, pre: rows_of(pre_rows)? })
+    let y = out.map(|out| Tensor::from_vec(out, &[s_rows, fo])).transpose()?;
+    Ok(MlpOutput { y, hidden: rows_of(hidden_rows)?, pre: rows_of(pre_rows)? })
 }
 
 /// Mean rows per active destination from which [`expert_mlp_recorded`] also runs the backward
@@ -258,7 +304,8 @@ pub(crate) fn recorded_mlp(
 ) -> Result<Var> {
     let [w1, b1, w2, b2] = w;
     let values = MlpWeights { w1: w1.value(), b1: b1.value(), w2: w2.value(), b2: b2.value(), packed: None };
-    let MlpOutput { y, hidden, pre } = expert_mlp(x.value(), plan, &values, act, true)?;
+    let MlpOutput { y, hidden, pre } = expert_mlp(x.value(), plan, &values, act, MlpSink::Slots { keep: true })?;
+    let y = y.expect("slot rows when asked");
     let parents = [x, w1, b1, w2, b2];
     if !Var::records(&parents) {
         return Ok(Var::constant(y));
