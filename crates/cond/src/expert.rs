@@ -27,8 +27,8 @@
 
 use crate::error::{Error, Result};
 use crate::gathered::{
-    active, combine, expert_mlp, expert_mlp_recorded, grouped_linear, kernel_err, pack_blocks, GroupedWeight, MlpSink,
-    MlpWeights, RowSource, WeightLayout,
+    active, combine, combined, expert_mlp, expert_mlp_recorded, grouped_linear, kernel_err, pack_blocks, GroupedWeight,
+    MlpSink, MlpWeights, RowSource, WeightLayout,
 };
 use crate::plan::DispatchPlan;
 use crate::weights::ParamSource;
@@ -311,7 +311,8 @@ impl Experts {
                 let gates = slot_gates.value().to_vec();
                 let mut out = pool::take(t * d);
                 let sums = SharedRowSums::new(&mut out, t, d).map_err(kernel_err)?;
-                expert_mlp(x.value(), plan, &weights, act, MlpSink::Combine { out: &sums, gates: &gates })?;
+                let sink = MlpSink::Combine { out: &sums, gates: &gates, keep: false };
+                expert_mlp(x.value(), plan, &weights, act, sink)?;
                 let multiplied = Instant::now();
                 sums.finish();
                 let out = Var::constant(Tensor::from_vec(out, &[t, d])?);
@@ -326,10 +327,21 @@ impl Experts {
         if !packing {
             let weight_vars: Vec<Var> = self.params.iter().map(Param::var).collect();
             if let (ExpertKind::Mlp(act), true) = (self.kind, is_recording() && evenly) {
-                // Training: the same per-expert tasks, keeping what the backward pass needs.
+                // Training: the same per-expert tasks, keeping what the backward pass needs, and
+                // up to two slots a token, combining their rows as at inference.
                 let start = Instant::now();
                 let w = [&weight_vars[0], &weight_vars[1], &weight_vars[2], &weight_vars[3]];
-                let y = expert_mlp_recorded(x, plan, w, act)?;
+                if at_most_two_slots_per_token(plan) {
+                    let gates = slot_gates.value().to_vec();
+                    let mut out = pool::take(t * d);
+                    let sums = SharedRowSums::new(&mut out, t, d).map_err(kernel_err)?;
+                    let y = expert_mlp_recorded(x, plan, w, act, Some((&sums, &gates)))?;
+                    let multiplied = Instant::now();
+                    sums.finish();
+                    let out = combined(Tensor::from_vec(out, &[t, d])?, &y, slot_gates, plan)?;
+                    return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
+                }
+                let y = expert_mlp_recorded(x, plan, w, act, None)?;
                 let multiplied = Instant::now();
                 let out = combine(&y, Some(slot_gates), plan)?;
                 return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));

@@ -394,7 +394,7 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
                     Path::TwoOps => apply(kind, &xv, &gv, &vars, None, &plan).unwrap().0,
                     Path::PerExpertBackward => {
                         let w = [&vars[0], &vars[1], &vars[2], &vars[3]];
-                        let y = crate::gathered::recorded_mlp(&xv, &plan, w, act, true).unwrap();
+                        let y = crate::gathered::recorded_mlp(&xv, &plan, w, act, true, None).unwrap();
                         combine(&y, Some(&gv), &plan).unwrap()
                     }
                 };
@@ -437,8 +437,8 @@ fn per_expert_training_gradients_match_finite_differences() {
         let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
             let err = |e: Error| elide_autodiff::Error::Backward(e.to_string());
             let w = [&v[2], &v[3], &v[4], &v[5]];
-            let y =
-                crate::gathered::recorded_mlp(&v[0], &plan, w, Activation::Gelu, per_expert_backward).map_err(err)?;
+            let y = crate::gathered::recorded_mlp(&v[0], &plan, w, Activation::Gelu, per_expert_backward, None)
+                .map_err(err)?;
             combine(&y, Some(&v[1]), &plan).map_err(err)
         };
         gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{per_expert_backward}: {e}"));

@@ -66,13 +66,31 @@ pub fn combine_onto(residual: &Var, rows: &Var, gates: Option<&Var>, plan: &Arc<
     combine_impl("combine_onto", Some(residual), rows, gates, plan)
 }
 
-fn combine_impl(
+/// [`combine`] of `rows` and `gates` whose value `out` was computed already (by the expert
+/// tasks, through a shared output): the same op in the graph, with the same backward.
+///
+/// # Errors
+/// As [`combine`], and [`Error::Shape`] if `out` is not `[T, d]`.
+pub(crate) fn combined(out: Tensor, rows: &Var, gates: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
+    const OP: &str = "combine";
+    let d = check(OP, None, rows, Some(gates), plan)?;
+    if out.shape() != [plan.num_tokens(), d] {
+        return Err(Error::shape(
+            OP,
+            format!("the output must be [{}, {d}], got {:?}", plan.num_tokens(), out.shape()),
+        ));
+    }
+    Ok(recorded(OP, out, None, rows, Some(gates), plan))
+}
+
+/// Checks the shapes of a combine's operands; returns the row width.
+fn check(
     op: &'static str,
     residual: Option<&Var>,
     rows: &Var,
     gates: Option<&Var>,
-    plan: &Arc<DispatchPlan>,
-) -> Result<Var> {
+    plan: &DispatchPlan,
+) -> Result<usize> {
     let (t, s) = (plan.num_tokens(), plan.num_kept());
     let shape = rows.shape();
     if shape.len() != 2 || shape[0] != s {
@@ -85,6 +103,18 @@ fn combine_impl(
     if let Some(r) = residual.filter(|r| r.shape() != [t, d]) {
         return Err(Error::shape(op, format!("the residual must be [{t}, {d}], got {:?}", r.shape())));
     }
+    Ok(d)
+}
+
+fn combine_impl(
+    op: &'static str,
+    residual: Option<&Var>,
+    rows: &Var,
+    gates: Option<&Var>,
+    plan: &Arc<DispatchPlan>,
+) -> Result<Var> {
+    let t = plan.num_tokens();
+    let d = check(op, residual, rows, gates, plan)?;
     let rv = dense(rows.value());
     let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
     let combined = match residual {
@@ -95,16 +125,31 @@ fn combine_impl(
         }
         None => combine_rows(data(&rv), &gv, plan, d)?,
     };
-    let out = Tensor::from_vec(combined, &[t, d])?;
+    Ok(recorded(op, Tensor::from_vec(combined, &[t, d])?, residual, rows, gates, plan))
+}
+
+/// The combine's value `out` as a var recording its backward (a constant when no operand
+/// records).
+fn recorded(
+    op: &'static str,
+    out: Tensor,
+    residual: Option<&Var>,
+    rows: &Var,
+    gates: Option<&Var>,
+    plan: &Arc<DispatchPlan>,
+) -> Var {
     let mut parents = vec![rows];
     parents.extend(gates);
     parents.extend(residual);
     if !Var::records(&parents) {
-        return Ok(Var::constant(out));
+        return Var::constant(out);
     }
+    let (t, s, d) = (plan.num_tokens(), plan.num_kept(), rows.shape()[1]);
+    let rv = dense(rows.value());
+    let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
     let (has_gates, has_residual) = (gates.is_some(), residual.is_some());
     let plan = plan.clone();
-    Ok(Var::from_op(op, out, &parents, move |dout_view| {
+    Var::from_op(op, out, &parents, move |dout_view| {
         let dout = dense(dout_view);
         let dout = data(&dout);
         let tokens = plan.tokens();
@@ -125,7 +170,7 @@ fn combine_impl(
             grads.push(Some(dout_view.clone()));
         }
         Ok(grads)
-    }))
+    })
 }
 
 /// `Y[s] = x[token(s)]`: the planned rows of `x` `[T, d]` in slot order, `[S, d]`, for a block

@@ -58,6 +58,8 @@ pub(crate) enum MlpSink<'s, 'o> {
         out: &'s SharedRowSums<'o>,
         /// Each slot's gate.
         gates: &'s [f32],
+        /// Whether to return the slot rows and the hidden rows too, for a backward pass.
+        keep: bool,
     },
 }
 
@@ -158,8 +160,8 @@ pub(crate) fn expert_mlp(
     let (xv, w1v, b1v, w2v, b2v) = (dense(x), dense(w.w1), dense(w.b1), dense(w.w2), dense(w.b2));
     let (xd, w1d, b1d, w2d, b2d) = (data(&xv), data(&w1v), data(&b1v), data(&w2v), data(&b2v));
     let s_rows = plan.num_kept();
-    let keep = matches!(sink, MlpSink::Slots { keep: true });
-    if let MlpSink::Combine { out, gates } = sink {
+    let keep = matches!(sink, MlpSink::Slots { keep: true } | MlpSink::Combine { keep: true, .. });
+    if let MlpSink::Combine { out, gates, .. } = sink {
         if out.num_rows() != plan.num_tokens() || gates.len() != s_rows {
             let detail = format!(
                 "a combine into {} rows with {} gates for {} tokens and {s_rows} slots",
@@ -170,7 +172,7 @@ pub(crate) fn expert_mlp(
             return Err(Error::shape(OP, detail));
         }
     }
-    let mut out = matches!(sink, MlpSink::Slots { .. }).then(|| pool::take(s_rows * fo));
+    let mut out = (keep || matches!(sink, MlpSink::Slots { .. })).then(|| pool::take(s_rows * fo));
     let mut hidden_rows = keep.then(|| pool::take(s_rows * hidden));
     let unary_op = unary_of(act);
     let mut pre_rows = (keep && unary_op.is_some()).then(|| pool::take(s_rows * hidden));
@@ -250,7 +252,7 @@ pub(crate) fn expert_mlp(
         };
         let y_out = MatMut::row_major(y, m, fo).map_err(kernel_err)?;
         gemm.run_grouped_then(y_out, &[down], next.map_or(&[], |n| first_read(0, n))).map_err(kernel_err)?;
-        if let MlpSink::Combine { out, gates } = sink {
+        if let MlpSink::Combine { out, gates, .. } = sink {
             out.add_scaled(isa, y, &plan.tokens()[r.clone()], &gates[r]).map_err(kernel_err)?;
         }
         for buf in [local, local_y].into_iter().flatten() {
@@ -284,13 +286,21 @@ const FUSED_BACKWARD_MIN_ROWS: usize = 512;
 /// making a round trip to memory between separate passes; for smaller ones, the backward of
 /// the two [`super::grouped_linear`] ops. The result is the `[S, out]` slot rows; every GEMM and
 /// sum runs in the order of those two ops, so forward and gradients have their bits either way.
-/// `w` is `[w1, b1, w2, b2]`, weights packed per call (they change every training step).
+/// `w` is `[w1, b1, w2, b2]`, weights packed per call (they change every training step). With
+/// `combine` (an output and the slots' gates), each task also adds its gated slot rows onto
+/// their tokens' rows of it ([`MlpSink::Combine`]).
 ///
 /// # Errors
 /// As [`expert_mlp`].
-pub(crate) fn expert_mlp_recorded(x: &Var, plan: &Arc<DispatchPlan>, w: [&Var; 4], act: Activation) -> Result<Var> {
+pub(crate) fn expert_mlp_recorded(
+    x: &Var,
+    plan: &Arc<DispatchPlan>,
+    w: [&Var; 4],
+    act: Activation,
+    combine: Option<(&SharedRowSums<'_>, &[f32])>,
+) -> Result<Var> {
     let (active_count, slots) = active(plan).fold((0, 0), |(n, s), (_, r)| (n + 1, s + r.len()));
-    recorded_mlp(x, plan, w, act, slots >= FUSED_BACKWARD_MIN_ROWS * active_count)
+    recorded_mlp(x, plan, w, act, slots >= FUSED_BACKWARD_MIN_ROWS * active_count, combine)
 }
 
 /// [`expert_mlp_recorded`] with the choice of backward made by the caller: per destination
@@ -301,10 +311,15 @@ pub(crate) fn recorded_mlp(
     w: [&Var; 4],
     act: Activation,
     per_destination: bool,
+    combine: Option<(&SharedRowSums<'_>, &[f32])>,
 ) -> Result<Var> {
     let [w1, b1, w2, b2] = w;
     let values = MlpWeights { w1: w1.value(), b1: b1.value(), w2: w2.value(), b2: b2.value(), packed: None };
-    let MlpOutput { y, hidden, pre } = expert_mlp(x.value(), plan, &values, act, MlpSink::Slots { keep: true })?;
+    let sink = match combine {
+        Some((out, gates)) => MlpSink::Combine { out, gates, keep: true },
+        None => MlpSink::Slots { keep: true },
+    };
+    let MlpOutput { y, hidden, pre } = expert_mlp(x.value(), plan, &values, act, sink)?;
     let y = y.expect("slot rows when asked");
     let parents = [x, w1, b1, w2, b2];
     if !Var::records(&parents) {
