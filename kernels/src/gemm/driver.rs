@@ -14,7 +14,7 @@
 
 use super::blocking::{Blocking, MAX_MR, MAX_NR};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
-use super::microkernel::{edge_microkernel, microkernel, APanel, BPanel};
+use super::microkernel::{edge_tile, microkernel, APanel, BPanel};
 use super::pack::{pack_a, pack_b_block};
 use super::packed::PackedB;
 use super::view::{MatMut, MatRef};
@@ -394,13 +394,9 @@ pub(crate) fn store_tile<S: Simd, const MR: usize, const NV: usize>(
         // SAFETY: buf holds MAX_MR rows of MAX_NR >= NR floats.
         *row = unsafe { buf.as_mut_ptr().add(i * MAX_NR) };
     }
-    if t.rows < mr {
-        // SAFETY: as above; the first t.rows row pointers address disjoint rows of `buf`.
-        unsafe { edge_microkernel::<S, MR, NV>(s, kc, t.rows, a_panel, b_panel, &rows, &alpha, false) };
-    } else {
-        // SAFETY: as above; the row pointers address disjoint NR-float rows of `buf`.
-        unsafe { microkernel::<S, MR, NV>(s, kc, a_panel, b_panel, &rows, &alpha, false) };
-    }
+    // SAFETY: as above; the first t.rows row pointers address disjoint NR-float rows of `buf`,
+    // and `cols` columns take at least one and at most NV vectors.
+    unsafe { edge_tile::<S, MR, NV>(s, kc, t.rows, cols.div_ceil(S::LANES), a_panel, b_panel, &rows, &alpha) };
     for i in 0..t.rows {
         let row = &mut buf[i * MAX_NR..i * MAX_NR + cols];
         let dst = c_row(i);

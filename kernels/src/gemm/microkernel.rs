@@ -133,6 +133,64 @@ pub(crate) unsafe fn edge_microkernel<S: Simd, const MR: usize, const NV: usize>
     }
 }
 
+/// The tile for the first `rows` rows (at most `MR`) and `vectors` column vectors (at most
+/// `NV`) of an `MR × NV` tile: the edge of a product that `MR` or `NR` does not divide. Only
+/// the vectors that hold columns are computed, so an 8-column product (the router of 8
+/// experts) costs one vector of multiply-adds per step on a 4-vector tile, not four. Each
+/// element's sum is taken in the same order as in a full tile, so results do not depend on
+/// where the edge falls.
+///
+/// # Safety
+/// As [`microkernel`] (which this reads the first `rows` rows and `vectors` vectors of).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn edge_tile<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    rows: usize,
+    vectors: usize,
+    a: APanel,
+    b: BPanel,
+    c: &[*mut f32; MAX_MR],
+    alpha: &[f32; MAX_MR],
+) {
+    debug_assert!(rows <= MR && (1..=NV).contains(&vectors));
+    // SAFETY: forwarded from the caller; each narrower kernel reads and writes a prefix of what
+    // the full tile would.
+    unsafe {
+        match vectors {
+            1 if NV > 1 => tile_rows::<S, MR, 1>(s, kc, rows, a, b, c, alpha),
+            2 if NV > 2 => tile_rows::<S, MR, 2>(s, kc, rows, a, b, c, alpha),
+            3 if NV > 3 => tile_rows::<S, MR, 3>(s, kc, rows, a, b, c, alpha),
+            _ => tile_rows::<S, MR, NV>(s, kc, rows, a, b, c, alpha),
+        }
+    }
+}
+
+/// The first `rows` rows of an `MR × NV` tile, stored (not accumulated) into `c`.
+///
+/// # Safety
+/// As [`edge_tile`] with `vectors = NV`.
+#[inline(always)]
+unsafe fn tile_rows<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    rows: usize,
+    a: APanel,
+    b: BPanel,
+    c: &[*mut f32; MAX_MR],
+    alpha: &[f32; MAX_MR],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if rows < MR {
+            edge_microkernel::<S, MR, NV>(s, kc, rows, a, b, c, alpha, false)
+        } else {
+            microkernel::<S, MR, NV>(s, kc, a, b, c, alpha, false)
+        }
+    }
+}
+
 /// Rows `i .. i + R` of an `MR`-row tile through an `R`-row kernel; returns `R`.
 ///
 /// # Safety

@@ -537,7 +537,8 @@ fn one_panel_products_read_a_in_place_with_the_bits_of_packing() {
 /// tile, for A packed, read in place by rows, or in place by columns (`Xᵀ`, whose edge tile
 /// reads past the view's last row into the buffer's padding), on one or several panels. And a
 /// one-panel product, which reads A in place, gives the bits of the same columns of a wider
-/// product, which packs it.
+/// product, which packs it. A product whose columns take fewer vectors than the tile has (its
+/// edge computes only those) gives the bits of the same columns of a full tile.
 #[test]
 fn edge_rows_give_the_bits_of_full_tiles() {
     let k = 81;
@@ -577,6 +578,13 @@ fn edge_rows_give_the_bits_of_full_tiles() {
                         crate::testing::bits(&first_columns),
                         "{what} one panel"
                     );
+                }
+                let lanes = nr / nv;
+                let narrow = [1, lanes - 1, lanes + 1, 2 * lanes + 3, nr - 1].into_iter().filter(|&n| n >= 1 && n < nr);
+                for n in narrow.filter(|_| tall > 8) {
+                    let first_columns: Vec<f32> = full.chunks(wide).flat_map(|r| r[..n].to_vec()).collect();
+                    let what = format!("{isa} {bl} n={n} by_cols={by_cols}");
+                    assert_eq!(crate::testing::bits(&run(tall, n)), crate::testing::bits(&first_columns), "{what}");
                 }
                 let mut want = vec![0.0f32; tall * nr];
                 let b = MatRef::new(&b_data, k, nr, wide, 1).unwrap();
