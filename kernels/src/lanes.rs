@@ -82,18 +82,17 @@ pub(crate) fn store<S: Simd>(s: S, out: &mut [f32], v: S::V) {
 /// Loads `x` (at most `LANES` floats) into a vector whose remaining lanes hold `pad`.
 #[inline(always)]
 pub(crate) fn load_partial<S: Simd>(s: S, x: &[f32], pad: f32) -> S::V {
-    let mut buf = [pad; MAX_LANES];
-    buf[..x.len()].copy_from_slice(x);
-    load(s, &buf)
+    assert!(x.len() <= S::LANES);
+    // SAFETY: `x` holds the `x.len() ≤ LANES` floats read.
+    unsafe { s.load_first(x.as_ptr(), x.len(), pad) }
 }
 
 /// Stores the first `out.len()` (at most `LANES`) lanes of `v` into `out`.
 #[inline(always)]
 pub(crate) fn store_partial<S: Simd>(s: S, out: &mut [f32], v: S::V) {
-    let mut buf = [0.0; MAX_LANES];
-    store(s, &mut buf, v);
-    let n = out.len();
-    out.copy_from_slice(&buf[..n]);
+    assert!(out.len() <= S::LANES);
+    // SAFETY: `out` holds the `out.len() ≤ LANES` floats written.
+    unsafe { s.store_first(out.as_mut_ptr(), out.len(), v) }
 }
 
 /// `out[i] = f(x[i])` for every `i`, a vector at a time (`x` and `out` have equal lengths).

@@ -41,6 +41,35 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p` must be valid for writing `LANES` floats (no alignment needed).
     unsafe fn store(self, p: *mut f32, v: Self::V);
+    /// Loads the `n` floats at `p` (`n ≤ LANES`) into the first lanes, the others `pad`: a
+    /// row's tail. Through a buffer here; the x86 paths mask the load, which reads only those
+    /// floats and costs no store-forwarding stall (a short router row is all tail).
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `n` floats, `n ≤ LANES`.
+    #[inline(always)]
+    unsafe fn load_first(self, p: *const f32, n: usize, pad: f32) -> Self::V {
+        let mut buf = [pad; crate::lanes::MAX_LANES];
+        // SAFETY: the caller guarantees `n` readable floats at `p`, n ≤ LANES ≤ MAX_LANES.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+            self.load(buf.as_ptr())
+        }
+    }
+    /// Stores the first `n` lanes of `v` at `p` (`n ≤ LANES`), writing nothing past them.
+    ///
+    /// # Safety
+    /// `p` must be valid for writing `n` floats, `n ≤ LANES`.
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize, v: Self::V) {
+        let mut buf = [0.0; crate::lanes::MAX_LANES];
+        // SAFETY: `buf` holds MAX_LANES ≥ LANES floats; the caller guarantees `n` writable
+        // floats at `p`, n ≤ LANES.
+        unsafe {
+            self.store(buf.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
+        }
+    }
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
@@ -271,6 +300,35 @@ pub(crate) fn with_simd<T: SimdTask>(isa: Isa, task: T) -> T::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`Simd::load_first`] and [`Simd::store_first`] for every `n` up to `LANES`: the first `n`
+    /// lanes come from memory and the rest are the padding; a store writes the first `n` floats
+    /// and nothing after them. Returns whether every case held.
+    struct PartialCheck;
+    impl SimdTask for PartialCheck {
+        type Output = bool;
+        fn run<S: Simd>(self, s: S) -> bool {
+            let src: Vec<f32> = (0..S::LANES).map(|i| i as f32 + 0.5).collect();
+            (0..=S::LANES).all(|n| {
+                let mut lanes = vec![0.0f32; S::LANES];
+                // SAFETY: `src` holds LANES ≥ n floats; `lanes` holds LANES.
+                unsafe { s.store(lanes.as_mut_ptr(), s.load_first(src.as_ptr(), n, -7.0)) };
+                let loaded = lanes.iter().enumerate().all(|(i, &v)| v == if i < n { src[i] } else { -7.0 });
+                let mut out = vec![f32::NAN; S::LANES + 1];
+                // SAFETY: `out` holds LANES + 1 ≥ n floats.
+                unsafe { s.store_first(out.as_mut_ptr(), n, s.load(src.as_ptr())) };
+                let stored = out.iter().enumerate().all(|(i, &v)| if i < n { v == src[i] } else { v.is_nan() });
+                loaded && stored
+            })
+        }
+    }
+
+    #[test]
+    fn partial_loads_and_stores_touch_only_their_lanes() {
+        for isa in Isa::supported() {
+            assert!(with_simd(isa, PartialCheck), "{isa}");
+        }
+    }
 
     struct ExpCheck;
     impl SimdTask for ExpCheck {

@@ -3,6 +3,22 @@
 use super::{Simd, SimdTask};
 use std::arch::x86_64::*;
 
+/// All-ones in the first `n` of 8 lanes (`n ≤ 8`), for AVX2's masked loads and stores.
+///
+/// # Safety
+/// The CPU must run AVX2 (the [`Avx2`] token proves it).
+#[inline(always)]
+unsafe fn first_lanes_avx2(n: usize) -> __m256i {
+    // SAFETY: AVX2 is present (caller's contract).
+    unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
+}
+
+/// The first `n` of 16 lanes (`n ≤ 16`), as an AVX-512 mask.
+#[inline(always)]
+fn first_lanes_avx512(n: usize) -> __mmask16 {
+    ((1u32 << n.min(16)) - 1) as __mmask16
+}
+
 /// Token for AVX2+FMA. Only [`super::with_simd`] creates it, after checking the CPU.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Avx2(());
@@ -91,6 +107,21 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: __m256) {
         unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_first(self, p: *const f32, n: usize, pad: f32) -> __m256 {
+        // SAFETY: masked-off lanes are not read (they cannot fault); the caller guarantees the
+        // first n floats; the token proves AVX2.
+        unsafe {
+            let mask = first_lanes_avx2(n);
+            _mm256_blendv_ps(_mm256_set1_ps(pad), _mm256_maskload_ps(p, mask), _mm256_castsi256_ps(mask))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize, v: __m256) {
+        // SAFETY: masked-off lanes are not written; the caller guarantees the first n floats;
+        // the token proves AVX2.
+        unsafe { _mm256_maskstore_ps(p, first_lanes_avx2(n), v) }
     }
     #[inline(always)]
     fn add(self, a: __m256, b: __m256) -> __m256 {
@@ -199,6 +230,17 @@ impl Simd for Avx512 {
     #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: __m512) {
         unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn load_first(self, p: *const f32, n: usize, pad: f32) -> __m512 {
+        // SAFETY: masked-off lanes are not read (they cannot fault); the caller guarantees the
+        // first n ≤ 16 floats.
+        unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(pad), first_lanes_avx512(n), p) }
+    }
+    #[inline(always)]
+    unsafe fn store_first(self, p: *mut f32, n: usize, v: __m512) {
+        // SAFETY: masked-off lanes are not written; the caller guarantees the first n floats.
+        unsafe { _mm512_mask_storeu_ps(p, first_lanes_avx512(n), v) }
     }
     #[inline(always)]
     fn add(self, a: __m512, b: __m512) -> __m512 {
