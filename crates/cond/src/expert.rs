@@ -14,11 +14,11 @@
 //! recording, `expert_mlp_recorded`, which keeps the hidden rows and, for experts of 512 rows
 //! or more, runs the backward per expert too), with the same bits, when the threads can share
 //! whole experts: at inference, a decode batch (a few rows per expert); at inference or in
-//! training, several experts per thread of similar sizes. At inference, when no token has more
-//! than two slots (top-1, top-2), each task also adds its gated rows onto their tokens' output
-//! rows while they are still in its cache, instead of writing them all out for a combine pass
-//! to read back: a two-term sum does not depend on which task gets there first, so the bits are
-//! the combine's ([`elide_kernels::shared_rows`]).
+//! training, several experts per thread of similar sizes. When no token has more than two
+//! slots (top-1, top-2), each task also adds its gated rows onto their tokens' output rows while
+//! they are still in its cache, instead of a combine pass reading them all back: a two-term sum
+//! does not depend on which task gets there first, so the bits are the combine's
+//! ([`elide_kernels::shared_rows`]).
 //!
 //! The backward pass is conditional too: each grouped op's backward runs two grouped GEMMs
 //! over the same rows (weight gradient, input gradient), so it costs about twice the forward's
@@ -86,6 +86,24 @@ const PER_EXPERT_MIN_PER_THREAD: usize = 4;
 fn at_most_two_slots_per_token(plan: &DispatchPlan) -> bool {
     let (start, _) = plan.slots_by_token();
     start.windows(2).all(|w| w[1] - w[0] <= MAX_ADDS_PER_ROW)
+}
+
+/// Runs `tasks` with a `[t, d]` output that they add their gated rows into (the slot gates'
+/// values, in slot order, given to them): returns the output, finished (tokens no task reached
+/// are zero), what `tasks` returned, and when they ended (the rest is the combine's time).
+fn combined_in_tasks<R>(
+    t: usize,
+    d: usize,
+    slot_gates: &Var,
+    tasks: impl FnOnce(&SharedRowSums<'_>, &[f32]) -> Result<R>,
+) -> Result<(Tensor, R, Instant)> {
+    let gates = slot_gates.value().to_vec();
+    let mut out = pool::take(t * d);
+    let sums = SharedRowSums::new(&mut out, t, d).map_err(kernel_err)?;
+    let result = tasks(&sums, &gates)?;
+    let ended = Instant::now();
+    sums.finish();
+    Ok((Tensor::from_vec(out, &[t, d])?, result, ended))
 }
 
 /// Whether the threads can share out whole experts evenly: at least
@@ -306,16 +324,10 @@ impl Experts {
                 packed: packed.as_ref().map(|p| (&p.blocks[0][..], &p.blocks[2][..])),
             };
             if at_most_two_slots_per_token(plan) {
-                // The tasks combine their own rows (same bits, see `SharedRowSums`); what is
-                // left of the combine is zeroing tokens no expert took.
-                let gates = slot_gates.value().to_vec();
-                let mut out = pool::take(t * d);
-                let sums = SharedRowSums::new(&mut out, t, d).map_err(kernel_err)?;
-                let sink = MlpSink::Combine { out: &sums, gates: &gates, keep: false };
-                expert_mlp(x.value(), plan, &weights, act, sink)?;
-                let multiplied = Instant::now();
-                sums.finish();
-                let out = Var::constant(Tensor::from_vec(out, &[t, d])?);
+                let (out, _, multiplied) = combined_in_tasks(t, d, slot_gates, |sums, gates| {
+                    expert_mlp(x.value(), plan, &weights, act, MlpSink::Combine { out: sums, gates, keep: false })
+                })?;
+                let out = Var::constant(out);
                 return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
             }
             let slot_rows = expert_mlp(x.value(), plan, &weights, act, MlpSink::Slots { keep: false })?.y;
@@ -332,13 +344,10 @@ impl Experts {
                 let start = Instant::now();
                 let w = [&weight_vars[0], &weight_vars[1], &weight_vars[2], &weight_vars[3]];
                 if at_most_two_slots_per_token(plan) {
-                    let gates = slot_gates.value().to_vec();
-                    let mut out = pool::take(t * d);
-                    let sums = SharedRowSums::new(&mut out, t, d).map_err(kernel_err)?;
-                    let y = expert_mlp_recorded(x, plan, w, act, Some((&sums, &gates)))?;
-                    let multiplied = Instant::now();
-                    sums.finish();
-                    let out = combined(Tensor::from_vec(out, &[t, d])?, &y, slot_gates, plan)?;
+                    let (out, y, multiplied) = combined_in_tasks(t, d, slot_gates, |sums, gates| {
+                        expert_mlp_recorded(x, plan, w, act, Some((sums, gates)))
+                    })?;
+                    let out = combined(out, &y, slot_gates, plan)?;
                     return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
                 }
                 let y = expert_mlp_recorded(x, plan, w, act, None)?;
