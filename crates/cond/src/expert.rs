@@ -366,9 +366,11 @@ impl Experts {
 /// Wall-clock time of the two halves of an expert forward pass.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExpertTimes {
-    /// The grouped GEMMs (and the activation between them).
+    /// The grouped GEMMs (and the activation between them); when the expert tasks combine their
+    /// own rows, the combine too.
     pub gemms: std::time::Duration,
-    /// Summing each token's gated slot rows.
+    /// Summing each token's gated slot rows; when the expert tasks did that, only zeroing the
+    /// rows of tokens no expert took.
     pub combine: std::time::Duration,
 }
 

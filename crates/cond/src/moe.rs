@@ -134,9 +134,11 @@ pub struct MoePhases {
     pub routing: Duration,
     /// The counting sort into a dispatch plan.
     pub plan: Duration,
-    /// The expert GEMMs (and the activation between them).
+    /// The expert GEMMs (and the activation between them); when the expert tasks combine their
+    /// own rows (MLP experts shared out whole, at most two slots a token), the combine too.
     pub expert_gemms: Duration,
-    /// Summing each token's gated expert outputs.
+    /// Summing each token's gated expert outputs; when the expert tasks did that, only zeroing
+    /// the rows of tokens no expert took.
     pub combine: Duration,
 }
 
