@@ -6,7 +6,8 @@
 //! Arrival order depends on the threads, so the sums could depend on it too. They do not while
 //! a row receives at most [`MAX_ADDS_PER_ROW`] rows: the first is stored as `g·x` and the second
 //! added as `out + g·x`, each product rounded before the add, and a two-term float sum is the
-//! same in either order (`a + b = b + a`, signed zeros included). So a top-1 or top-2 combine
+//! same in either order (`a + b = b + a`, signed zeros included; of two NaNs, x86 keeps the
+//! first one's payload, so only a NaN's payload can differ). So a top-1 or top-2 combine
 //! through [`SharedRowSums`] has the bits of [`weighted_row_sums`](crate::weighted_row_sums)
 //! for any thread count, and a third row for one output row is refused.
 
@@ -27,7 +28,9 @@ struct Row<'a> {
 }
 
 /// A `[rows, cols]` output that threads add scaled rows into ([`SharedRowSums::add_scaled`]),
-/// each output row locked while it is written, then [`SharedRowSums::finish`]ed.
+/// each output row locked while it is written. Rows that received nothing are zeroed when it is
+/// [`finish`](SharedRowSums::finish)ed or dropped, so the output never keeps what the buffer
+/// held before.
 ///
 /// ```
 /// use elide_kernels::shared_rows::SharedRowSums;
@@ -51,7 +54,7 @@ pub struct SharedRowSums<'a> {
 
 impl<'a> SharedRowSums<'a> {
     /// Shares `out`, `[rows, cols]`, whose values are overwritten: each row by its first added
-    /// row, or by zeros in [`SharedRowSums::finish`] if it receives none.
+    /// row, or by zeros when the sums are finished (or dropped) if it receives none.
     ///
     /// # Errors
     /// [`KernelError::Shape`] if `out` does not hold `rows × cols` values.
@@ -69,6 +72,11 @@ impl<'a> SharedRowSums<'a> {
     /// Number of output rows.
     pub fn num_rows(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Width of each output row.
+    pub fn cols(&self) -> usize {
+        self.cols
     }
 
     /// For each `i` in order, output row `rows[i]` receives `scale[i] · src[i, :]` (`scale`
@@ -107,8 +115,14 @@ impl<'a> SharedRowSums<'a> {
 
     /// Ends the sums: rows that received nothing are filled with zeros, and `out` is free again.
     pub fn finish(self) {
-        for row in self.rows {
-            let row = row.into_inner().unwrap_or_else(PoisonError::into_inner);
+        drop(self);
+    }
+}
+
+impl Drop for SharedRowSums<'_> {
+    fn drop(&mut self) {
+        for row in &mut self.rows {
+            let row = row.get_mut().unwrap_or_else(PoisonError::into_inner);
             if row.received == 0 {
                 row.values.fill(0.0);
             }
@@ -136,7 +150,9 @@ impl SimdTask for AddTask<'_, '_> {
             // a few KiB, too short for the hardware prefetcher to get ahead).
             if let Some(&next) = rows.get(i + 1) {
                 let start = (sums.base as *const f32).wrapping_add(next as usize * cols);
-                (0..cols).step_by(LINE_FLOATS).for_each(|j| s.prefetch(start.wrapping_add(j)));
+                for j in (0..cols).step_by(LINE_FLOATS) {
+                    s.prefetch(start.wrapping_add(j));
+                }
             }
             let x = &src[i * cols..(i + 1) * cols];
             let g = scale.get(i).copied().unwrap_or(1.0);

@@ -27,8 +27,8 @@
 
 use crate::error::{Error, Result};
 use crate::gathered::{
-    active, combine, combined, expert_mlp, expert_mlp_recorded, grouped_linear, kernel_err, pack_blocks, GroupedWeight,
-    MlpSink, MlpWeights, RowSource, WeightLayout,
+    active, combine, combine_with_value, expert_mlp, expert_mlp_recorded, grouped_linear, kernel_err, pack_blocks,
+    GroupedWeight, MlpSink, MlpWeights, RowSource, WeightLayout,
 };
 use crate::plan::DispatchPlan;
 use crate::weights::ParamSource;
@@ -347,7 +347,7 @@ impl Experts {
                     let (out, y, multiplied) = combined_in_tasks(t, d, slot_gates, |sums, gates| {
                         expert_mlp_recorded(x, plan, w, act, Some((sums, gates)))
                     })?;
-                    let out = combined(out, &y, slot_gates, plan)?;
+                    let out = combine_with_value(out, &y, slot_gates, plan)?;
                     return Ok((out, ExpertTimes { gemms: multiplied - start, combine: multiplied.elapsed() }));
                 }
                 let y = expert_mlp_recorded(x, plan, w, act, None)?;
@@ -369,8 +369,9 @@ pub struct ExpertTimes {
     /// The grouped GEMMs (and the activation between them); when the expert tasks combine their
     /// own rows, the combine too.
     pub gemms: std::time::Duration,
-    /// Summing each token's gated slot rows; when the expert tasks did that, only zeroing the
-    /// rows of tokens no expert took.
+    /// Summing each token's gated slot rows; when the expert tasks did that, only finishing their
+    /// shared output (zeroing the rows of tokens no expert took) and, in training, recording it
+    /// as the combine.
     pub combine: std::time::Duration,
 }
 

@@ -519,7 +519,7 @@ mod combine;
 mod mlp;
 
 use combine::combine_rows;
-pub(crate) use combine::combined;
+pub(crate) use combine::combine_with_value;
 pub use combine::{combine, combine_onto, gather};
 #[cfg(test)]
 pub(crate) use mlp::recorded_mlp;

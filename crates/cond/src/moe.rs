@@ -137,8 +137,9 @@ pub struct MoePhases {
     /// The expert GEMMs (and the activation between them); when the expert tasks combine their
     /// own rows (MLP experts shared out whole, at most two slots a token), the combine too.
     pub expert_gemms: Duration,
-    /// Summing each token's gated expert outputs; when the expert tasks did that, only zeroing
-    /// the rows of tokens no expert took.
+    /// Summing each token's gated expert outputs; when the expert tasks did that, only finishing
+    /// their shared output (zeroing the rows of tokens no expert took) and, in training,
+    /// recording it as the combine.
     pub combine: Duration,
 }
 

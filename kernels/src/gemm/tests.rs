@@ -579,12 +579,15 @@ fn edge_rows_give_the_bits_of_full_tiles() {
                         "{what} one panel"
                     );
                 }
+                // Narrow last panels: of a one-panel product (A read in place) and of a wider one
+                // (A packed when it is read by columns), with and without edge rows.
                 let lanes = nr / nv;
-                let narrow = [1, lanes - 1, lanes + 1, 2 * lanes + 3, nr - 1].into_iter().filter(|&n| n >= 1 && n < nr);
-                for n in narrow.filter(|_| tall > 8) {
-                    let first_columns: Vec<f32> = full.chunks(wide).flat_map(|r| r[..n].to_vec()).collect();
-                    let what = format!("{isa} {bl} n={n} by_cols={by_cols}");
-                    assert_eq!(crate::testing::bits(&run(tall, n)), crate::testing::bits(&first_columns), "{what}");
+                let one_panel = [1, lanes - 1, lanes + 1, 2 * lanes + 3, nr - 1].into_iter().filter(|&n| n < nr);
+                let narrow = one_panel.chain([nr + 1, nr + lanes + 3]).filter(|&n| n >= 1);
+                for (n, m) in narrow.flat_map(|n| [(n, tall), (n, 2 * mr + 1)]).filter(|&(_, m)| m > 8) {
+                    let first: Vec<f32> = full[..m * wide].chunks(wide).flat_map(|r| r[..n].to_vec()).collect();
+                    let what = format!("{isa} {bl} m={m} n={n} by_cols={by_cols}");
+                    assert_eq!(crate::testing::bits(&run(m, n)), crate::testing::bits(&first), "{what}");
                 }
                 let mut want = vec![0.0f32; tall * nr];
                 let b = MatRef::new(&b_data, k, nr, wide, 1).unwrap();

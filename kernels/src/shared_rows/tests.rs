@@ -112,6 +112,16 @@ fn a_third_row_bad_indices_and_shapes_are_errors() {
 }
 
 #[test]
+fn dropping_without_finishing_also_zeroes_untouched_rows() {
+    let mut out = [f32::NAN; 4];
+    let sums = SharedRowSums::new(&mut out, 2, 2).unwrap();
+    assert_eq!(sums.cols(), 2);
+    sums.add_scaled(Isa::active(), &[1.0, 2.0], &[1], &[3.0]).unwrap();
+    drop(sums);
+    assert_eq!(out, [0.0, 0.0, 3.0, 6.0]);
+}
+
+#[test]
 fn zero_width_rows_count_what_they_receive() {
     let mut out: [f32; 0] = [];
     let sums = SharedRowSums::new(&mut out, 3, 0).unwrap();

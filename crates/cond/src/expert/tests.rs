@@ -381,6 +381,7 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
             Layer,
             TwoOps,
             PerExpertBackward,
+            PerExpertBackwardCombinedInTasks,
         }
         let run = |threads: usize, path: Path| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -396,6 +397,14 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
                         let w = [&vars[0], &vars[1], &vars[2], &vars[3]];
                         let y = crate::gathered::recorded_mlp(&xv, &plan, w, act, true, None).unwrap();
                         combine(&y, Some(&gv), &plan).unwrap()
+                    }
+                    Path::PerExpertBackwardCombinedInTasks => {
+                        let w = [&vars[0], &vars[1], &vars[2], &vars[3]];
+                        let (out, y, _) = combined_in_tasks(t, d, &gv, |sums, gates| {
+                            crate::gathered::recorded_mlp(&xv, &plan, w, act, true, Some((sums, gates)))
+                        })
+                        .unwrap();
+                        combine_with_value(out, &y, &gv, &plan).unwrap()
                     }
                 };
                 let grads = out.backward_with(&dy).unwrap();
@@ -415,6 +424,8 @@ fn training_with_many_even_experts_runs_each_expert_in_one_task() {
         // The backward per expert (the layer takes it from 512 rows per expert on average).
         for threads in [1, 2] {
             assert_eq!(run(threads, Path::PerExpertBackward), got, "{act:?}: per-expert backward, {threads} threads");
+            let combined = run(threads, Path::PerExpertBackwardCombinedInTasks);
+            assert_eq!(combined, got, "{act:?}: per-expert backward, combined in the tasks, {threads} threads");
         }
         // The idle expert's block of dW1 (after the output, dx and the gates' gradient) is zero.
         let dw1_start = 2 * t * d + slot_g.len();

@@ -71,7 +71,7 @@ pub fn combine_onto(residual: &Var, rows: &Var, gates: Option<&Var>, plan: &Arc<
 ///
 /// # Errors
 /// As [`combine`], and [`Error::Shape`] if `out` is not `[T, d]`.
-pub(crate) fn combined(out: Tensor, rows: &Var, gates: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
+pub(crate) fn combine_with_value(out: Tensor, rows: &Var, gates: &Var, plan: &Arc<DispatchPlan>) -> Result<Var> {
     const OP: &str = "combine";
     let d = check(OP, None, rows, Some(gates), plan)?;
     if out.shape() != [plan.num_tokens(), d] {
@@ -80,7 +80,8 @@ pub(crate) fn combined(out: Tensor, rows: &Var, gates: &Var, plan: &Arc<Dispatch
             format!("the output must be [{}, {d}], got {:?}", plan.num_tokens(), out.shape()),
         ));
     }
-    Ok(recorded(OP, out, None, rows, Some(gates), plan))
+    let values = (dense(rows.value()), gates.value().to_vec());
+    Ok(recorded(OP, out, values, None, rows, Some(gates), plan))
 }
 
 /// Checks the shapes of a combine's operands; returns the row width.
@@ -117,7 +118,7 @@ fn combine_impl(
     let d = check(op, residual, rows, gates, plan)?;
     let rv = dense(rows.value());
     let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
-    let combined = match residual {
+    let sums = match residual {
         Some(r) => {
             let mut base = pool::take(t * d);
             base.copy_from_slice(data(&dense(r.value())));
@@ -125,14 +126,15 @@ fn combine_impl(
         }
         None => combine_rows(data(&rv), &gv, plan, d)?,
     };
-    Ok(recorded(op, Tensor::from_vec(combined, &[t, d])?, residual, rows, gates, plan))
+    Ok(recorded(op, Tensor::from_vec(sums, &[t, d])?, (rv, gv), residual, rows, gates, plan))
 }
 
 /// The combine's value `out` as a var recording its backward (a constant when no operand
-/// records).
+/// records); `values` are the rows, contiguous, and the gates' values (empty without gates).
 fn recorded(
     op: &'static str,
     out: Tensor,
+    values: (Tensor, Vec<f32>),
     residual: Option<&Var>,
     rows: &Var,
     gates: Option<&Var>,
@@ -145,8 +147,7 @@ fn recorded(
         return Var::constant(out);
     }
     let (t, s, d) = (plan.num_tokens(), plan.num_kept(), rows.shape()[1]);
-    let rv = dense(rows.value());
-    let gv = gates.map(|g| g.value().to_vec()).unwrap_or_default();
+    let (rv, gv) = values;
     let (has_gates, has_residual) = (gates.is_some(), residual.is_some());
     let plan = plan.clone();
     Var::from_op(op, out, &parents, move |dout_view| {

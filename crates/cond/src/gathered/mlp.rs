@@ -63,9 +63,9 @@ pub(crate) enum MlpSink<'s, 'o> {
     },
 }
 
-/// One destination's work: its slot rows of the output (none when they go to a combine), and
-/// when they are kept, of the hidden activations and pre-activations, in slot order; and the
-/// destination after it, whose weights its task fetches last.
+/// One destination's work: its slot rows of the output (none when they only go to a combine),
+/// and when they are kept, of the hidden activations and pre-activations, in slot order; and
+/// the destination after it, whose weights its task fetches last.
 struct Task<'a> {
     e: usize,
     rows: Range<usize>,
@@ -83,9 +83,9 @@ fn split_kept<'a>(buf: Option<&'a mut [f32]>, width: usize, ranges: &[Range<usiz
     }
 }
 
-/// What [`expert_mlp`] returns: the `[S, out]` slot rows (none when they went to a combine),
-/// and when asked to keep them, the `[S, hidden]` activations and, for an activation other than
-/// the identity, pre-activations.
+/// What [`expert_mlp`] returns: the `[S, out]` slot rows (none when they only went to a
+/// combine, [`MlpSink::Combine`] without `keep`), and when asked to keep them, the
+/// `[S, hidden]` activations and, for an activation other than the identity, pre-activations.
 pub(crate) struct MlpOutput {
     pub(crate) y: Option<Tensor>,
     pub(crate) hidden: Option<Tensor>,
@@ -108,7 +108,7 @@ fn split_rows<'a>(buf: &'a mut [f32], width: usize, ranges: &[Range<usize>]) -> 
 
 /// `Y[s] = act(X[token(s)]·W1[g] + b1[g])·W2[g] + b2[g]`, with each destination's up- and
 /// down-projection back to back in one task, its hidden rows in a buffer of its own, or, with
-/// [`MlpSink::Slots`]` { keep: true }`, in `[S, hidden]` buffers returned for a backward pass
+/// `keep` (either sink), in `[S, hidden]` buffers returned for a backward pass
 /// (the pre-activations stored by the GEMM, the activation applied to the task's rows after it,
 /// as [`super::grouped_linear`] does while recording). The `[S, out]` slot rows are returned
 /// ([`MlpSink::Slots`]), or each task adds its gated rows onto their tokens' rows of a shared
@@ -162,10 +162,11 @@ pub(crate) fn expert_mlp(
     let s_rows = plan.num_kept();
     let keep = matches!(sink, MlpSink::Slots { keep: true } | MlpSink::Combine { keep: true, .. });
     if let MlpSink::Combine { out, gates, .. } = sink {
-        if out.num_rows() != plan.num_tokens() || gates.len() != s_rows {
+        if out.num_rows() != plan.num_tokens() || out.cols() != fo || gates.len() != s_rows {
             let detail = format!(
-                "a combine into {} rows with {} gates for {} tokens and {s_rows} slots",
+                "a combine into [{}, {}] with {} gates for {} tokens of width {fo} and {s_rows} slots",
                 out.num_rows(),
+                out.cols(),
                 gates.len(),
                 plan.num_tokens()
             );
