@@ -98,11 +98,12 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
 /// edge tile of 2 rows costs 2 rows of multiply-adds, not MR. Each row's sum is taken in the
 /// same order as in a full tile, so results do not depend on where the edge falls.
 ///
+/// The rows are stored, not accumulated: a tile that is added to C goes through a buffer.
+///
 /// # Safety
 /// As [`microkernel`] (which this reads only the first `rows` rows of), `rows < MR`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn edge_microkernel<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn edge_microkernel<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     kc: usize,
     rows: usize,
@@ -110,7 +111,6 @@ pub(crate) unsafe fn edge_microkernel<S: Simd, const MR: usize, const NV: usize>
     b: BPanel,
     c: &[*mut f32; MAX_MR],
     alpha: &[f32; MAX_MR],
-    accumulate: bool,
 ) {
     debug_assert!(rows < MR);
     let mut i = 0;
@@ -123,11 +123,11 @@ pub(crate) unsafe fn edge_microkernel<S: Simd, const MR: usize, const NV: usize>
         // piece reads A rows, and writes C rows, i .. i + piece only.
         i += unsafe {
             if left >= 4 {
-                rows_piece::<S, MR, NV, 4>(s, kc, i, a, b, c, alpha, accumulate)
+                rows_piece::<S, MR, NV, 4>(s, kc, i, a, b, c, alpha)
             } else if left >= 2 {
-                rows_piece::<S, MR, NV, 2>(s, kc, i, a, b, c, alpha, accumulate)
+                rows_piece::<S, MR, NV, 2>(s, kc, i, a, b, c, alpha)
             } else {
-                rows_piece::<S, MR, NV, 1>(s, kc, i, a, b, c, alpha, accumulate)
+                rows_piece::<S, MR, NV, 1>(s, kc, i, a, b, c, alpha)
             }
         };
     }
@@ -184,19 +184,18 @@ unsafe fn tile_rows<S: Simd, const MR: usize, const NV: usize>(
     // SAFETY: forwarded from the caller.
     unsafe {
         if rows < MR {
-            edge_microkernel::<S, MR, NV>(s, kc, rows, a, b, c, alpha, false)
+            edge_microkernel::<S, MR, NV>(s, kc, rows, a, b, c, alpha)
         } else {
             microkernel::<S, MR, NV>(s, kc, a, b, c, alpha, false)
         }
     }
 }
 
-/// Rows `i .. i + R` of an `MR`-row tile through an `R`-row kernel; returns `R`.
+/// Rows `i .. i + R` of an `MR`-row tile through an `R`-row kernel, stored; returns `R`.
 ///
 /// # Safety
 /// As [`edge_microkernel`], `i + R` at most the rows it was given.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn rows_piece<S: Simd, const MR: usize, const NV: usize, const R: usize>(
     s: S,
     kc: usize,
@@ -205,7 +204,6 @@ unsafe fn rows_piece<S: Simd, const MR: usize, const NV: usize, const R: usize>(
     b: BPanel,
     c: &[*mut f32; MAX_MR],
     alpha: &[f32; MAX_MR],
-    accumulate: bool,
 ) -> usize {
     let c: [*mut f32; MAX_MR] = std::array::from_fn(|r| c.get(i + r).copied().unwrap_or(std::ptr::null_mut()));
     let alpha: [f32; MAX_MR] = std::array::from_fn(|r| alpha.get(i + r).copied().unwrap_or(0.0));
@@ -213,13 +211,13 @@ unsafe fn rows_piece<S: Simd, const MR: usize, const NV: usize, const R: usize>(
     // row i; the row form takes the pointers of rows i ..
     unsafe {
         match a {
-            APanel::Packed(ptr) => kernel::<S, R, NV, _>(s, kc, PackedA::<MR>(ptr.add(i)), b, &c, &alpha, accumulate),
+            APanel::Packed(ptr) => kernel::<S, R, NV, _>(s, kc, PackedA::<MR>(ptr.add(i)), b, &c, &alpha, false),
             APanel::Rows(rows) => {
                 let rows = RowsA::<R>(std::array::from_fn(|r| rows.row(i + r)));
-                kernel::<S, R, NV, _>(s, kc, rows, b, &c, &alpha, accumulate)
+                kernel::<S, R, NV, _>(s, kc, rows, b, &c, &alpha, false)
             }
             APanel::Cols { ptr, ld } => {
-                kernel::<S, R, NV, _>(s, kc, ColsA { ptr: ptr.add(i), ld }, b, &c, &alpha, accumulate)
+                kernel::<S, R, NV, _>(s, kc, ColsA { ptr: ptr.add(i), ld }, b, &c, &alpha, false)
             }
         }
     }

@@ -444,14 +444,31 @@ fn per_expert_training_gradients_match_finite_differences() {
     let mut inputs =
         vec![Tensor::randn(&[t, d], &mut Rng::seed(103)), Tensor::from_vec(slot_g.clone(), &[slot_g.len()]).unwrap()];
     inputs.extend(experts.params().iter().map(|p| p.value()));
-    for per_expert_backward in [false, true] {
+    // Each backward, with the separate combine and with the combine done in the tasks.
+    for (per_expert_backward, in_tasks) in [(false, false), (true, false), (false, true), (true, true)] {
         let f = |v: &[Var]| -> elide_autodiff::Result<Var> {
             let err = |e: Error| elide_autodiff::Error::Backward(e.to_string());
             let w = [&v[2], &v[3], &v[4], &v[5]];
-            let y = crate::gathered::recorded_mlp(&v[0], &plan, w, Activation::Gelu, per_expert_backward, None)
+            if in_tasks {
+                let (out, y, _) = combined_in_tasks(t, d, &v[1], |sums, gates| {
+                    crate::gathered::recorded_mlp(
+                        &v[0],
+                        &plan,
+                        w,
+                        Activation::Gelu,
+                        per_expert_backward,
+                        Some((sums, gates)),
+                    )
+                })
                 .map_err(err)?;
-            combine(&y, Some(&v[1]), &plan).map_err(err)
+                combine_with_value(out, &y, &v[1], &plan).map_err(err)
+            } else {
+                let y = crate::gathered::recorded_mlp(&v[0], &plan, w, Activation::Gelu, per_expert_backward, None)
+                    .map_err(err)?;
+                combine(&y, Some(&v[1]), &plan).map_err(err)
+            }
         };
-        gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{per_expert_backward}: {e}"));
+        let what = format!("per-expert backward {per_expert_backward}, combined in the tasks {in_tasks}");
+        gradcheck(f, &inputs, GradcheckOptions::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
     }
 }
