@@ -91,7 +91,8 @@ impl Activation {
 }
 
 /// `row[j] ← scale · act(row[j] + bias[j])` for `j < len`, in place, vectorised; a partial last
-/// vector goes through a padded buffer so every element takes the same arithmetic.
+/// vector is loaded and stored masked ([`Simd::load_first`]), so every element takes the same
+/// arithmetic.
 ///
 /// # Safety
 /// `row` must be valid for reading and writing `len` floats, and `bias` (if any) for reading
@@ -130,18 +131,12 @@ pub(crate) unsafe fn finish_row<S: Simd>(
     }
     if j < len {
         let rest = len - j;
-        let mut buf = [0.0f32; 16];
-        let mut bbuf = [0.0f32; 16];
-        // SAFETY: `rest` < lanes <= 16 elements remain readable/writable at `row + j` (and
-        // `bias + j`); the buffers hold 16 floats.
+        // SAFETY: `rest` < lanes elements remain readable/writable at `row + j` (and readable
+        // at `bias + j`), within the caller's guarantee.
         unsafe {
-            std::ptr::copy_nonoverlapping(row.add(j), buf.as_mut_ptr(), rest);
-            if let Some(b) = bias {
-                std::ptr::copy_nonoverlapping(b.add(j), bbuf.as_mut_ptr(), rest);
-            }
-            let b = bias.map(|_| s.load(bbuf.as_ptr()));
-            s.store(buf.as_mut_ptr(), apply(s, s.load(buf.as_ptr()), b, act, scale));
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), row.add(j), rest);
+            let b = bias.map(|b| s.load_first(b.add(j), rest, 0.0));
+            let v = apply(s, s.load_first(row.add(j), rest, 0.0), b, act, scale);
+            s.store_first(row.add(j), rest, v);
         }
     }
 }

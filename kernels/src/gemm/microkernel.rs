@@ -80,15 +80,40 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     alpha: &[f32; MAX_MR],
     accumulate: bool,
 ) {
-    // SAFETY: forwarded from the caller, whichever form A takes.
+    // SAFETY: forwarded from the caller: all MR rows, from row 0.
+    unsafe { rows_from::<S, MR, MR, NV>(s, kc, a, 0, b, c, alpha, accumulate) }
+}
+
+/// Rows `first .. first + R` of an `MR`-row A tile, whichever form it takes, through the
+/// `R`-row kernel: the whole tile (`R = MR`, `first = 0`) or a piece of an edge tile.
+///
+/// # Safety
+/// As [`microkernel`] for those rows: `first + R ≤ MR`, and `c`/`alpha` already start at row
+/// `first`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_from<S: Simd, const MR: usize, const R: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    a: APanel,
+    first: usize,
+    b: BPanel,
+    c: &[*mut f32; MAX_MR],
+    alpha: &[f32; MAX_MR],
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller; the packed tile keeps its MR-float step, offset to
+    // row `first`; the row form takes the pointers of rows `first ..`.
     unsafe {
         match a {
-            APanel::Packed(ptr) => kernel::<S, MR, NV, _>(s, kc, PackedA::<MR>(ptr), b, c, alpha, accumulate),
+            APanel::Packed(ptr) => kernel::<S, R, NV, _>(s, kc, PackedA::<MR>(ptr.add(first)), b, c, alpha, accumulate),
             APanel::Rows(rows) => {
-                let rows = RowsA::<MR>(std::array::from_fn(|i| rows.row(i)));
-                kernel::<S, MR, NV, _>(s, kc, rows, b, c, alpha, accumulate)
+                let rows = RowsA::<R>(std::array::from_fn(|r| rows.row(first + r)));
+                kernel::<S, R, NV, _>(s, kc, rows, b, c, alpha, accumulate)
             }
-            APanel::Cols { ptr, ld } => kernel::<S, MR, NV, _>(s, kc, ColsA { ptr, ld }, b, c, alpha, accumulate),
+            APanel::Cols { ptr, ld } => {
+                kernel::<S, R, NV, _>(s, kc, ColsA { ptr: ptr.add(first), ld }, b, c, alpha, accumulate)
+            }
         }
     }
 }
@@ -207,20 +232,8 @@ unsafe fn rows_piece<S: Simd, const MR: usize, const NV: usize, const R: usize>(
 ) -> usize {
     let c: [*mut f32; MAX_MR] = std::array::from_fn(|r| c.get(i + r).copied().unwrap_or(std::ptr::null_mut()));
     let alpha: [f32; MAX_MR] = std::array::from_fn(|r| alpha.get(i + r).copied().unwrap_or(0.0));
-    // SAFETY: forwarded from the caller; the packed tile keeps its MR-float step, offset to
-    // row i; the row form takes the pointers of rows i ..
-    unsafe {
-        match a {
-            APanel::Packed(ptr) => kernel::<S, R, NV, _>(s, kc, PackedA::<MR>(ptr.add(i)), b, &c, &alpha, false),
-            APanel::Rows(rows) => {
-                let rows = RowsA::<R>(std::array::from_fn(|r| rows.row(i + r)));
-                kernel::<S, R, NV, _>(s, kc, rows, b, &c, &alpha, false)
-            }
-            APanel::Cols { ptr, ld } => {
-                kernel::<S, R, NV, _>(s, kc, ColsA { ptr: ptr.add(i), ld }, b, &c, &alpha, false)
-            }
-        }
-    }
+    // SAFETY: forwarded from the caller; `c` and `alpha` now start at row i.
+    unsafe { rows_from::<S, MR, R, NV>(s, kc, a, i, b, &c, &alpha, false) };
     R
 }
 
