@@ -15,14 +15,16 @@
 use super::blocking::{Blocking, MAX_MR, MAX_NR};
 use super::epilogue::{finish_row, Accum, Activation, Epilogue};
 use super::microkernel::{edge_tile, microkernel, APanel, BPanel};
-use super::pack::{pack_a, pack_b_block};
+use super::pack::pack_a;
 use super::packed::PackedB;
+use super::shared_b::SharedB;
 use super::view::{MatMut, MatRef};
 use super::Gemm;
 use crate::simd::{with_simd, Simd, SimdTask, TileTask};
 use crate::threading::{Par, SendPtr};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::atomic::AtomicU8;
 
 /// How results are written, decided once per call from the accumulation mode and epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +73,9 @@ struct Item {
     mc: usize,
     /// First and one-past-last NR panel of the packed B block.
     panels: (usize, usize),
+    /// The panel LOOP 2 starts on (and wraps around from); the order of the panels changes no
+    /// element's arithmetic.
+    start: usize,
     jc: usize,
     pc: usize,
     kc: usize,
@@ -158,6 +163,7 @@ pub(crate) fn run(
         mode,
     };
     let m_blocks = m.div_ceil(mc);
+    let panel_states: Vec<AtomicU8> = (0..threads).map(|_| AtomicU8::new(0)).collect();
     // LOOP 5
     for jc in (0..n).step_by(bl.nc) {
         let nc = bl.nc.min(n - jc);
@@ -167,47 +173,48 @@ pub(crate) fn run(
         // LOOP 4
         for pc in (0..k).step_by(k_slice) {
             let kc = k_slice.min(k - pc);
-            // LOOP 3 over one packed B block (read from `packed`, or packed below).
-            let sweep = |packed_b: &[f32]| {
-                let items = (0..m_blocks).flat_map(|mb| {
-                    (0..n_chunks).filter_map(move |ch| {
-                        let first = ch * panels_per_chunk;
-                        let last = ((ch + 1) * panels_per_chunk).min(n_panels);
-                        let ic = mb * mc;
-                        (first < last).then_some(Item { ic, mc: mc.min(m - ic), panels: (first, last), jc, pc, kc })
+            // LOOP 3 over one B block (packed ahead in `packed`, or packed here as it is used).
+            let sweep = |b_block: BBlock<'_>| {
+                let items: Vec<Item> = (0..m_blocks)
+                    .flat_map(|mb| {
+                        (0..n_chunks).filter_map(move |ch| {
+                            let first = ch * panels_per_chunk;
+                            let last = ((ch + 1) * panels_per_chunk).min(n_panels);
+                            let ic = mb * mc;
+                            let item = Item { ic, mc: mc.min(m - ic), panels: (first, last), start: first, jc, pc, kc };
+                            (first < last).then_some(item)
+                        })
                     })
-                });
+                    .collect();
+                let n_items = items.len();
                 // The packing buffer is taken outside the SIMD code: a closure is compiled without
                 // the caller's target features, so none may sit between `with_simd` and the kernel.
-                let work = |item: Item| {
+                let work = |i: usize| {
+                    let mut item = items[i];
+                    // Each thread's first item starts on its own share of the panels, so that
+                    // the threads pack different panels of a shared block while they multiply.
+                    let count = item.panels.1 - item.panels.0;
+                    item.start = item.panels.0 + count * (i * threads / n_items) / threads;
                     with_buffer(&PACK_A, item.mc.div_ceil(bl.mr) * bl.mr * item.kc, |packed_a| {
-                        with_simd(isa, Block { call: &call, item, packed_a, packed_b, k })
+                        with_simd(isa, Block { call: &call, item, packed_a, b_block, k })
                     })
                 };
                 if threads > 1 {
-                    items.collect::<Vec<_>>().into_par_iter().for_each(work);
+                    (0..n_items).into_par_iter().for_each(work);
                 } else {
-                    items.for_each(work);
+                    (0..n_items).for_each(work);
                 }
             };
             if let Some(packed) = packed {
-                sweep(packed.panels(pc, kc, jc / bl.nr, n_panels));
+                sweep(BBlock::Packed(packed.panels(pc, kc, jc / bl.nr, n_panels)));
                 continue;
             }
-            with_buffer(&PACK_B, n_panels * kc * bl.nr, |packed_b| {
-                // Each thread packs a contiguous group of panels, reading B's rows contiguously.
-                let group = if threads > 1 { n_panels.div_ceil(threads) } else { n_panels };
-                let pack = |(g, dst): (usize, &mut [f32])| {
-                    let panels = dst.len() / (kc * bl.nr);
-                    pack_b_block(isa, dst, &b, pc, kc, jc + g * group * bl.nr, panels, bl.nr)
-                };
-                let packed_b = &mut packed_b[..n_panels * kc * bl.nr];
-                if threads > 1 {
-                    packed_b.par_chunks_mut(group * kc * bl.nr).enumerate().for_each(pack);
-                } else {
-                    pack((0, packed_b));
-                }
-                sweep(packed_b);
+            with_buffer(&PACK_B, n_panels * kc * bl.nr, |buf| {
+                // One group per thread: each packs its share of the block once, at the start of
+                // its first work item (whose panels begin there), as BLIS's threads pack theirs.
+                let group = n_panels.div_ceil(threads);
+                let shared = SharedB::new(buf, &panel_states, b, isa, (pc, kc), (jc, bl.nr, n_panels, group));
+                sweep(BBlock::Shared(&shared));
             });
         }
     }
@@ -261,8 +268,28 @@ struct Block<'a, 'c> {
     call: &'a Call<'c>,
     item: Item,
     packed_a: &'a mut [f32],
-    packed_b: &'a [f32],
+    b_block: BBlock<'a>,
     k: usize,
+}
+
+/// Where a work item finds the packed panels of its KC slice of B.
+#[derive(Clone, Copy)]
+enum BBlock<'a> {
+    /// Packed ahead, all panels contiguous.
+    Packed(&'a [f32]),
+    /// Packed on first use, shared with the other work items.
+    Shared(&'a SharedB<'a>),
+}
+
+impl BBlock<'_> {
+    /// Panel `q` of `kc × nr` floats.
+    #[inline(always)]
+    fn panel(&self, q: usize, kc: usize, nr: usize) -> &[f32] {
+        match self {
+            BBlock::Packed(block) => &block[q * kc * nr..(q + 1) * kc * nr],
+            BBlock::Shared(shared) => shared.panel(q),
+        }
+    }
 }
 
 impl SimdTask for Block<'_, '_> {
@@ -279,7 +306,7 @@ impl TileTask for Block<'_, '_> {
 
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        let Block { call, item, packed_a, packed_b, k } = self;
+        let Block { call, item, packed_a, b_block, k } = self;
         let (mr, nr) = (MR, NV * S::LANES);
         // A work item of one NR panel uses each A tile once: a row-major A (gathered rows
         // included) is then read where it lives rather than copied first (a router's
@@ -298,9 +325,9 @@ impl TileTask for Block<'_, '_> {
         let first = item.pc == 0;
         let last = item.pc + item.kc == k;
         // LOOP 2
-        for q in item.panels.0..item.panels.1 {
+        for q in (item.start..item.panels.1).chain(item.panels.0..item.start) {
             let j0 = item.jc + q * nr;
-            let b_panel = BPanel::packed(&packed_b[q * item.kc * nr..(q + 1) * item.kc * nr], item.kc, nr);
+            let b_panel = BPanel::packed(b_block.panel(q, item.kc, nr), item.kc, nr);
             // LOOP 1
             for ir in (0..item.mc).step_by(mr) {
                 let rows = mr.min(item.mc - ir);

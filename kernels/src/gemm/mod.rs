@@ -35,6 +35,7 @@ mod microkernel;
 mod pack;
 mod packed;
 pub mod reference;
+mod shared_b;
 mod view;
 
 pub use blocking::{parse_tile, Blocking};
