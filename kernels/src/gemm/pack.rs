@@ -212,6 +212,13 @@ impl SimdTask for PackColumns<'_> {
     }
 }
 
+/// How many rows ahead [`pack_b_block`] fetches a row-major B. A row of a thread's share of a
+/// wide B is often a page or less, and the hardware prefetcher starts over on every page, so
+/// without this the copy waits on memory row after row: in a dense layer's weight gradient
+/// `Xᵀ·dZ` (512 × 4096 × 2048 on 2 threads) the packing took 8–9 % of the product under perf,
+/// 6 % with it, and the product ran 2–5 % faster; 32 rows measured the same as 16.
+const B_ROWS_AHEAD: usize = 16;
+
 /// Packs `panels` consecutive NR-column panels of `b` (rows `row0..row0+kc`, columns from
 /// `col0`) into `dst`, panel `q` at `q·kc·nr`. A row-major B is read row by row, each row
 /// contiguously: panel by panel, every 64-byte read would start a new row — a new page when the
@@ -239,6 +246,12 @@ pub(crate) fn pack_b_block(
     }
     let width = (panels * nr).min(b.cols - col0);
     for p in 0..kc {
+        if p + B_ROWS_AHEAD < kc {
+            let next = b.row_offset(row0 + p + B_ROWS_AHEAD) + col0;
+            for line in (0..width).step_by(LINE_FLOATS) {
+                prefetch(b.data.as_ptr().wrapping_add(next + line));
+            }
+        }
         let off = b.row_offset(row0 + p) + col0;
         let src = &b.data[off..off + width];
         for (q, seg) in src.chunks(nr).enumerate() {
