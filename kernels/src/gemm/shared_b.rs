@@ -1,28 +1,30 @@
-//! One KC slice of B's NC block, shared by every work item of the slice and packed panel by
-//! panel by the first item that needs the panel.
+//! One KC slice of B's NC block, shared by every work item of the slice and packed on first
+//! use: one group of panels per thread, each packed by the first item that needs one of its
+//! panels.
 //!
 //! Packing the whole block before the items start (BLIS's order) puts a fork/join around the
-//! packing alone, and on two threads that packing is memory-bound work no multiply overlaps:
-//! for `Xᵀ·dZ` (512 × 4096 × 2048, a dense layer's weight gradient) it was an eighth of the
-//! product's time under perf. Packed on first use, one thread's packing overlaps the other's
-//! multiply-adds, and the block needs no fork/join of its own. The packing of a panel is a
-//! copy with no arithmetic, so which thread packs it never changes a result.
+//! packing alone. For the products of about a millisecond that a mixture-of-experts layer is
+//! made of, that phase cost more on two threads than on one (config A's `X·W1`, 1024 × 512 ×
+//! 1024: 0.4 ms of a 3.1 ms call on 2 threads, 0.22 ms of 5.5 on 1). Packed on first use, each
+//! thread packs its share at the start of its first work item and goes on multiplying, and the
+//! block needs no fork/join of its own. Packing is a copy with no arithmetic, so which thread
+//! packs a panel never changes a result.
 
 use super::pack::pack_b_block;
 use super::view::MatRef;
 use crate::Isa;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// A panel's slot holds nothing yet.
+/// A group's panels are not packed yet.
 const EMPTY: u8 = 0;
-/// A thread is packing the panel.
+/// A thread is packing the group.
 const PACKING: u8 = 1;
-/// The panel is packed; its slot is only read from now on.
+/// The group is packed; its panels are only read from now on.
 const READY: u8 = 2;
-/// The thread packing the panel panicked.
+/// The thread packing the group panicked.
 const POISONED: u8 = 3;
 
-/// Spins of a thread waiting for another's panel between yields of its core.
+/// Spins of a thread waiting for another's group between yields of its core.
 const SPINS_PER_YIELD: u32 = 64;
 
 /// The packed panels of `B[pc..pc+kc, jc..jc+panels·nr]`, in a caller's buffer, claimed and
@@ -100,13 +102,13 @@ impl<'a> SharedB<'a> {
     }
 }
 
-/// Spins until another thread publishes the panel behind `state`.
+/// Spins until another thread publishes the group behind `state`; panics if it panicked.
 fn wait_ready(state: &AtomicU8) {
     let mut spins = 0u32;
     loop {
         match state.load(Ordering::Acquire) {
             READY => return,
-            POISONED => panic!("the thread packing a B panel panicked"),
+            POISONED => panic!("the thread packing a group of B panels panicked"),
             _ => {}
         }
         std::hint::spin_loop();
@@ -117,7 +119,7 @@ fn wait_ready(state: &AtomicU8) {
     }
 }
 
-/// Marks a panel poisoned if its packing unwinds, so that no other thread waits for it forever.
+/// Marks a group poisoned if its packing unwinds, so that no other thread waits for it forever.
 struct PoisonOnUnwind<'a>(&'a AtomicU8);
 
 impl Drop for PoisonOnUnwind<'_> {
