@@ -7,7 +7,7 @@
 
 use crate::error::{KernelError, Result};
 use crate::lanes::{self, lane_fn, LaneFn2};
-use crate::simd::{prefetch, with_simd, Simd, SimdTask, LINE_FLOATS};
+use crate::simd::{prefetch_run, with_simd, Simd, SimdTask};
 use crate::threading::{for_row_chunks, ROWWISE_CHUNK, ROWWISE_PAR_MIN};
 use crate::Isa;
 use rayon::prelude::*;
@@ -173,9 +173,7 @@ fn combine_rows<S: Simd>(s: S, x: &[f32], inner: usize, col0: usize, out: &mut [
     for a0 in (1..axis).step_by(4) {
         let rows = a0..(a0 + 4).min(axis);
         for a in (a0 + ROWS_AHEAD..a0 + ROWS_AHEAD + 4).take_while(|&a| a < axis) {
-            for j in (0..w).step_by(LINE_FLOATS) {
-                prefetch(x[a * inner + col0 + j..].as_ptr());
-            }
+            prefetch_run(&x[a * inner + col0..a * inner + col0 + w]);
         }
         for j in (0..full).step_by(S::LANES) {
             let mut acc = lanes::load(s, &out[j..]);

@@ -46,7 +46,7 @@
 use crate::error::{KernelError, Result};
 use crate::gemm::{Activation, MatMut, MatRef};
 use crate::lanes;
-use crate::simd::{with_simd, Simd, SimdTask, LINE_FLOATS};
+use crate::simd::{prefetch_run, with_simd, Simd, SimdTask};
 use crate::threading::{Par, SendPtr};
 use crate::Isa;
 use rayon::prelude::*;
@@ -314,10 +314,7 @@ impl SimdTask for DotUnits<'_> {
             let u = groups.units[g] as usize;
             if let Some(&next) = groups.units.get(g + 1) {
                 // The next chosen row is at an unpredictable address: start fetching it now.
-                let next = unit_row(w, next as usize);
-                for line in (0..next.len()).step_by(LINE_FLOATS) {
-                    s.prefetch(next[line..].as_ptr());
-                }
+                prefetch_run(unit_row(w, next as usize));
             }
             let row = unit_row(w, u);
             let b = bias.map_or(0.0, |b| b[u]);
@@ -363,10 +360,7 @@ impl SimdTask for AccumulateChunk<'_> {
             let u = u as usize;
             if let Some(&next) = groups.units.get(g + 1) {
                 // The next chosen row is at an unpredictable address: start its first lines now.
-                let next = unit_row(task.w, next as usize);
-                for line in (0..len).step_by(LINE_FLOATS) {
-                    s.prefetch(next[j0 + line..].as_ptr());
-                }
+                prefetch_run(&unit_row(task.w, next as usize)[j0..j0 + len]);
             }
             let row = &unit_row(task.w, u)[j0..j0 + len];
             for slot in groups.slots(g) {

@@ -163,7 +163,10 @@ pub(crate) fn run(
         mode,
     };
     let m_blocks = m.div_ceil(mc);
-    let panel_states: Vec<AtomicU8> = (0..threads).map(|_| AtomicU8::new(0)).collect();
+    // One group of B panels per thread, at most MAX_GROUPS (on a stack array: no allocation per
+    // call).
+    let groups = threads.min(MAX_GROUPS);
+    let group_states: [AtomicU8; MAX_GROUPS] = std::array::from_fn(|_| AtomicU8::new(0));
     // LOOP 5
     for jc in (0..n).step_by(bl.nc) {
         let nc = bl.nc.min(n - jc);
@@ -175,26 +178,18 @@ pub(crate) fn run(
             let kc = k_slice.min(k - pc);
             // LOOP 3 over one B block (packed ahead in `packed`, or packed here as it is used).
             let sweep = |b_block: BBlock<'_>| {
-                let items: Vec<Item> = (0..m_blocks)
-                    .flat_map(|mb| {
-                        (0..n_chunks).filter_map(move |ch| {
-                            let first = ch * panels_per_chunk;
-                            let last = ((ch + 1) * panels_per_chunk).min(n_panels);
-                            let ic = mb * mc;
-                            let item = Item { ic, mc: mc.min(m - ic), panels: (first, last), start: first, jc, pc, kc };
-                            (first < last).then_some(item)
-                        })
-                    })
-                    .collect();
-                let n_items = items.len();
+                // Item i is row block i / chunks, column chunk i % chunks (none of them empty).
+                let chunks = n_panels.div_ceil(panels_per_chunk);
+                let n_items = m_blocks * chunks;
                 // The packing buffer is taken outside the SIMD code: a closure is compiled without
                 // the caller's target features, so none may sit between `with_simd` and the kernel.
                 let work = |i: usize| {
-                    let mut item = items[i];
+                    let (ic, ch) = (i / chunks * mc, i % chunks);
+                    let panels = (ch * panels_per_chunk, ((ch + 1) * panels_per_chunk).min(n_panels));
                     // Each thread's first item starts on its own share of the panels, so that
-                    // the threads pack different panels of a shared block while they multiply.
-                    let count = item.panels.1 - item.panels.0;
-                    item.start = item.panels.0 + count * (i * threads / n_items) / threads;
+                    // the threads pack different groups of a shared block while they multiply.
+                    let start = panels.0 + (panels.1 - panels.0) * (i * threads / n_items) / threads;
+                    let item = Item { ic, mc: mc.min(m - ic), panels, start, jc, pc, kc };
                     with_buffer(&PACK_A, item.mc.div_ceil(bl.mr) * bl.mr * item.kc, |packed_a| {
                         with_simd(isa, Block { call: &call, item, packed_a, b_block, k })
                     })
@@ -212,13 +207,16 @@ pub(crate) fn run(
             with_buffer(&PACK_B, n_panels * kc * bl.nr, |buf| {
                 // One group per thread: each packs its share of the block once, at the start of
                 // its first work item (whose panels begin there), as BLIS's threads pack theirs.
-                let group = n_panels.div_ceil(threads);
-                let shared = SharedB::new(buf, &panel_states, b, isa, (pc, kc), (jc, bl.nr, n_panels, group));
+                let group = n_panels.div_ceil(groups);
+                let shared = SharedB::new(buf, &group_states, b, isa, (pc, kc), (jc, bl.nr, n_panels, group));
                 sweep(BBlock::Shared(&shared));
             });
         }
     }
 }
+
+/// Most groups a shared B block is packed in (one per thread, up to this many threads).
+const MAX_GROUPS: usize = 64;
 
 /// What packing an element of A costs, in elements of packed B read from L3: a round figure
 /// that picks the faster of the two splits at the products measured for [`row_block_height`].

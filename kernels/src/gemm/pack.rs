@@ -4,7 +4,7 @@
 //! anyway, so reading row `index[i]` instead of row `i` is the whole price of a gather.
 
 use super::view::MatRef;
-use crate::simd::{prefetch, with_simd, Simd, SimdTask, LINE_FLOATS};
+use crate::simd::{prefetch_run, with_simd, Simd, SimdTask};
 use crate::Isa;
 
 /// Packs `a[rows, cols]` for `rows = row0..row0+mc`, `cols = col0..col0+kc` into `mr`-row
@@ -24,9 +24,7 @@ pub(crate) fn pack_a(dst: &mut [f32], a: &MatRef<'_>, row0: usize, mc: usize, co
         for p in 0..kc {
             if p + AHEAD < kc {
                 let next = a.col_offset(col0 + p + AHEAD) + row0;
-                for line in (0..mc).step_by(LINE_FLOATS) {
-                    prefetch(a.data[next..].as_ptr().wrapping_add(line));
-                }
+                prefetch_run(&a.data[next..next + mc]);
             }
             let co = a.col_offset(col0 + p) + row0;
             let column = &a.data[co..co + mc];
@@ -248,9 +246,7 @@ pub(crate) fn pack_b_block(
     for p in 0..kc {
         if p + B_ROWS_AHEAD < kc {
             let next = b.row_offset(row0 + p + B_ROWS_AHEAD) + col0;
-            for line in (0..width).step_by(LINE_FLOATS) {
-                prefetch(b.data.as_ptr().wrapping_add(next + line));
-            }
+            prefetch_run(&b.data[next..next + width]);
         }
         let off = b.row_offset(row0 + p) + col0;
         let src = &b.data[off..off + width];

@@ -247,6 +247,15 @@ pub(crate) fn prefetch(p: *const f32) {
     let _ = p;
 }
 
+/// [`prefetch`] of every cache line `run` touches: a row read soon, at an address the hardware
+/// prefetcher cannot predict (another page, or a gathered row).
+#[inline(always)]
+pub(crate) fn prefetch_run(run: &[f32]) {
+    for line in (0..run.len()).step_by(LINE_FLOATS) {
+        prefetch(run[line..].as_ptr());
+    }
+}
+
 /// Something to run with a [`Simd`] token: implement `run` generically, call [`with_simd`].
 pub(crate) trait SimdTask {
     type Output;
