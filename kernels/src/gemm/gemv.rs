@@ -13,7 +13,7 @@
 use super::driver::PARALLEL_MIN_MACS;
 use super::epilogue::{finish_row, Accum, Epilogue};
 use super::view::{MatMut, MatRef};
-use crate::simd::{with_simd, Simd, SimdTask};
+use crate::simd::{prefetch_l2, with_simd, Simd, SimdTask};
 use crate::threading::{for_each_task, Par, SendPtr};
 use crate::Isa;
 
@@ -217,14 +217,17 @@ pub(crate) fn rows_form_multi<S: Simd>(
     while p < k {
         let group = 4.min(k - p);
         let rows: [&[f32]; 4] = std::array::from_fn(|g| row(p + g.min(group - 1)));
-        // The next group's rows are prefetched while this group streams: an expert's weight
-        // row is one 4 KiB page or less, hardware prefetchers do not cross pages, so without
-        // this every group of rows began with demand misses (decode at config A's sizes took
-        // about 30 % more CPU time per call, measured interleaved). Against a strided read of
-        // the same bytes on Zen 5 (config A's decode, medians of 7 rounds): fetching 4, 8 or 16
-        // rows ahead, 0.63, 0.63, 0.59 of the read; groups of 1, 2 or 4 rows, 0.51, 0.60, 0.63;
-        // an L2-only hint, no better; no prefetch, 0.35-0.39 against 0.53-0.59 with it.
-        let next: [&[f32]; 4] = std::array::from_fn(|g| if p + 4 + g < k { row(p + 4 + g) } else { rows[g] });
+        // Rows ahead are fetched while this group streams, in two steps: the group after next
+        // into L2, the next group from L2 into L1. An expert's weight row is one 4 KiB page or
+        // less and hardware prefetchers do not cross pages, so without this every group of
+        // rows began with demand misses. On Zen 5 an L1 prefetch of the next group alone was
+        // measured best (config A's decode against a read of the same bytes, medians of 7
+        // rounds: fetching 4, 8 or 16 rows ahead, 0.63, 0.63, 0.59 of the read; no prefetch,
+        // 0.35-0.39). On Zen 4 that reached 0.62-0.65 and this 0.90-0.94 (T=1; at T=8 the call
+        // took 0.70 of the time), where an L2-only hint 4 rows ahead measured 0.89.
+        let ahead =
+            |d: usize| -> [&[f32]; 4] { std::array::from_fn(|g| if p + d + g < k { row(p + d + g) } else { rows[g] }) };
+        let (next, after_next) = (ahead(4), ahead(8));
         let mut xv = [[s.splat(0.0); 4]; SKINNY_MAX_ROWS];
         for (i, xi) in xv.iter_mut().enumerate().take(m) {
             for g in 0..group {
@@ -240,8 +243,9 @@ pub(crate) fn rows_form_multi<S: Simd>(
                 for g in 0..4 {
                     bv[g] = s.load(rows[g].as_ptr().add(j));
                 }
-                for row in &next {
-                    s.prefetch(row.as_ptr().add(j));
+                for (near, far) in next.iter().zip(&after_next) {
+                    s.prefetch(near.as_ptr().add(j));
+                    prefetch_l2(far.as_ptr().add(j));
                 }
                 for (i, xi) in xv.iter().enumerate().take(m) {
                     let at = y.as_mut_ptr().add(i * ld + j);

@@ -247,6 +247,20 @@ pub(crate) fn prefetch(p: *const f32) {
     let _ = p;
 }
 
+/// [`prefetch`] into L2 only (`prefetcht1`): for data read from memory well ahead of its use.
+/// A demand load or an L1 prefetch holds one of L1's few miss buffers until the line arrives
+/// from memory; this hint is tracked by L2, which keeps more lines in flight. A no-op off x86-64.
+#[inline(always)]
+pub(crate) fn prefetch_l2(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86-64; a prefetch never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// [`prefetch`] of every cache line `run` touches: a row read soon, at an address the hardware
 /// prefetcher cannot predict (another page, or a gathered row).
 #[inline(always)]
