@@ -7,8 +7,8 @@
 
 use crate::error::{KernelError, Result};
 use crate::lanes::{self, lane_fn, LaneFn2};
-use crate::simd::{prefetch_run, with_simd, Simd, SimdTask};
-use crate::threading::{for_row_chunks, ROWWISE_CHUNK, ROWWISE_PAR_MIN};
+use crate::simd::{prefetch_run_l2, with_simd, Simd, SimdTask};
+use crate::threading::{for_row_chunks, ROWWISE_PAR_MIN};
 use crate::Isa;
 use rayon::prelude::*;
 
@@ -77,17 +77,19 @@ pub fn reduce_axis(
         });
         return Ok(());
     }
-    // A tile is (one outer index, a range of columns): about ROWWISE_CHUNK elements of work, but
-    // at least 1 KiB of each axis row (so reads stream) and at most TILE_COLS (so it stays in L1).
+    // A tile is (one outer index, a range of columns): a share of the columns for each thread,
+    // at least 1 KiB of each axis row (so reads stream) and at most TILE_COLS (so its running
+    // result stays in L1). Which columns share a tile does not change any column's sum.
     if out.is_empty() {
         return Ok(());
     }
-    let tile_cols = (ROWWISE_CHUNK / axis).next_multiple_of(16).clamp(256, TILE_COLS);
+    let threads = rayon::current_num_threads();
+    let tile_cols = inner.div_ceil(threads).next_multiple_of(16).clamp(256, TILE_COLS);
     let tile = |o: usize, t: usize, out: &mut [f32]| {
         let x = &x[o * axis * inner..(o + 1) * axis * inner];
         with_simd(isa, AcrossInner { op, x, axis, inner, col0: t * tile_cols, out });
     };
-    if x.len() < ROWWISE_PAR_MIN || rayon::current_num_threads() < 2 {
+    if x.len() < ROWWISE_PAR_MIN || threads < 2 {
         for (o, out_row) in out.chunks_mut(inner).enumerate() {
             for (t, out) in out_row.chunks_mut(tile_cols).enumerate() {
                 tile(o, t, out);
@@ -153,12 +155,14 @@ impl SimdTask for AcrossInner<'_> {
 
 lane_fn!(/** `v / n`. */ DivBy { n: f32 } = |s, v| s.div(v, s.splat(n)));
 
-/// How many axis rows ahead [`combine_rows`] fetches its tile's columns. A tile's share of a row
-/// is a few KiB at most, and the hardware prefetcher starts over at every page, so without this
-/// each row waits on memory. Column sums of a 4096 × 2048 gradient from memory on 2 threads
-/// (Zen 5, two runs of 30 calls): 3.2 → 1.9 ms, 4096 × 512 1.0 → 0.5 ms; 48 rows ahead was no
-/// better. (A plain loop over whole rows on one thread took 1.1 and 0.26 ms there: the column
-/// tiles that keep each sum's order fixed for any thread count cost the rest.)
+/// How many axis rows ahead [`combine_rows`] fetches its tile's columns, into L2. A tile's share
+/// of a row is a few KiB at most, and the hardware prefetcher starts over at every page, so
+/// without this each row waits on memory. Column sums of a gradient from memory on 2 threads:
+/// on Zen 5, 4096 × 2048 3.2 → 1.9 ms and 4096 × 512 1.0 → 0.5 ms with an L1 prefetch and
+/// tiles of 256 columns (48 rows ahead was no better); on Zen 4 that was 3.1 and 1.2 ms, and
+/// an L2 prefetch into tiles of a thread's share of the columns (up to [`TILE_COLS`]) 1.5–1.7
+/// and 0.6 ms, against 1.4–1.6 and 0.4 ms for a plain loop over whole rows on one thread (the
+/// column tiles that keep each sum's order fixed for any thread count cost the rest).
 const ROWS_AHEAD: usize = 16;
 
 /// For `x` an `[axis, inner]` slab and `w = out.len()`: `out = x[0, col0..col0 + w]`, then
@@ -173,7 +177,7 @@ fn combine_rows<S: Simd>(s: S, x: &[f32], inner: usize, col0: usize, out: &mut [
     for a0 in (1..axis).step_by(4) {
         let rows = a0..(a0 + 4).min(axis);
         for a in (a0 + ROWS_AHEAD..a0 + ROWS_AHEAD + 4).take_while(|&a| a < axis) {
-            prefetch_run(&x[a * inner + col0..a * inner + col0 + w]);
+            prefetch_run_l2(&x[a * inner + col0..a * inner + col0 + w]);
         }
         for j in (0..full).step_by(S::LANES) {
             let mut acc = lanes::load(s, &out[j..]);

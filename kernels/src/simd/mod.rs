@@ -261,6 +261,14 @@ pub(crate) fn prefetch_l2(p: *const f32) {
     let _ = p;
 }
 
+/// [`prefetch_l2`] of every cache line `run` touches: a run read from memory a while from now.
+#[inline(always)]
+pub(crate) fn prefetch_run_l2(run: &[f32]) {
+    for line in (0..run.len()).step_by(LINE_FLOATS) {
+        prefetch_l2(run[line..].as_ptr());
+    }
+}
+
 /// [`prefetch`] of every cache line `run` touches: a row read soon, at an address the hardware
 /// prefetcher cannot predict (another page, or a gathered row).
 #[inline(always)]
