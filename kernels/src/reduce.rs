@@ -159,10 +159,11 @@ lane_fn!(/** `v / n`. */ DivBy { n: f32 } = |s, v| s.div(v, s.splat(n)));
 /// of a row is a few KiB at most, and the hardware prefetcher starts over at every page, so
 /// without this each row waits on memory. Column sums of a gradient from memory on 2 threads:
 /// on Zen 5, 4096 × 2048 3.2 → 1.9 ms and 4096 × 512 1.0 → 0.5 ms with an L1 prefetch and
-/// tiles of 256 columns (48 rows ahead was no better); on Zen 4 that was 3.1 and 1.2 ms, and
-/// an L2 prefetch into tiles of a thread's share of the columns (up to [`TILE_COLS`]) 1.5–1.7
-/// and 0.6 ms, against 1.4–1.6 and 0.4 ms for a plain loop over whole rows on one thread (the
-/// column tiles that keep each sum's order fixed for any thread count cost the rest).
+/// tiles of 256 columns (48 rows ahead was no better); on Zen 4 that was 2.4–2.6 and 1.1–1.3
+/// ms, and an L2 prefetch into tiles of a thread's share of the columns (up to [`TILE_COLS`])
+/// 1.5 and 0.76–0.83 ms, against 1.2–1.6 and 0.3–0.4 ms for a plain loop over whole rows on one
+/// thread (the column tiles that keep each sum's order fixed for any thread count cost the
+/// rest).
 const ROWS_AHEAD: usize = 16;
 
 /// For `x` an `[axis, inner]` slab and `w = out.len()`: `out = x[0, col0..col0 + w]`, then

@@ -170,10 +170,10 @@ fn rows_form<S: Simd>(s: S, x: &[f32], b: &MatRef<'_>, j0: usize, y: &mut [f32])
         let rows: [&[f32]; 4] = std::array::from_fn(|g| row(p + g.min(group - 1)));
         let xs: [f32; 4] = std::array::from_fn(|g| if g < group { x[p + g] } else { 0.0 });
         let xv = xs.map(|v| s.splat(v));
-        // A row of B here is a run of up to 8 KiB, the next row's run 16 KiB further on:
-        // from memory (1×1024×4096 weights, a ring four times L3, against a plain read of the
-        // same bytes, interleaved) 0.77-0.84 of the read without prefetching, 0.95-1.00 with
-        // [`prefetch_ahead`] on Zen 4.
+        // A row of B here is a run of up to 8 KiB, the next row's run 16 KiB further on.
+        // From memory (1×1024×4096 weights, a ring four times L3, against a plain read of the
+        // same bytes, interleaved; Zen 4, builds before and after alternating): 0.84-0.86 of
+        // the read without prefetching, 0.90-0.92 with [`prefetch_ahead`].
         let (next, after_next) = (rows_ahead(&row, &rows, p, 4, k), rows_ahead(&row, &rows, p, 8, k));
         for j in (0..full).step_by(lanes) {
             prefetch_ahead(s, &next, &after_next, j);
@@ -211,8 +211,9 @@ fn rows_ahead<'a>(
 /// Fetches column `j` onwards (one cache line) of the next group's rows from L2 into L1 and of
 /// the group after's from memory into L2, while the current group streams. A row of weights
 /// is a few KiB at most and hardware prefetchers do not cross pages, so without this every
-/// group of rows would begin with demand misses; the two steps keep more lines in flight than
-/// L1 prefetches alone, which hold one of L1's few miss buffers each until their line arrives.
+/// group of rows would begin with demand misses. The two steps measured well ahead of an L1
+/// prefetch of the next group alone on Zen 4 ([`rows_form_multi`]); the likely reason is that
+/// an L1 prefetch holds one of L1's few miss buffers until its line arrives from memory.
 #[inline(always)]
 fn prefetch_ahead<S: Simd>(s: S, next: &[&[f32]; 4], after_next: &[&[f32]; 4], j: usize) {
     for (near, far) in next.iter().zip(after_next) {

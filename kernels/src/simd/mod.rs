@@ -247,9 +247,9 @@ pub(crate) fn prefetch(p: *const f32) {
     let _ = p;
 }
 
-/// [`prefetch`] into L2 only (`prefetcht1`): for data read from memory well ahead of its use.
-/// A demand load or an L1 prefetch holds one of L1's few miss buffers until the line arrives
-/// from memory; this hint is tracked by L2, which keeps more lines in flight. A no-op off x86-64.
+/// [`prefetch`] into L2 only (`prefetcht1`): for data read from memory well ahead of its use,
+/// where an L1 prefetch would hold one of L1's few miss buffers for the whole trip (L2 keeps
+/// more lines in flight). A no-op off x86-64.
 #[inline(always)]
 pub(crate) fn prefetch_l2(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
