@@ -254,8 +254,8 @@ pub(crate) fn rows_form_multi<S: Simd>(
         // read of the same bytes (config A's decode, medians of 7 rounds, interleaved): on Zen
         // 5 with an L1 prefetch of the next group alone, fetching 4, 8 or 16 rows ahead, 0.63,
         // 0.63, 0.59 of the read, no prefetch 0.35-0.39; on Zen 4 that L1 prefetch reached
-        // 0.62-0.65 and the two steps 0.90-0.94 (T=1; at T=8 the call took 0.70 of the time),
-        // an L2-only hint 4 rows ahead 0.89.
+        // 0.62-0.65 and the two steps 0.90-0.95 (T=1; at T=8 the call took 0.70 of the time),
+        // an L2-only hint 4, 8 or 16 rows ahead 0.85-0.92.
         let (next, after_next) = (rows_ahead(&row, &rows, p, 4, k), rows_ahead(&row, &rows, p, 8, k));
         let mut xv = [[s.splat(0.0); 4]; SKINNY_MAX_ROWS];
         for (i, xi) in xv.iter_mut().enumerate().take(m) {
