@@ -77,14 +77,16 @@ pub fn reduce_axis(
         });
         return Ok(());
     }
-    // A tile is (one outer index, a range of columns): a share of the columns for each thread,
-    // at least 1 KiB of each axis row (so reads stream) and at most TILE_COLS (so its running
+    // A tile is (one outer index, a range of columns): whole rows when they fit TILE_COLS (so
+    // the tile reads one contiguous stream), else a share of the columns for each thread, at
+    // least 1 KiB of each axis row (so reads stream) and at most TILE_COLS (so its running
     // result stays in L1). Which columns share a tile does not change any column's sum.
     if out.is_empty() {
         return Ok(());
     }
     let threads = rayon::current_num_threads();
-    let tile_cols = inner.div_ceil(threads).next_multiple_of(16).clamp(256, TILE_COLS);
+    let tile_cols =
+        if inner <= TILE_COLS { inner } else { inner.div_ceil(threads).next_multiple_of(16).clamp(256, TILE_COLS) };
     let tile = |o: usize, t: usize, out: &mut [f32]| {
         let x = &x[o * axis * inner..(o + 1) * axis * inner];
         with_simd(isa, AcrossInner { op, x, axis, inner, col0: t * tile_cols, out });
@@ -167,18 +169,26 @@ lane_fn!(/** `v / n`. */ DivBy { n: f32 } = |s, v| s.div(v, s.splat(n)));
 const ROWS_AHEAD: usize = 16;
 
 /// For `x` an `[axis, inner]` slab and `w = out.len()`: `out = x[0, col0..col0 + w]`, then
-/// `out = f(out, x[a, col0..col0 + w])` for `a = 1, 2, ...` in order, lane-wise. Rows go four at
-/// a time through each vector of `out`, which quarters the loads and stores of `out` without
-/// changing the order of the combination.
+/// `out = f(out, x[a, col0..col0 + w])` for `a = 1, 2, ...` in order, lane-wise. A tile of whole
+/// rows reads them one after another, a single stream the hardware prefetcher follows: from
+/// memory on Zen 4, 4096 × 512 and 4096 × 1024 in 0.47–0.54 and 0.74–0.75 ms on one thread,
+/// against 0.97–1.23 and 1.36–1.62 ms for two tiles of half rows on two threads, four rows at a
+/// time and fetched ahead. A tile of part rows takes rows four at a time through each vector
+/// of `out`, which quarters the loads and stores of `out`, and fetches rows ahead into L2. The
+/// order of the combination is the same either way.
 #[inline(always)]
 fn combine_rows<S: Simd>(s: S, x: &[f32], inner: usize, col0: usize, out: &mut [f32], f: impl LaneFn2) {
     let (w, axis) = (out.len(), x.len() / inner);
     out.copy_from_slice(&x[col0..col0 + w]);
     let full = w - w % S::LANES;
-    for a0 in (1..axis).step_by(4) {
-        let rows = a0..(a0 + 4).min(axis);
-        for a in (a0 + ROWS_AHEAD..a0 + ROWS_AHEAD + 4).take_while(|&a| a < axis) {
-            prefetch_run_l2(&x[a * inner + col0..a * inner + col0 + w]);
+    let whole_rows = w == inner;
+    let step = if whole_rows { 1 } else { 4 };
+    for a0 in (1..axis).step_by(step) {
+        let rows = a0..(a0 + step).min(axis);
+        if !whole_rows {
+            for a in (a0 + ROWS_AHEAD..a0 + ROWS_AHEAD + 4).take_while(|&a| a < axis) {
+                prefetch_run_l2(&x[a * inner + col0..a * inner + col0 + w]);
+            }
         }
         for j in (0..full).step_by(S::LANES) {
             let mut acc = lanes::load(s, &out[j..]);
@@ -233,6 +243,9 @@ mod tests {
             (3, 7, 257),
             (2, 1, 17),
             (4, 3, 7),
+            // Wider than a tile of whole rows: tiles of part rows, the last one ragged.
+            (1, 9, 1500),
+            (2, 5, 1100),
         ];
         for isa in Isa::supported() {
             for op in OPS {
@@ -290,7 +303,8 @@ mod tests {
     fn results_do_not_depend_on_thread_count() {
         let x = data(300 * 1000, 9, -1.0, 1.0);
         for isa in Isa::supported() {
-            for (outer, axis, inner) in [(300, 1000, 1), (1, 300, 1000), (3, 100, 1000)] {
+            // [1, 200, 1500]: tiles of part rows, split differently on one and two threads.
+            for (outer, axis, inner) in [(300, 1000, 1), (1, 300, 1000), (3, 100, 1000), (1, 200, 1500)] {
                 for op in [ReduceOp::Sum, ReduceOp::Max] {
                     let runs = in_pools(&[1, 2], || {
                         let mut out = vec![0.0; outer * inner];
