@@ -234,48 +234,58 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
 /// Floats in a 64-byte cache line: the step of a prefetch loop.
 pub(crate) const LINE_FLOATS: usize = 16;
 
-/// [`Simd::prefetch`] outside vector code: prefetch instructions are part of the x86-64
-/// baseline (SSE), so scalar code such as packing can hint too. A no-op elsewhere.
+/// The prefetch hint that fetches into L1 (`prefetcht0`).
+#[cfg(target_arch = "x86_64")]
+const HINT_L1: i32 = std::arch::x86_64::_MM_HINT_T0;
+/// The prefetch hint that fetches into L2 only (`prefetcht1`).
+#[cfg(target_arch = "x86_64")]
+const HINT_L2: i32 = std::arch::x86_64::_MM_HINT_T1;
+#[cfg(not(target_arch = "x86_64"))]
+const HINT_L1: i32 = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const HINT_L2: i32 = 1;
+
+/// A prefetch of the line holding `p` with `HINT`: prefetch instructions are part of the
+/// x86-64 baseline (SSE), so scalar code such as packing can hint too. A no-op elsewhere.
 #[inline(always)]
-pub(crate) fn prefetch(p: *const f32) {
+fn prefetch_hint<const HINT: i32>(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: SSE is part of x86-64; a prefetch never faults, whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+        std::arch::x86_64::_mm_prefetch::<HINT>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
 
-/// [`prefetch`] into L2 only (`prefetcht1`): for data read from memory well ahead of its use,
-/// where an L1 prefetch would hold one of L1's few miss buffers for the whole trip (L2 keeps
-/// more lines in flight). A no-op off x86-64.
+/// [`prefetch_hint`] of every cache line `run` touches.
+#[inline(always)]
+fn prefetch_lines<const HINT: i32>(run: &[f32]) {
+    for line in (0..run.len()).step_by(LINE_FLOATS) {
+        prefetch_hint::<HINT>(run[line..].as_ptr());
+    }
+}
+
+/// A prefetch into L2 only (`prefetcht1`), also outside vector code: for data read from memory
+/// well ahead of its use, where an L1 prefetch would hold one of L1's few miss buffers for the
+/// whole trip (L2 keeps more lines in flight).
 #[inline(always)]
 pub(crate) fn prefetch_l2(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE is part of x86-64; a prefetch never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch_hint::<HINT_L2>(p)
+}
+
+/// A prefetch into L1 (as [`Simd::prefetch`], also outside vector code) of every cache line
+/// `run` touches: a row read soon, at an address the hardware prefetcher cannot predict
+/// (another page, or a gathered row).
+#[inline(always)]
+pub(crate) fn prefetch_run(run: &[f32]) {
+    prefetch_lines::<HINT_L1>(run)
 }
 
 /// [`prefetch_l2`] of every cache line `run` touches: a run read from memory a while from now.
 #[inline(always)]
 pub(crate) fn prefetch_run_l2(run: &[f32]) {
-    for line in (0..run.len()).step_by(LINE_FLOATS) {
-        prefetch_l2(run[line..].as_ptr());
-    }
-}
-
-/// [`prefetch`] of every cache line `run` touches: a row read soon, at an address the hardware
-/// prefetcher cannot predict (another page, or a gathered row).
-#[inline(always)]
-pub(crate) fn prefetch_run(run: &[f32]) {
-    for line in (0..run.len()).step_by(LINE_FLOATS) {
-        prefetch(run[line..].as_ptr());
-    }
+    prefetch_lines::<HINT_L2>(run)
 }
 
 /// Something to run with a [`Simd`] token: implement `run` generically, call [`with_simd`].
